@@ -1,0 +1,70 @@
+"""Alignment: one geometry shared by a real image and all its fakes (DESIGN.md §4).
+
+Order of operations on the decoded, upright RGB source:
+
+1. ``max_side``: if the longer side exceeds it, downscale (Lanczos, aspect kept) so it equals it.
+2. crop: with ``crop=N`` a centred N x N square (offsets snapped to the 16-pixel JPEG MCU grid so a re-encoded
+   JPEG keeps its block grid); otherwise each side is cut down to a multiple of ``multiple`` (what every generator
+   needs) by removing the remainder at the right and bottom, again keeping the block grid.
+3. an image whose aligned size is below ``min_side`` (or the crop) is skipped as ``too_small``.
+
+The crop box is recorded in the sample's metadata in the coordinates of the (possibly resized) image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from sefdata.errors import SkipSample
+
+MCU = 16  # largest JPEG MCU (4:2:0); crop offsets on this grid keep 8x8 blocks aligned
+
+
+@dataclass(frozen=True)
+class Aligned:
+    pixels: np.ndarray  # H x W x 3 uint8, H and W multiples of the build's multiple
+    resized_from: tuple[int, int] | None  # (w, h) before max_side downscaling, if it happened
+    crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in the resized image
+
+
+def common_multiple(multiples: list[int]) -> int:
+    """The size multiple that satisfies every generator at once."""
+    return math.lcm(*multiples) if multiples else 1
+
+
+def align(
+    pixels: np.ndarray,
+    *,
+    multiple: int,
+    max_side: int | None = None,
+    crop: int | None = None,
+    min_side: int = 1,
+) -> Aligned:
+    """Resize/crop ``pixels`` (H x W x 3 uint8) by the rules in the module docstring."""
+    h, w = pixels.shape[:2]
+    resized_from = None
+    if max_side is not None and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        pixels = np.asarray(Image.fromarray(pixels).resize((nw, nh), Image.Resampling.LANCZOS))
+        resized_from, (w, h) = (w, h), (nw, nh)
+
+    if crop is not None:
+        if crop % multiple:
+            raise ValueError(f"crop {crop} is not a multiple of {multiple}")
+        if w < crop or h < crop:
+            raise SkipSample("too_small", f"{w}x{h} is smaller than the {crop}x{crop} crop")
+        left = (w - crop) // 2 // MCU * MCU
+        top = (h - crop) // 2 // MCU * MCU
+        box = (left, top, left + crop, top + crop)
+    else:
+        box = (0, 0, w - w % multiple, h - h % multiple)
+    cw, ch = box[2] - box[0], box[3] - box[1]
+    if min(cw, ch) < max(min_side, multiple):
+        raise SkipSample("too_small", f"{w}x{h} aligns to {cw}x{ch}, below the minimum side {max(min_side, multiple)}")
+    out = pixels[box[1] : box[3], box[0] : box[2]]
+    return Aligned(pixels=np.ascontiguousarray(out), resized_from=resized_from, crop_box=box)

@@ -1,0 +1,347 @@
+"""``sefdata build``: real corpus → aligned shards.
+
+Data flows through small stages, and a bad sample carries its reason to the stats instead of stopping the build::
+
+    list sources → cut into shards → per shard: read → decode → align → generate (batched) → encode → write
+
+Shard ``i`` holds inputs ``[i * shard_size, (i + 1) * shard_size)`` and belongs to rank ``i % world``; a shard whose
+stats file exists is done and skipped, so re-running the same command resumes (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sefdata.align import Aligned, align, common_multiple
+from sefdata.config import DTYPES, BuildConfig, resolve_device, resolve_rank_world
+from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
+from sefdata.errors import SefError, SkipSample
+from sefdata.generators import Generator, Runtime, create_generator, sample_seed
+from sefdata.imageio import DecodedImage, decode
+from sefdata.manifest import BUILD_FILE, write_manifest
+from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
+from sefdata.sources import SourceItem, iter_sources, read_item
+
+
+@dataclass(eq=False)
+class Prepared:
+    """One input that passed decoding and alignment."""
+
+    item: SourceItem
+    source_sha256: str
+    decoded: DecodedImage
+    aligned: Aligned
+    encoding: Encoding
+    fakes: dict[str, np.ndarray] = field(default_factory=dict)  # field -> H x W x 3 uint8
+    error: SkipSample | None = None  # set when a generator failed on this image
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    num_shards: int
+    built: list[int]  # shards this run wrote
+    already_done: int  # shards of this rank found done and skipped
+    inputs: int
+    written: int
+    failed: Counter
+    seconds: float
+    manifest: Path | None  # written by this run, if every shard is done and this is rank 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.inputs / self.seconds if self.seconds > 0 else 0.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images (inf if identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def _shards(items: Iterable[SourceItem], size: int) -> Iterator[tuple[int, list[SourceItem]]]:
+    it = iter(items)
+    index = 0
+    while group := list(islice(it, size)):
+        yield index, group
+        index += 1
+
+
+class Builder:
+    """Runs one rank's share of a build. Models load lazily: a finished build re-runs without loading any."""
+
+    def __init__(self, config: BuildConfig, *, progress: bool = True) -> None:
+        if not config.out:
+            raise SefError("no output folder: give --out DIR")
+        if not config.sources:
+            raise SefError("no source: name at least one folder, file, tar or dataset to build from")
+        self.config = config
+        self.specs = config.specs()
+        self.policy = EncodingPolicy.parse(config.format)
+        self.rank, self.world = resolve_rank_world(config.rank, config.world)
+        self.out = Path(config.out)
+        self.config_hash = config.output_hash()
+        self.progress = progress
+        self._generators: list[tuple[str, Generator]] | None = None
+        self.multiple = 1
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def _check_out(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SefError(f"cannot create output folder {str(self.out)!r}: {e.strerror}") from None
+        previous = self.out / BUILD_FILE
+        if previous.is_file():
+            other = json.loads(previous.read_text()).get("config_hash")
+        else:
+            done = sorted(self.out.glob("shard-*.stats.json"))
+            other = json.loads(done[0].read_text()).get("config_hash") if done else None
+        if other is not None and other != self.config_hash:
+            raise SefError(
+                f"{str(self.out)!r} holds shards of a different build (config {other}, this one {self.config_hash}); "
+                "use another --out, or delete the old shards to start over"
+            )
+
+    def generators(self) -> list[tuple[str, Generator]]:
+        if self._generators is None:
+            runtime = Runtime(resolve_device(self.config.device), DTYPES[self.config.dtype])
+            self._generators = [(s.field, create_generator(s, runtime)) for s in self.specs]
+            self.multiple = common_multiple([g.multiple for _, g in self._generators])
+            if self.config.crop is not None and self.config.crop % self.multiple:
+                raise SefError(f"--crop {self.config.crop} must be a multiple of {self.multiple} for these generators")
+        return self._generators
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def prepare(self, item: SourceItem) -> Prepared:
+        """read → decode → align → choose encoding; raises SkipSample."""
+        data = read_item(item)
+        decoded = decode(data, max_pixels=self.config.max_pixels)
+        aligned = align(
+            decoded.pixels, multiple=self.multiple, max_side=self.config.max_side, crop=self.config.crop,
+            min_side=self.config.min_side,
+        )  # fmt: skip
+        decoded.pixels = aligned.pixels  # keep one copy in memory
+        return Prepared(item, hashlib.sha256(data).hexdigest(), decoded, aligned, encoding_for(self.policy, decoded))
+
+    def generate(self, batch: list[Prepared], timings: Counter) -> dict[int, SkipSample]:
+        """Run every generator on a batch of same-size images, filling ``fakes``. Returns failures by position."""
+        failures: dict[int, SkipSample] = {}
+        for name, gen in self.generators():
+            todo = [i for i in range(len(batch)) if i not in failures]
+            if not todo:
+                break
+            start = time.perf_counter()
+            try:
+                self._run(gen, name, [batch[i] for i in todo])
+            except torch.OutOfMemoryError:
+                raise SefError(
+                    f"out of memory in generator {name!r} at batch size {len(todo)} of "
+                    f"{batch[0].aligned.pixels.shape[1]}x{batch[0].aligned.pixels.shape[0]} images; lower "
+                    "--batch-size, use --dtype fp16/bf16, --max-side, or a smaller sr tile"
+                ) from None
+            except Exception:
+                for i in todo:  # find the culprit(s): one image at a time
+                    try:
+                        self._run(gen, name, [batch[i]])
+                    except torch.OutOfMemoryError:
+                        raise
+                    except Exception as e:
+                        failures[i] = SkipSample("generation_failed", f"{name}: {type(e).__name__}: {e}")
+            timings[f"generate.{name}"] += time.perf_counter() - start
+        return failures
+
+    def _run(self, gen: Generator, name: str, batch: list[Prepared]) -> None:
+        x = torch.from_numpy(np.stack([p.aligned.pixels for p in batch])).permute(0, 3, 1, 2).float().div_(255)
+        seeds = [sample_seed(self.config.seed, p.item.key, name) for p in batch]
+        y = gen.generate(x, seeds)
+        if y.shape != x.shape:
+            raise RuntimeError(f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}")
+        fakes = y.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for p, fake in zip(batch, fakes, strict=True):
+            p.fakes[name] = fake
+
+    def sample(self, p: Prepared) -> dict:
+        """Encode a prepared sample into its shard fields."""
+        ext = p.encoding.ext
+        fields = {f"real.{ext}": encode(p.aligned.pixels, p.encoding)}
+        gens = {}
+        for name, gen in self.generators():
+            data = encode(p.fakes[name], p.encoding)
+            fields[f"{name}.{ext}"] = data
+            gens[name] = {
+                "generator": gen.name,
+                "seed": sample_seed(self.config.seed, p.item.key, name),
+                "params": gen.info()["params"],
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "psnr_db": round(psnr(p.fakes[name], p.aligned.pixels), 3),
+            }
+        h, w = p.aligned.pixels.shape[:2]
+        meta = {
+            "key": p.item.key,
+            "source": p.item.source,
+            "source_sha256": p.source_sha256,
+            "source_format": p.decoded.format,
+            "source_mode": p.decoded.mode,
+            "source_size": list(p.decoded.size),
+            "jpeg": p.decoded.jpeg.describe() if p.decoded.jpeg else None,
+            "conversions": p.decoded.conversions,
+            "resized_from": list(p.aligned.resized_from) if p.aligned.resized_from else None,
+            "crop_box": list(p.aligned.crop_box),
+            "size": [w, h],
+            "encoding": p.encoding.describe(),
+            "generators": gens,
+        }
+        fields["json"] = json.dumps(meta, sort_keys=True).encode()
+        return {"__key__": p.item.key, **fields}
+
+    # -- shards -----------------------------------------------------------------------------------------------
+    def build_shard(self, index: int, items: list[SourceItem], bar: tqdm | None = None) -> dict:
+        started = time.perf_counter()
+        timings: Counter = Counter()
+        failed: Counter = Counter()
+        skipped: list[dict] = []
+        gens = self.generators()
+        writer = ShardWriter(self.out, index)
+        window = self.config.batch_size * 4  # decode/generate/encode in windows to bound memory
+
+        def skip(item: SourceItem, err: SkipSample) -> None:
+            failed[err.reason] += 1
+            skipped.append({"key": item.key, "source": item.source, "reason": err.reason, "detail": err.detail})
+
+        try:
+            for lo in range(0, len(items), window):
+                chunk = items[lo : lo + window]
+                t0 = time.perf_counter()
+                prepared: list[Prepared | None] = []
+                for item in chunk:
+                    try:
+                        prepared.append(self.prepare(item))
+                    except SkipSample as e:
+                        skip(item, e)
+                        prepared.append(None)
+                timings["read_decode_align"] += time.perf_counter() - t0
+                by_size: dict[tuple[int, ...], list[Prepared]] = {}
+                for p in prepared:
+                    if p is not None:
+                        by_size.setdefault(p.aligned.pixels.shape, []).append(p)
+                for group in by_size.values():
+                    for b in range(0, len(group), self.config.batch_size):
+                        batch = group[b : b + self.config.batch_size]
+                        for i, err in self.generate(batch, timings).items():
+                            batch[i].error = err
+                t0 = time.perf_counter()
+                for p in prepared:
+                    if p is not None and p.error is not None:
+                        skip(p.item, p.error)
+                    elif p is not None:
+                        writer.write(self.sample(p))
+                timings["encode_write"] += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(len(chunk))
+            nbytes, sha = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        stats = {
+            "shard": index,
+            "tar": tar_path(self.out, index).name,
+            "inputs": len(items),
+            "written": writer.count,
+            "failed": dict(sorted(failed.items())),
+            "skipped": skipped,
+            "bytes": nbytes,
+            "sha256": sha,
+            "fields": ["real", *(n for n, _ in gens)],
+            "generators": {n: g.info() for n, g in gens},
+            "timings": {k: round(v, 4) for k, v in sorted(timings.items())}
+            | {"total": round(time.perf_counter() - started, 4)},
+            "rank": self.rank,
+            "world": self.world,
+            "host": socket.gethostname(),
+            "config_hash": self.config_hash,
+        }
+        atomic_write_json(stats_path(self.out, index), stats)  # last: this marks the shard done
+        return stats
+
+    def run(self) -> BuildSummary:
+        self._check_out()
+        started = time.perf_counter()
+        items = iter_sources(self.config.sources, image_field=self.config.image_field, split=self.config.split)
+        if self.config.limit is not None:
+            items = islice(items, self.config.limit)
+        built, already, inputs, written, failed = [], 0, 0, 0, Counter()
+        num_shards = 0
+        bar = tqdm(
+            total=self.config.limit, unit="img", desc=f"build rank {self.rank}/{self.world}", disable=not self.progress,
+            dynamic_ncols=True,
+        )  # fmt: skip
+        with bar:
+            for index, group in _shards(items, self.config.shard_size):
+                num_shards = index + 1
+                if index % self.world != self.rank:
+                    continue
+                if is_done(self.out, index):
+                    stats = read_stats(self.out, index)
+                    if stats.get("config_hash") != self.config_hash:
+                        raise SefError(
+                            f"{stats_path(self.out, index).name} belongs to a different build; use another --out"
+                        )
+                    already += 1
+                    bar.update(len(group))
+                    continue
+                self.generators()  # load models before the first shard that needs them
+                stats = self.build_shard(index, group, bar)
+                built.append(index)
+                inputs += stats["inputs"]
+                written += stats["written"]
+                failed.update(stats["failed"])
+                bar.set_postfix(shard=index, written=written, skipped=sum(failed.values()))
+        if num_shards == 0:
+            raise SefError(f"no input images found in {', '.join(self.config.sources)}")
+        self._write_build_file(num_shards)
+        manifest = None
+        if self.rank == 0 and all(is_done(self.out, i) for i in range(num_shards)):
+            write_manifest(self.out)
+            manifest = self.out / "manifest.json"
+        return BuildSummary(
+            out=self.out, num_shards=num_shards, built=built, already_done=already, inputs=inputs,
+            written=written, failed=failed, seconds=time.perf_counter() - started, manifest=manifest,
+        )  # fmt: skip
+
+    def _write_build_file(self, num_shards: int) -> None:
+        recipe = None
+        if self.config.recipe:
+            path = Path(self.config.recipe)
+            recipe = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        atomic_write_json(
+            self.out / BUILD_FILE,
+            {
+                "config": self.config.output_dict(),
+                "config_hash": self.config_hash,
+                "recipe": recipe,
+                "fields": ["real", *(s.field for s in self.specs)],
+                "num_shards": num_shards,
+                "shard_size": self.config.shard_size,
+            },
+        )
+
+
+def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
+    """Build (or resume) this rank's shards of ``config``; see :class:`Builder`."""
+    return Builder(config, progress=progress).run()
+
+
+__all__ = ["BuildSummary", "Builder", "build", "psnr"]

@@ -1,0 +1,211 @@
+"""Build configuration: one dataclass, every field with a default and a one-line help, validated on creation.
+
+The same object comes from CLI flags, from a TOML recipe, or from Python; the resolved config is saved with the
+output (``build.json`` and ``manifest.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+import torch
+
+from sefdata.encode import EncodingPolicy
+from sefdata.errors import SefError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class BuildConfig:
+    sources: list[str] = field(
+        default_factory=list,
+        metadata=_help("folders, image files, path lists (.txt), WebDataset tars, or Hugging Face dataset ids"),
+    )
+    out: str = field(default="", metadata=_help("output folder for shards, stats and manifest.json"))
+    gen: list[str] = field(
+        default_factory=lambda: ["vae", "sr"],
+        metadata=_help(
+            "generators, NAME[:key=value,...], one per fake field (default: vae and sr with their default models)"
+        ),
+    )
+    format: str = field(default="match", metadata=_help("encoding of stored images: match, png, jpeg:Q or webp:Q"))
+    max_side: int | None = field(default=None, metadata=_help("downscale sources whose longer side exceeds this"))
+    crop: int | None = field(
+        default=None, metadata=_help("centre-crop every image to this square side (default: no crop)")
+    )
+    min_side: int = field(default=32, metadata=_help("skip images whose aligned shorter side is below this"))
+    max_pixels: int = field(default=100_000_000, metadata=_help("skip images with more pixels (decompression bombs)"))
+    shard_size: int = field(default=1000, metadata=_help("samples per shard (inputs per shard before skips)"))
+    batch_size: int = field(default=8, metadata=_help("images per model call (same-size images are batched)"))
+    device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:i (auto: the rank's GPU if any)"))
+    dtype: str = field(default="fp32", metadata=_help("model precision: fp32, fp16 or bf16 (unsafe ones fall back)"))
+    seed: int = field(default=0, metadata=_help("base seed; each sample's seed derives from it and its key"))
+    rank: int | None = field(default=None, metadata=_help("this worker's rank (default: RANK or Slurm array, else 0)"))
+    world: int | None = field(default=None, metadata=_help("number of workers (default: WORLD_SIZE or Slurm, else 1)"))
+    limit: int | None = field(default=None, metadata=_help("use only the first N inputs (trial runs)"))
+    image_field: str | None = field(
+        default=None, metadata=_help("image field of tar sources / column of datasets (default: detected)")
+    )
+    split: str = field(default="train", metadata=_help("split of Hugging Face dataset sources"))
+    recipe: str | None = field(default=None, metadata=_help("TOML recipe the values came from (recorded)"))
+
+    def __post_init__(self) -> None:
+        from sefdata.generators import GenSpec  # late: generators import heavy libraries
+
+        if not self.gen:
+            raise SefError("no generator: give at least one --gen (see `sefdata build --help`)")
+        specs = [GenSpec.parse(g) for g in self.gen]
+        fields = [s.field for s in specs]
+        if len(set(fields)) != len(fields):
+            raise SefError(f"two generators write the same field ({', '.join(fields)}); rename one with as=NAME")
+        EncodingPolicy.parse(self.format)
+        if self.dtype not in DTYPES:
+            raise SefError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        for name in ("shard_size", "batch_size", "min_side", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise SefError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("max_side", "crop", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SefError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
+            raise SefError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:i")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+    def specs(self):
+        from sefdata.generators import GenSpec
+
+        return [GenSpec.parse(g) for g in self.gen]
+
+    def output_dict(self) -> dict:
+        """The fields that determine the output bytes (not where or how fast it runs)."""
+        skip = {"out", "batch_size", "device", "rank", "world", "recipe"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def output_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.output_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_rank_world(
+    rank: int | None, world: int | None, env: typing.Mapping[str, str] = os.environ
+) -> tuple[int, int]:
+    """Flags win; then torchrun/accelerate (RANK, WORLD_SIZE); then Slurm arrays; else a single worker."""
+    if rank is None and world is None:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            world = int(env["SLURM_ARRAY_TASK_COUNT"])
+    rank = 0 if rank is None else rank
+    world = 1 if world is None else world
+    if world < 1 or not 0 <= rank < world:
+        raise SefError(f"rank {rank} is not in 0..{world - 1} (world size {world})")
+    return rank, world
+
+
+def resolve_device(device: str, env: typing.Mapping[str, str] = os.environ) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(env.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SefError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    return torch.device(device)
+
+
+# --- recipes -----------------------------------------------------------------------------------------------------
+
+
+def _check_type(key: str, value: object, annotation: object) -> None:
+    origin = typing.get_origin(annotation)
+    allowed = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    for a in allowed:
+        if a is type(None) and value is None:
+            return
+        if typing.get_origin(a) is list and isinstance(value, list):
+            return
+        if a in (int, float) and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if isinstance(a, type) and isinstance(value, a):
+            return
+    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+    raise SefError(f"recipe key {key!r}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def _gen_entry(entry: object, base: Path, index: int) -> str:
+    """A recipe generator, as a spec string or a table {name = "...", key = value, ...}; relative paths that
+    exist next to the recipe are made absolute."""
+    if isinstance(entry, str):
+        name, _, rest = entry.partition(":")
+        params = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
+    elif isinstance(entry, dict):
+        if "name" not in entry:
+            raise SefError(f"recipe gen[{index}]: a generator table needs a 'name'")
+        params = {k: v for k, v in entry.items() if k != "name"}
+        name = entry["name"]
+        for k, v in params.items():
+            if not isinstance(v, (str, int, float, bool)):
+                raise SefError(f"recipe gen[{index}].{k}: expected a string, number or boolean")
+    else:
+        raise SefError(f"recipe gen[{index}]: expected a string or a table, got {type(entry).__name__}")
+    items = []
+    for k, v in params.items():
+        v = str(v).lower() if isinstance(v, bool) else str(v)
+        if (base / v).exists() and not Path(v).is_absolute():
+            v = str((base / v).resolve())
+        items.append(f"{k}={v}")
+    return name + (":" + ",".join(items) if items else "")
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read a TOML recipe into BuildConfig keyword arguments, validating keys and types.
+
+    Keys are BuildConfig field names (``-`` or ``_``), at the top level or under ``[build]``. ``gen`` is a list of
+    spec strings or tables. Relative paths (sources, generator files) that exist next to the recipe are taken
+    relative to it; others are kept as given (e.g. Hub ids).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SefError(f"recipe {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SefError(f"recipe {str(path)!r} is not valid TOML: {e}") from None
+    data = {**{k: v for k, v in data.items() if k != "build"}, **data.get("build", {})}
+    hints = typing.get_type_hints(BuildConfig)
+    known = {f.name for f in dataclasses.fields(BuildConfig)} - {"recipe", "out"}
+    kwargs: dict = {}
+    base = path.parent
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            raise SefError(f"recipe {str(path)!r}: unknown key {raw_key!r}; known: {', '.join(sorted(known))}")
+        if key == "gen":
+            if not isinstance(value, list):
+                raise SefError(f"recipe key 'gen': expected a list of generators, got {type(value).__name__}")
+            value = [_gen_entry(e, base, i) for i, e in enumerate(value)]
+        else:
+            _check_type(key, value, hints[key])
+        if key == "sources":
+            value = [str((base / s).resolve()) if (base / s).exists() else s for s in value]
+        kwargs[key] = value
+    return kwargs

@@ -1,0 +1,90 @@
+"""Encoding policies for the stored images (DESIGN.md §4).
+
+The real and every fake of a sample are encoded by the *same* rule, so the only difference a detector can learn is
+the generator's artifact, not the file format:
+
+* ``match`` (default): a JPEG source gives JPEG output with the source's quantisation tables and chroma
+  subsampling; any other source (PNG, WebP, TIFF, BMP, GIF, ...) gives lossless PNG.
+* ``png``: lossless PNG for everything.
+* ``jpeg:Q`` / ``webp:Q``: JPEG (IJG tables for quality Q, 4:2:0) or lossy WebP at quality Q for everything.
+
+An sRGB-or-other RGB ICC profile on the source is embedded in the real and all fakes alike.
+The real is re-encoded too (after the shared crop), so real and fakes have the same encoding history.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from sefdata.errors import SefError
+from sefdata.imageio import DecodedImage
+
+POLICIES = ("match", "png", "jpeg:Q", "webp:Q")
+
+
+@dataclass(frozen=True)
+class EncodingPolicy:
+    kind: str  # "match" | "png" | "jpeg" | "webp"
+    quality: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> EncodingPolicy:
+        kind, _, q = text.strip().lower().partition(":")
+        if kind in ("match", "png") and not q:
+            return cls(kind)
+        if kind in ("jpeg", "jpg", "webp") and q:
+            try:
+                quality = int(q)
+            except ValueError:
+                quality = -1
+            if not 1 <= quality <= 100:
+                raise SefError(f"--format {text!r}: the quality must be an integer from 1 to 100")
+            return cls("jpeg" if kind == "jpg" else kind, quality)
+        raise SefError(f"--format {text!r} is not a known policy; use one of {', '.join(POLICIES)}")
+
+    def __str__(self) -> str:
+        return self.kind if self.quality is None else f"{self.kind}:{self.quality}"
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A concrete way to write one sample's images: the file extension and Pillow's save arguments."""
+
+    ext: str  # field extension in the shard: "jpg", "png" or "webp"
+    pil_format: str
+    options: tuple[tuple[str, object], ...]  # Pillow save kwargs, hashable
+
+    def describe(self) -> dict:
+        out: dict = {"format": self.pil_format}
+        for k, v in self.options:
+            if k == "qtables":
+                out["qtables"] = [list(t) for t in v]  # type: ignore[union-attr]
+            elif k == "icc_profile":
+                out["icc_profile_bytes"] = len(v)  # type: ignore[arg-type]
+            else:
+                out[k] = v
+        return out
+
+
+def encoding_for(policy: EncodingPolicy, source: DecodedImage) -> Encoding:
+    """The encoding a sample gets under ``policy``, given its decoded source."""
+    icc = (("icc_profile", source.icc_profile),) if source.icc_profile else ()
+    if policy.kind == "match" and source.jpeg is not None:
+        opts = (("qtables", source.jpeg.qtables), ("subsampling", source.jpeg.subsampling), *icc)
+        return Encoding("jpg", "JPEG", opts)
+    if policy.kind in ("match", "png"):
+        return Encoding("png", "PNG", icc)
+    if policy.kind == "jpeg":
+        return Encoding("jpg", "JPEG", (("quality", policy.quality), ("subsampling", 2), *icc))
+    return Encoding("webp", "WEBP", (("quality", policy.quality), ("method", 4), *icc))
+
+
+def encode(pixels: np.ndarray, encoding: Encoding) -> bytes:
+    """Encode H x W x 3 uint8 RGB pixels. Deterministic: no timestamps or other varying metadata."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format=encoding.pil_format, **dict(encoding.options))
+    return buf.getvalue()

@@ -1,0 +1,103 @@
+"""Resolving a model or weights reference to local files: a local path, an http(s) URL, or a Hugging Face Hub id.
+
+Everything that accepts weights goes through here, so "not found" reads the same everywhere and says what was
+tried. Hub downloads use huggingface_hub's cache (``HF_HOME``); URLs are cached under ``~/.cache/sef/urls``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from sefdata.errors import SefError
+from sefdata.shards import file_sha256
+
+__all__ = ["file_sha256", "load_state_dict", "resolve_dir", "resolve_file", "revision_of"]
+
+_REVISION_IN_PATH = re.compile(r"/snapshots/([0-9a-f]{40})/")
+
+
+def _hub_error(what: str, ref: str, err: Exception) -> SefError:
+    return SefError(
+        f"{what} {ref!r} is not a local path, and fetching it from the Hugging Face Hub failed "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}). "
+        "Check the path or id, or run where the Hub is reachable (HF_HUB_OFFLINE unset)."
+    )
+
+
+def revision_of(path: Path) -> str | None:
+    """The Hub commit a cached file or snapshot folder came from, if it came from the Hub cache."""
+    m = _REVISION_IN_PATH.search(str(path.resolve()) + "/")
+    return m.group(1) if m else None
+
+
+def resolve_file(ref: str, *, what: str = "weights", revision: str | None = None) -> Path:
+    """A local file for ``ref``: a path, an http(s) URL, or a Hub file ``owner/repo/path/in/repo.ext``
+    (also ``hf://owner/repo/path``)."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise SefError(f"{what} {ref!r} is a folder; give the checkpoint file inside it")
+    if ref.startswith(("http://", "https://")):
+        cache = Path(os.environ.get("SEF_CACHE", Path.home() / ".cache" / "sef")) / "urls"
+        target = cache / hashlib.sha256(ref.encode()).hexdigest()[:16] / Path(ref.split("?")[0]).name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(ref, str(target), progress=True)
+            except Exception as e:  # network errors come in many types
+                raise SefError(f"{what} URL {ref!r} could not be downloaded ({type(e).__name__}: {e})") from None
+        return target
+    parts = ref.removeprefix("hf://").strip("/").split("/")
+    if len(parts) >= 3 and not ref.startswith((".", "/", "~")):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), revision=revision))
+        except Exception as e:
+            raise _hub_error(what, ref, e) from None
+    raise SefError(
+        f"{what} {ref!r} not found: it is not a local file, an http(s) URL, or a Hub file id "
+        "of the form owner/repo/file.ext"
+    )
+
+
+def resolve_dir(
+    ref: str, *, what: str = "model", revision: str | None = None, patterns: list[str] | None = None
+) -> Path:
+    """A local folder for ``ref``: a local folder, or a Hub repo id ``owner/name`` (snapshot, optionally filtered)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SefError(f"{what} {ref!r} is a file; a folder or a Hub repo id was expected")
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(ref, revision=revision, allow_patterns=patterns))
+        except Exception as e:
+            raise _hub_error(what, ref, e) from None
+    raise SefError(f"{what} {ref!r} not found: it is neither a local folder nor a Hub repo id (owner/name)")
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load checkpoint tensors without executing code: safetensors, or a torch pickle with weights_only=True."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SefError(
+            f"cannot read checkpoint {str(path)!r} as plain tensors ({type(e).__name__}). Only safetensors and "
+            "weights-only torch files are loaded: full pickles can run arbitrary code."
+        ) from None
+    if not isinstance(sd, dict):
+        raise SefError(f"checkpoint {str(path)!r} holds a {type(sd).__name__}, not a state dict")
+    return sd

@@ -1,0 +1,137 @@
+"""Shared fixtures: real assets (read-only, from ../shared/assets or $SEF_ASSETS) and tiny random models built
+from config. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _assets_dir() -> Path | None:
+    for candidate in (os.environ.get("SEF_ASSETS"), REPO.parent / "shared" / "assets", REPO / "examples"):
+        if candidate and Path(candidate, "photos").is_dir() and Path(candidate, "weights").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """Real photos and checkpoints: $SEF_ASSETS, ../shared/assets, or the demo kit in examples/."""
+    found = _assets_dir()
+    if found is None:
+        pytest.skip("no real assets: set SEF_ASSETS to a folder with photos/ and weights/")
+    return found
+
+
+@pytest.fixture(scope="session")
+def taef2(assets: Path) -> tuple[Path, Path]:
+    enc, dec = assets / "weights" / "taef2_encoder.pth", assets / "weights" / "taef2_decoder.pth"
+    if not enc.is_file():
+        pytest.skip(f"TAEF2 weights not in {assets}")
+    return enc, dec
+
+
+@pytest.fixture(scope="session")
+def realesr(assets: Path) -> Path:
+    path = assets / "weights" / "realesr-animevideov3.pth"
+    if not path.is_file():
+        pytest.skip(f"realesr-animevideov3.pth not in {assets}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    """A pipeline-style folder (model/vae/) holding a tiny random AutoencoderKL: 2 blocks, so a multiple of 2."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("tiny_vae")
+    vae.save_pretrained(root / "vae")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sr_file(tmp_path_factory) -> Path:
+    """A tiny random x2 SRVGGNetCompact (Real-ESRGAN compact) checkpoint in basicsr layout ({'params': ...})."""
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2)
+    path = tmp_path_factory.mktemp("tiny_sr") / "tiny_x2.pth"
+    torch.save({"params": net.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_taesd_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A random TAESD-layout pair with TAEF2-style pool branches, saved as safetensors."""
+    from safetensors.torch import save_file
+
+    from sefdata.generators.taesd import make_decoder, make_encoder
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_taesd")
+    save_file(make_encoder(8, {11, 12, 13}).state_dict(), folder / "tiny_encoder.safetensors")
+    save_file(make_decoder(8, {3, 4, 5}).state_dict(), folder / "tiny_decoder.safetensors")
+    return folder / "tiny_encoder.safetensors", folder / "tiny_decoder.safetensors"
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth, textured RGB image (uint8) so that codecs and models see photo-like statistics."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([np.sin(6 * x + 1), np.cos(5 * y + 2), np.sin(4 * (x + y))], axis=2)
+    img = 127 + 90 * base + rng.normal(0, 12, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(pixels: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, assets: Path) -> Path:
+    """A small mixed corpus: real camera JPEGs and PNGs (downscaled), plus every kind of bad input."""
+    from PIL import JpegImagePlugin
+
+    root = tmp_path / "corpus"
+    (root / "sub dir").mkdir(parents=True)
+    for name in (
+        "rocket.jpg",
+        "hubble_deep_field.jpg",
+    ):  # real camera quantisation tables, different subsampling
+        src = Image.open(assets / "photos" / name)
+        small = src.convert("RGB").resize((96, 72), Image.LANCZOS)
+        small.save(root / name, "JPEG", qtables=src.quantization, subsampling=JpegImagePlugin.get_sampling(src))
+    Image.open(assets / "photos" / "chelsea.png").convert("RGB").resize((90, 60)).save(root / "chelsea.png")
+    Image.fromarray(photo_like(64, 64, 1)).save(root / "sub dir" / "ünïcode.name.with.dots.png")
+    # bad or unusual inputs
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.png").write_text("this is not an image")
+    good = jpeg_bytes(photo_like(64, 64, 2), quality=90)
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    Image.fromarray(photo_like(64, 48, 3)).convert("CMYK").save(root / "cmyk.jpg", quality=90)
+    Image.fromarray(photo_like(64, 48, 4)[:, :, 0].astype(np.uint16) * 257).save(root / "sixteen.png")
+    pal = Image.fromarray(photo_like(48, 48, 5)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    pal.save(root / "palette.png", transparency=0)
+    Image.fromarray(photo_like(64, 64, 6)[:, :, 1]).save(root / "gray.png")
+    Image.fromarray(photo_like(12, 9, 7)).save(root / "tiny.png")
+    frames = [Image.fromarray(photo_like(40, 40, s)) for s in (8, 9)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    (root / "notes.txt").write_text("not listed: no image extension")
+    return root

@@ -1,0 +1,89 @@
+"""Alignment geometry and encoding policies."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import jpeg_bytes, photo_like
+from PIL import Image, JpegImagePlugin
+
+from sefdata.align import align, common_multiple
+from sefdata.encode import EncodingPolicy, encode, encoding_for
+from sefdata.errors import SefError, SkipSample
+from sefdata.imageio import decode
+
+
+def test_crop_to_common_multiple_keeps_top_left_grid():
+    px = photo_like(101, 75)
+    a = align(px, multiple=common_multiple([8, 4]))
+    assert a.crop_box == (0, 0, 96, 72) and a.pixels.shape == (72, 96, 3)
+    assert np.array_equal(a.pixels, px[:72, :96])
+
+
+def test_fixed_crop_is_centred_on_the_jpeg_grid_and_max_side_downscales():
+    px = photo_like(300, 200)
+    a = align(px, multiple=8, crop=128)
+    left, top, right, bottom = a.crop_box
+    assert (right - left, bottom - top) == (128, 128)
+    assert left % 16 == 0 and top % 16 == 0 and abs(left - 86) < 16 and abs(top - 36) < 16
+    b = align(px, multiple=8, max_side=150)
+    assert b.resized_from == (300, 200) and b.pixels.shape == (96, 144, 3)  # 150x100 cut to multiples of 8
+
+
+def test_too_small_is_skipped_with_reason():
+    with pytest.raises(SkipSample) as e:
+        align(photo_like(7, 30), multiple=8)
+    assert e.value.reason == "too_small"
+    with pytest.raises(SkipSample):
+        align(photo_like(64, 40), multiple=8, min_side=48)
+    with pytest.raises(SkipSample):
+        align(photo_like(64, 40), multiple=8, crop=48)
+
+
+@pytest.mark.parametrize("bad", ["jpeg", "jpeg:0", "jpeg:101", "webp:x", "gif", "png:3"])
+def test_bad_policies_are_clear_errors(bad):
+    with pytest.raises(SefError, match="--format"):
+        EncodingPolicy.parse(bad)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+def test_match_reuses_source_tables_and_subsampling(subsampling):
+    # a non-standard table, as a camera would write it
+    tables = [[(i % 7) + 2 for i in range(64)], [(i % 5) + 3 for i in range(64)]]
+    source = decode(jpeg_bytes(photo_like(64, 48), qtables=tables, subsampling=subsampling), max_pixels=10**7)
+    enc = encoding_for(EncodingPolicy.parse("match"), source)
+    fake = photo_like(64, 48, seed=5)
+    out = Image.open(io.BytesIO(encode(fake, enc)))
+    assert out.format == "JPEG" and enc.ext == "jpg"
+    assert [list(out.quantization[i]) for i in (0, 1)] == tables
+    assert JpegImagePlugin.get_sampling(out) == subsampling
+
+
+def test_policies_png_jpeg_webp_and_png_sources():
+    png_source = decode(_png(photo_like(32, 32)), max_pixels=10**7)
+    assert encoding_for(EncodingPolicy.parse("match"), png_source).ext == "png"
+    px = photo_like(32, 32)
+    lossless = encode(px, encoding_for(EncodingPolicy.parse("png"), png_source))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(lossless))), px)
+    jpg = Image.open(io.BytesIO(encode(px, encoding_for(EncodingPolicy.parse("jpeg:80"), png_source))))
+    assert jpg.format == "JPEG"
+    from sefdata.imageio import estimate_jpeg_quality
+
+    assert estimate_jpeg_quality(jpg.quantization[0]) == 80
+    webp = Image.open(io.BytesIO(encode(px, encoding_for(EncodingPolicy.parse("webp:70"), png_source))))
+    assert webp.format == "WEBP"
+
+
+def test_encoding_is_deterministic():
+    px = photo_like(40, 40)
+    source = decode(jpeg_bytes(px, quality=85), max_pixels=10**7)
+    enc = encoding_for(EncodingPolicy.parse("match"), source)
+    assert encode(px, enc) == encode(px.copy(), enc)
+
+
+def _png(px: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,223 @@
+"""End-to-end builds with tiny random models: alignment, bad input, shard contract, loaders, determinism, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image, JpegImagePlugin
+
+from sefdata.build import build
+from sefdata.config import BuildConfig
+from sefdata.errors import SefError
+
+
+@pytest.fixture
+def gens(tiny_vae_dir, tiny_sr_file, tiny_taesd_files) -> list[str]:
+    enc, dec = tiny_taesd_files
+    return [
+        f"vae:model={tiny_vae_dir}",
+        f"sr:weights={tiny_sr_file},scale=2",
+        f"taesd:encoder={enc},decoder={dec}",
+    ]
+
+
+def _config(sources, out, gens, **kw) -> BuildConfig:
+    kw = {"shard_size": 4, "batch_size": 2, **kw}
+    return BuildConfig(sources=[str(s) for s in sources], out=str(out), gen=gens, **kw)
+
+
+def _samples(out: Path) -> list[dict]:
+    tars = sorted(str(p) for p in out.glob("shard-*.tar"))
+    return list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
+
+
+def _stats(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("shard-*.stats.json"))]
+
+
+def test_build_aligns_and_counts_bad_input(corpus, gens, tmp_path):
+    out = tmp_path / "out"
+    summary = build(_config([corpus], out, gens), progress=False)
+    # 4 good photos + cmyk, 16-bit, palette, gray converted by rule; 5 skipped by reason
+    assert summary.failed == Counter(empty=1, not_an_image=1, corrupt=1, animated=1, too_small=1)
+    assert summary.written == 8 and summary.inputs == 13 and summary.num_shards == 4
+    skipped = {s["source"].rsplit("/", 1)[-1]: s["reason"] for st in _stats(out) for s in st["skipped"]}
+    assert skipped == {"empty.jpg": "empty", "text.png": "not_an_image", "truncated.jpg": "corrupt",
+                       "anim.gif": "animated", "tiny.png": "too_small"}  # fmt: skip
+
+    samples = _samples(out)
+    assert len(samples) == 8
+    for s in samples:
+        meta = json.loads(s["json"])
+        ext = "jpg" if meta["source_format"] == "JPEG" else "png"
+        fields = {k for k in s if not k.startswith("__")}
+        assert fields == {f"real.{ext}", f"vae.{ext}", f"sr.{ext}", f"taesd.{ext}", "json"}, fields
+        assert "." not in s["__key__"]
+        real = Image.open(io.BytesIO(s[f"real.{ext}"]))
+        assert real.mode == "RGB" and list(real.size) == meta["size"]
+        assert real.size[0] % 8 == 0 and real.size[1] % 8 == 0  # lcm of vae (2), sr (2) and taesd (8)
+        for name in ("vae", "sr", "taesd"):
+            fake = Image.open(io.BytesIO(s[f"{name}.{ext}"]))
+            assert fake.size == real.size and fake.mode == "RGB" and fake.format == real.format
+            if real.format == "JPEG":  # same quantisation tables and subsampling as the real
+                assert fake.quantization == real.quantization
+                assert JpegImagePlugin.get_sampling(fake) == JpegImagePlugin.get_sampling(real)
+            assert meta["generators"][name]["seed"] >= 0
+    by_source = {json.loads(s["json"])["source"].rsplit("/", 1)[-1]: s for s in samples}
+    # the real keeps its source's JPEG tables (camera tables, not libjpeg defaults)
+    rocket = by_source["rocket.jpg"]
+    source = Image.open(corpus / "rocket.jpg")
+    assert Image.open(io.BytesIO(rocket["real.jpg"])).quantization == source.quantization
+    conversions = {k: json.loads(s["json"])["conversions"] for k, s in by_source.items()}
+    assert conversions["cmyk.jpg"] == ["cmyk_to_rgb"] and conversions["sixteen.png"] == [
+        "16bit_to_8bit",
+        "gray_to_rgb",
+    ]
+    assert conversions["palette.png"] == ["alpha_on_white"] and conversions["gray.png"] == ["gray_to_rgb"]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["__kind__"] == "wids-shard-index-v1"
+    assert [s["nsamples"] for s in manifest["shardlist"]] == [st["written"] for st in _stats(out)]
+    assert manifest["sef"]["totals"] == {
+        "inputs": 13,
+        "written": 8,
+        "failed": dict(sorted(summary.failed.items())),
+    }
+    assert set(manifest["sef"]["generators"]) == {"vae", "sr", "taesd"}
+    assert manifest["sef"]["versions"]["torch"]
+
+
+def test_same_seed_builds_are_byte_identical_and_resume_redoes_only_missing(corpus, gens, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    build(_config([corpus], a, gens), progress=False)
+    build(_config([corpus], b, gens, batch_size=2), progress=False)
+    tars = sorted(p.name for p in a.glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in b.glob("*.tar"))
+    for name in tars:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+    # interrupted build: shard 1 lost its done marker and left a partial tar; the re-run redoes only shard 1
+    (b / "shard-000001.stats.json").unlink()
+    (b / "shard-000001.tar").rename(b / "shard-000001.tar.partial")
+    (b / "shard-000001.tar.partial").write_bytes(b"garbage")
+    summary = build(_config([corpus], b, gens), progress=False)
+    assert summary.built == [1] and summary.already_done == 3
+    assert (a / "shard-000001.tar").read_bytes() == (b / "shard-000001.tar").read_bytes()
+    assert not (b / "shard-000001.tar.partial").exists()
+
+
+def test_a_different_config_refuses_an_old_output_folder(corpus, gens, tmp_path):
+    out = tmp_path / "out"
+    build(_config([corpus], out, gens, limit=2), progress=False)
+    with pytest.raises(SefError, match="different build"):
+        build(_config([corpus], out, gens, limit=2, seed=1), progress=False)
+
+
+def test_shards_load_with_plain_webdataset_decoding_and_hf_datasets(corpus, gens, tmp_path):
+    out = tmp_path / "out"
+    build(_config([corpus], out, gens), progress=False)
+    decoded = list(wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False).decode("pil"))
+    assert len(decoded) == 8 and all(isinstance(s.get("real.jpg", s.get("real.png")), Image.Image) for s in decoded)
+
+    import datasets
+
+    # one format per dataset for the HF builder: load the JPEG-only and PNG-only shards of a png build
+    png_out = tmp_path / "png"
+    build(_config([corpus], png_out, gens, format="png"), progress=False)
+    ds = datasets.load_dataset("webdataset", data_files={"train": sorted(str(p) for p in png_out.glob("*.tar"))},
+                               split="train")  # fmt: skip
+    assert len(ds) == 8
+    assert {"real.png", "vae.png", "sr.png", "taesd.png", "json"} <= set(ds.column_names)
+    row = ds[0]
+    for field in ("real.png", "vae.png", "sr.png", "taesd.png"):
+        assert isinstance(row[field], Image.Image) and row[field].size == row["real.png"].size
+    assert json.loads(row["json"]) if isinstance(row["json"], str) else row["json"]["key"] == row["__key__"]
+
+
+def test_tar_members_have_fixed_metadata(corpus, gens, tmp_path):
+    out = tmp_path / "out"
+    build(_config([corpus], out, gens, limit=3), progress=False)
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        members = tar.getmembers()
+    assert members and all(m.mtime == 0 and m.uname == "sef" and m.mode == 0o444 for m in members)
+    keys = [m.name.split(".", 1)[0] for m in members]
+    (stats,) = _stats(out)
+    assert len(set(keys)) == stats["written"] == 2  # anim.gif, chelsea.png, cmyk.jpg: the GIF is skipped
+    assert len(keys) == 2 * 5  # real, vae, sr, taesd, json
+
+
+def test_sources_list_tar_and_dataset_folder(corpus, gens, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two photos\n" + str(corpus / "rocket.jpg") + "\n\ncorpus/chelsea.png\n")
+    out = tmp_path / "from_list"
+    s = build(_config([listing], out, gens), progress=False)
+    assert s.written == 2
+
+    # a build's own shards are a source: its real.* field is used
+    again = tmp_path / "from_tar"
+    s = build(_config([str(out / "shard-000000.tar")], again, gens), progress=False)
+    assert s.written == 2
+    first = _samples(again)[0]
+    assert json.loads(first["json"])["source"].endswith(".tar#" + _samples(out)[0]["__key__"])
+
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"image": [str(corpus / "rocket.jpg"), str(corpus / "gray.png")], "label": [0, 1]})
+    ds = ds.cast_column("image", datasets.Image())
+    ds.save_to_disk(tmp_path / "hfds")
+    s = build(_config([tmp_path / "hfds"], tmp_path / "from_hf", gens), progress=False)
+    assert s.written == 2
+    with pytest.raises(SefError, match="no image column named 'pixels'"):
+        build(_config([tmp_path / "hfds"], tmp_path / "x", gens, image_field="pixels"), progress=False)
+
+
+def test_ranks_partition_the_shards(corpus, gens, tmp_path):
+    whole = tmp_path / "whole"
+    build(_config([corpus], whole, gens), progress=False)
+    split = tmp_path / "split"
+    results = [build(_config([corpus], split, gens, rank=r, world=3), progress=False) for r in (1, 2, 0)]
+    assert sorted(i for r in results for i in r.built) == [0, 1, 2, 3]
+    assert results[0].built == [1] and results[1].built == [2] and results[2].built == [0, 3]
+    assert results[0].manifest is None and results[2].manifest is not None  # rank 0 finished last: writes it
+    for p in whole.glob("*.tar"):
+        assert (split / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_generator_failure_skips_the_sample_not_the_build(corpus, gens, tmp_path, monkeypatch):
+    from sefdata.generators.sr import SrGenerator
+
+    original = SrGenerator.generate
+
+    def flaky(self, images, seeds):
+        if images.shape[-1] == 88:  # the chelsea photo (90x60 -> 88x56) breaks the model
+            raise RuntimeError("boom")
+        return original(self, images, seeds)
+
+    monkeypatch.setattr(SrGenerator, "generate", flaky)
+    s = build(_config([corpus / "chelsea.png", corpus / "rocket.jpg"], tmp_path / "o", gens), progress=False)
+    assert s.written == 1 and s.failed == Counter(generation_failed=1)
+    (entry,) = _stats(tmp_path / "o")[0]["skipped"]
+    assert entry["reason"] == "generation_failed" and "boom" in entry["detail"]
+
+
+def test_no_input_and_bad_flags_are_clear_errors(tmp_path, gens):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SefError, match="no input images"):
+        build(_config([tmp_path / "empty"], tmp_path / "o", gens), progress=False)
+    with pytest.raises(SefError, match="same field"):
+        _config([tmp_path], tmp_path / "o", [gens[0], gens[0]])
+    with pytest.raises(SefError, match="--shard-size"):
+        BuildConfig(sources=["x"], out="o", gen=gens, shard_size=0)
+    with pytest.raises(SefError, match="--dtype"):
+        BuildConfig(sources=["x"], out="o", gen=gens, dtype="fp8")
+    px = np.zeros((8, 8, 3), np.uint8)
+    Image.fromarray(px).save(tmp_path / "a.png")
+    with pytest.raises(SefError, match="--crop 12 must be a multiple of 8"):
+        build(_config([tmp_path / "a.png"], tmp_path / "o2", gens, crop=12), progress=False)
