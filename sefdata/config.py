@@ -204,7 +204,7 @@ def load_recipe(path: str | Path) -> dict:
                 raise SefError(f"recipe key 'gen': expected a list of generators, got {type(value).__name__}")
             value = [_gen_entry(e, base, i) for i, e in enumerate(value)]
         else:
-            _check_type(key, value, hints[key])
+            _check_type(raw_key, value, hints[key])
         if key == "sources":
             value = [str((base / s).resolve()) if (base / s).exists() else s for s in value]
         kwargs[key] = value

@@ -1,0 +1,107 @@
+"""The command line: help, recipes, flags over recipes, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.sefdata import app
+from sefdata.config import load_recipe
+from sefdata.errors import SefError
+
+runner = CliRunner()
+
+
+def test_build_help_documents_every_contract_option():
+    result = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--gen", "--format", "--max-side", "--shard-size", "--batch-size", "--device", "--dtype", "--seed",
+                   "--rank", "--world", "--limit", "--recipe", "--out"):  # fmt: skip
+        assert option in result.output
+    assert "(default: match)" in result.output and "(default: 1000)" in result.output
+
+
+def _recipe(tmp_path: Path, tiny_sr_file: Path, body: str = "") -> Path:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "sr.pth").write_bytes(tiny_sr_file.read_bytes())
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'sources = ["photos"]\nshard_size = 2\nformat = "png"\n' + body
+        + '[[gen]]\nname = "sr"\nweights = "weights/sr.pth"\nscale = 2\nas = "gan"\n'
+    )  # fmt: skip
+    return recipe
+
+
+def test_recipe_paths_are_relative_to_the_recipe_and_flags_override(tmp_path, tiny_sr_file, corpus):
+    (tmp_path / "photos").mkdir()
+    for name in ("rocket.jpg", "chelsea.png", "gray.png"):
+        (tmp_path / "photos" / name).write_bytes((corpus / name).read_bytes())
+    recipe = _recipe(tmp_path, tiny_sr_file)
+    values = load_recipe(recipe)
+    assert values["sources"] == [str((tmp_path / "photos").resolve())]
+    assert values["gen"] == [f"sr:weights={(tmp_path / 'weights' / 'sr.pth').resolve()},scale=2,as=gan"]
+
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["build", "--recipe", str(recipe), "--out", str(out), "--format", "match", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "built 2 shard(s)" in result.output and "manifest:" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sef"]["config"]["format"] == "match"  # the flag won over the recipe
+    assert manifest["sef"]["fields"] == ["real", "gan"]
+    build_info = json.loads((out / "build.json").read_text())
+    assert build_info["recipe"]["path"] == str(recipe) and len(build_info["recipe"]["sha256"]) == 64
+
+    grid = tmp_path / "grid.png"
+    result = runner.invoke(app, ["preview", str(out), "--out", str(grid), "--samples", "2", "--tile", "64"])
+    assert result.exit_code == 0, result.output
+    img = Image.open(grid)
+    assert img.size == (64 * 4, 22 + 2 * (64 + 22))  # real | gan | residual | spectrum, two rows
+
+    (out / "manifest.json").unlink()
+    result = runner.invoke(app, ["manifest", str(out)])
+    assert result.exit_code == 0 and (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("colour = 3\n", "unknown key 'colour'"), ("batch-size = \"ten\"\n", "recipe key 'batch-size': expected int"),
+     ("gen = 3\n", "expected a list of generators")],
+)  # fmt: skip
+def test_recipe_validation_names_the_key(tmp_path, tiny_sr_file, body, message):
+    recipe = _recipe(tmp_path, tiny_sr_file)
+    recipe.write_text(body + recipe.read_text() if "gen" not in body else body)
+    with pytest.raises(SefError, match=message):
+        load_recipe(recipe)
+
+
+def test_errors_are_one_readable_line(tmp_path, corpus, tiny_sr_file):
+    sr = f"sr:weights={tiny_sr_file},scale=2"
+    cases = [
+        (["build", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--gen", sr], "not found"),
+        (["build", str(corpus), "--out", str(tmp_path / "o"), "--gen", "sr:weights=nope.pth"], "sr weights 'nope.pth'"),
+        (["build", str(corpus), "--out", str(tmp_path / "o"), "--gen", "magic"], "unknown generator 'magic'"),
+        (["build", str(corpus), "--out", str(tmp_path / "o"), "--format", "gif"], "--format 'gif'"),
+        (["preview", str(tmp_path), "--out", str(tmp_path / "p.png")], "no shards"),
+        (["manifest", str(tmp_path)], "not a sefdata build folder"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], result.output
+        assert "Traceback" not in result.output
+
+
+def test_skipped_inputs_are_summarised(tmp_path, corpus, tiny_sr_file):
+    result = runner.invoke(app, ["build", str(corpus), "--out", str(tmp_path / "o"), "--no-progress",
+                                 "--gen", f"sr:weights={tiny_sr_file},scale=2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "skipped 5 input(s)" in result.output
+    for reason in ("animated", "corrupt", "empty", "not_an_image", "too_small"):
+        assert reason in result.output
