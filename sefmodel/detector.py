@@ -272,6 +272,19 @@ class SEFDetector(
             feats.append(bb.pool(bb.run_blocks(hidden, start, stop)))
         return torch.stack(feats, dim=1)
 
+    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLS features (B, D) of the bare frozen backbone, every adapter bypassed (reference / analysis)."""
+        bb = self.backbone
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        for layer in self._tuner_layers:
+            layer.enable_adapters(False)
+        try:
+            return bb.pool(bb.run_blocks(bb.embed(pixel_values), 0, self.feature_index + 1))
+        finally:
+            for layer in self._tuner_layers:
+                layer.enable_adapters(True)
+            self._apply_trainable()
+
     def forward(
         self,
         pixel_values: torch.Tensor,

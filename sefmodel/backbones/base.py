@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -143,8 +144,12 @@ class ViTBackbone(nn.Module):
         block = self.layers()[0]
         names = []
         for name, module in block.named_modules():
-            # Only plain Linear leaves of the original model, never a LoRA layer's own sub-Linears.
-            if isinstance(module, nn.Linear) and "lora_" not in name and "base_layer" not in name:
+            # Linear layers of the original model, also once LoRA wraps them; never LoRA's own sub-Linears.
+            if isinstance(module, BaseTunerLayer):
+                is_target = isinstance(module.get_base_layer(), nn.Linear)
+            else:
+                is_target = isinstance(module, nn.Linear) and "lora_" not in name and "base_layer" not in name
+            if is_target:
                 parts = name.lower().split(".")
                 if any(m in part for part in parts for m in markers):
                     names.append(name)
