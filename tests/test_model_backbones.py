@@ -101,3 +101,37 @@ def test_clip_accepts_non_native_sizes_by_interpolating_positions():
     with torch.no_grad():
         out = bb(torch.randn(2, 3, 48, 48))
     assert out.shape == (2, 32) and torch.isfinite(out).all()
+
+
+def test_a_new_family_is_one_small_class_and_one_registration(monkeypatch):
+    """The docs' example: a plain transformers ViT becomes a backbone with embed + pool and one line."""
+    from transformers import ViTConfig, ViTModel
+
+    from sefmodel import DetectorConfig, SEFDetector
+    from sefmodel.backbones import registry
+
+    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))  # keep the global registry clean
+
+    class VitBackbone(ViTBackbone):
+        name = "vit"
+        default_model_id = "google/vit-large-patch16-224-in21k"
+        model_class, config_class = ViTModel, ViTConfig
+        image_mean = image_std = (0.5, 0.5, 0.5)
+
+        def embed(self, pixel_values):
+            return self.model.embeddings(pixel_values, interpolate_pos_encoding=True)
+
+        def pool(self, hidden):
+            return self.model.layernorm(hidden[:, 0])
+
+    register_backbone("vit", VitBackbone)
+    vit = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=8)
+    torch.manual_seed(0)
+    detector = SEFDetector(
+        DetectorConfig(backbone="vit", backbone_config={**vit, "image_size": SIZE}, image_size=SIZE)
+    )
+    x = pixels()
+    with torch.no_grad():
+        reference = detector.backbone.model(pixel_values=x).last_hidden_state[:, 0]
+        torch.testing.assert_close(detector.frozen_features(x), reference, rtol=1e-5, atol=1e-6)
+        assert detector(x)["gate_weights"].shape == (3, 2)

@@ -122,11 +122,14 @@ class ViTBackbone(nn.Module):
     def layers(self) -> nn.ModuleList:
         """The encoder's blocks: ``encoder.layer`` or ``encoder.layers``, under ``vision_model`` or not."""
         root = getattr(self.model, "vision_model", self.model)
-        encoder = root.encoder
-        for attr in ("layer", "layers"):
-            if isinstance(getattr(encoder, attr, None), nn.ModuleList):
-                return getattr(encoder, attr)
-        raise TypeError(f"{type(self).__name__}: cannot find the block list of {type(encoder).__name__}")
+        # Some transformers releases keep the blocks under ``encoder``, others directly on the model.
+        for parent in (getattr(root, "encoder", None), root):
+            for attr in ("layer", "layers"):
+                if isinstance(getattr(parent, attr, None), nn.ModuleList):
+                    return getattr(parent, attr)
+        raise TypeError(
+            f"{type(self).__name__}: cannot find the block list of {type(root).__name__}; override layers()"
+        )
 
     def layers_path(self) -> str:
         """Dotted module path of :meth:`layers` inside ``self.model`` (for LoRA target regexes)."""
