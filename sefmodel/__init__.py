@@ -1,0 +1,22 @@
+"""sefmodel: detection half of the SEF toolkit (backbones, LoRA experts, gated fusion, detector save/load)."""
+
+from .backbones import ViTBackbone, get_backbone_class, known_backbones, register_backbone
+from .config import DetectorConfig
+from .detector import Scores, SEFDetector
+from .fusion import known_fusions, register_fusion
+from .lora import LoraSettings
+from .serialization import UnsafeCheckpointError
+
+__all__ = [
+    "DetectorConfig",
+    "LoraSettings",
+    "SEFDetector",
+    "Scores",
+    "UnsafeCheckpointError",
+    "ViTBackbone",
+    "get_backbone_class",
+    "known_backbones",
+    "known_fusions",
+    "register_backbone",
+    "register_fusion",
+]

@@ -1,0 +1,138 @@
+"""The detector's configuration: one dataclass, saved as ``config.json`` in every detector folder."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .backbones import get_backbone_class
+from .fusion import known_fusions
+from .lora import LoraSettings
+from .preprocess import CROP_MODES, SMALL_MODES
+
+FORMAT_VERSION = 1
+_EXPERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# Keys written next to the config fields in config.json; not configuration.
+_META_KEYS = ("format_version", "library")
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild a detector (its trained tensors come from the safetensors file)."""
+
+    backbone: str = "dinov2"
+    """Backbone family in the registry: dinov2, dinov2_registers, clip (or any registered name)."""
+    backbone_id: str | None = None
+    """Hub id or local folder of the backbone weights; None means the family's default id
+    (e.g. facebook/dinov2-large). Must be None when backbone_config is given."""
+    backbone_revision: str | None = None
+    """Hub branch, tag or commit of the backbone; filled with the resolved commit when the Hub reports one."""
+    backbone_config: dict[str, Any] | None = None
+    """A transformers config dict to build a randomly initialised backbone instead of loading one (tests,
+    benchmarks). Such a backbone's weights are saved in the detector folder (backbone.safetensors)."""
+    feature_layer: int = -1
+    """Block whose CLS token is the feature (0-based; -1 = last). The final norm is applied to it."""
+    experts: list[str] = field(default_factory=lambda: ["recon", "sr"])
+    """Expert names, one LoRA adapter + head each (letters, digits, _ or -, starting with a letter)."""
+    fusion: str = "sef"
+    """How expert features become a score: single (one expert, its own head; also the mixed baseline),
+    sef, mean, concat."""
+    gate_hidden: int = 256
+    """Hidden width of the SEF gating MLP; 0 makes the gate linear."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA settings shared by all experts."""
+    shared_trunk: bool = True
+    """Run blocks before the first LoRA block once for all experts (same scores, less compute)."""
+    image_size: int | None = None
+    """Crop side in pixels fed to the backbone; None uses the backbone's default (336 DINOv2, 224 CLIP).
+    Must be a multiple of the patch size."""
+    crop: str = "center"
+    """Crops per image when scoring: center (one) or multi (a grid; probabilities are averaged)."""
+    crops_per_side: int = 3
+    """Maximum crops along each side for crop=multi."""
+    resize: int | None = None
+    """Resize the short side to this many pixels before cropping; None keeps native resolution (recommended:
+    resampling blurs generator artifacts)."""
+    small: str = "pad"
+    """Images smaller than the crop: pad (with the mean colour) or upscale (bicubic)."""
+
+    def __post_init__(self) -> None:
+        try:
+            get_backbone_class(self.backbone)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        if self.backbone_config is not None:
+            if self.backbone_id is not None:
+                raise ValueError(
+                    "give either backbone_id (pretrained weights) or backbone_config (random), not both"
+                )
+            if not isinstance(self.backbone_config, dict):
+                raise ValueError("backbone_config must be a dict of transformers config fields")
+        elif self.backbone_id is None:
+            self.backbone_id = get_backbone_class(self.backbone).default_model_id
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings.from_dict(self.lora)
+        if not isinstance(self.lora, LoraSettings):
+            raise ValueError(f"lora must be LoraSettings or a dict, got {type(self.lora).__name__}")
+        if isinstance(self.experts, str):
+            raise ValueError(f"experts must be a list of names, got the string {self.experts!r}")
+        self.experts = list(self.experts)
+        if not self.experts:
+            raise ValueError("experts must name at least one expert")
+        for name in self.experts:
+            if not isinstance(name, str) or not _EXPERT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"bad expert name {name!r}: use letters, digits, _ or -, starting with a letter"
+                )
+        if len(set(self.experts)) != len(self.experts):
+            raise ValueError(f"expert names must be unique, got {self.experts}")
+        fusions = ["single", *known_fusions()]
+        if self.fusion not in fusions:
+            raise ValueError(f"unknown fusion {self.fusion!r}; known: {', '.join(fusions)}")
+        if self.fusion == "single" and len(self.experts) != 1:
+            raise ValueError(f"fusion='single' takes exactly one expert, got {self.experts}")
+        if self.fusion != "single" and len(self.experts) < 2:
+            raise ValueError(f"fusion={self.fusion!r} needs at least two experts, got {self.experts}")
+        _check_int("feature_layer", self.feature_layer)
+        _check_int("gate_hidden", self.gate_hidden, minimum=0)
+        _check_int("crops_per_side", self.crops_per_side, minimum=1)
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, minimum=1)
+        if self.resize is not None:
+            _check_int("resize", self.resize, minimum=1)
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"unknown crop {self.crop!r}; known: {', '.join(CROP_MODES)}")
+        if self.small not in SMALL_MODES:
+            raise ValueError(f"unknown small-image rule {self.small!r}; known: {', '.join(SMALL_MODES)}")
+        if not isinstance(self.shared_trunk, bool):
+            raise ValueError(f"shared_trunk must be true or false, got {self.shared_trunk!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with the format version, as written to ``config.json``."""
+        return {"format_version": FORMAT_VERSION, "library": "sef-toolkit", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not be silently ignored)."""
+        data = dict(data)
+        version = data.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"detector format_version {version} is not supported (this code reads {FORMAT_VERSION})"
+            )
+        for key in _META_KEYS:
+            data.pop(key, None)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown detector config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")

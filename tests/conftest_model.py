@@ -1,0 +1,71 @@
+"""Tiny backbone configs and helpers shared by the tests/test_model_*.py files (imported explicitly).
+
+Everything is built from config with random weights: no download, CPU, milliseconds per forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sefmodel import DetectorConfig, SEFDetector
+
+# Tiny tensors gain nothing from intra-op threads, and on small CPU runners OpenMP workers spinning beside
+# numpy's BLAS threads made each test ~50x slower; one thread keeps the suite fast and its timing stable.
+torch.set_num_threads(1)
+
+SIZE = 32  # input side in pixels; 4x4 patches of 8 px
+TINY = {
+    "dinov2": dict(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=SIZE, patch_size=8
+    ),
+    "dinov2_registers": dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=SIZE,
+        patch_size=8,
+        num_register_tokens=2,
+    ),
+    "clip": dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=SIZE,
+        patch_size=8,
+    ),
+}
+FAMILIES = sorted(TINY)
+
+
+def tiny_config(family: str = "dinov2", **overrides) -> DetectorConfig:
+    """A detector config on a tiny random backbone; LoRA rank 4 in the last 2 of 4 blocks by default."""
+    kwargs = dict(
+        backbone=family,
+        backbone_config=TINY[family],
+        image_size=SIZE,
+        lora={"rank": 4, "blocks": "last:2"},
+        gate_hidden=16,
+    )
+    kwargs.update(overrides)
+    return DetectorConfig(**kwargs)
+
+
+def tiny_detector(family: str = "dinov2", seed: int = 0, **overrides) -> SEFDetector:
+    torch.manual_seed(seed)
+    return SEFDetector(tiny_config(family, **overrides))
+
+
+def randomize_trained(detector: SEFDetector, seed: int = 1, scale: float = 0.5) -> SEFDetector:
+    """Give every trained tensor (LoRA A and B, heads, gate, classifier) random non-zero values, as training
+    would; a fresh LoRA has B = 0 and would hide bugs in how adapters are routed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in detector.trained_state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * scale)
+    return detector
+
+
+def pixels(batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))

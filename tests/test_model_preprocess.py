@@ -1,0 +1,91 @@
+"""Preprocessing: any PIL image -> normalised crops, by the documented rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sefmodel.preprocess import crop_boxes, prepare, to_rgb
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_becomes_8bit_rgb(mode):
+    image = Image.new(mode, (20, 10))
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.size == (20, 10)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    arr = np.full((4, 4), 65535 // 2, dtype=np.uint16)
+    out = np.asarray(to_rgb(Image.fromarray(arr)))
+    assert 126 <= out[0, 0, 0] <= 128  # mid-grey stays mid-grey instead of saturating at 255
+
+
+def test_rgba_drops_alpha_and_keeps_colour():
+    image = Image.new("RGBA", (4, 4), (200, 100, 50, 0))
+    assert to_rgb(image).getpixel((0, 0)) == (200, 100, 50)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (30, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    image.info["exif"] = exif.tobytes()
+    image = Image.open(_roundtrip_jpeg(image, exif))
+    assert to_rgb(image).size == (10, 30)
+
+
+def _roundtrip_jpeg(image, exif):
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif.tobytes())
+    buf.seek(0)
+    return buf
+
+
+def test_center_crop_shape_and_normalisation():
+    image = Image.new("RGB", (50, 40), (255, 128, 0))
+    x = prepare(image, 32, MEAN, STD)
+    assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([2.0, (128 / 255 - 0.5) / 0.25, -2.0]))
+
+
+def test_small_images_are_padded_with_the_mean_or_upscaled():
+    image = Image.new("RGB", (10, 40), (255, 255, 255))
+    padded = prepare(image, 32, MEAN, STD, small="pad")
+    assert padded.shape == (1, 3, 32, 32)
+    assert torch.all(padded[0, :, :, 0] == 0)  # left border: padding, the mean colour -> 0
+    assert torch.all(padded[0, :, :, 16] == 2.0)  # the image itself (white)
+    upscaled = prepare(image, 32, MEAN, STD, small="upscale")
+    assert upscaled.shape == (1, 3, 32, 32) and torch.all(upscaled == 2.0)
+
+
+def test_multi_crop_grid_covers_the_image():
+    boxes = crop_boxes(100, 40, 32, "multi", crops_per_side=3)
+    assert len(boxes) == 3 * 2
+    assert min(b[0] for b in boxes) == 0 and max(b[2] for b in boxes) == 100
+    assert min(b[1] for b in boxes) == 0 and max(b[3] for b in boxes) == 40
+    assert crop_boxes(32, 32, 32, "multi") == [(0, 0, 32, 32)]
+
+
+def test_resize_short_side_before_cropping():
+    image = Image.new("RGB", (400, 200))
+    assert prepare(image, 32, MEAN, STD, crop="multi", resize=32, crops_per_side=9).shape == (
+        2,
+        3,
+        32,
+        32,
+    )  # 64x32
+
+
+def test_bad_modes_are_rejected():
+    image = Image.new("RGB", (40, 40))
+    with pytest.raises(ValueError, match="unknown crop mode"):
+        prepare(image, 32, MEAN, STD, crop="random")
+    with pytest.raises(ValueError, match="small-image rule"):
+        prepare(image, 32, MEAN, STD, small="stretch")
