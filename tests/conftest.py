@@ -13,6 +13,21 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def pytest_configure(config) -> None:
+    # Tiny tensors gain nothing from intra-op threads, and on small CPU runners OpenMP workers spinning beside
+    # numpy's BLAS threads made tiny-model tests many times slower. Real-weight tests opt back in (all_threads).
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def all_threads():
+    """Use every core for real-size work inside this fixture's scope."""
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield
+    torch.set_num_threads(1)
 
 
 def _assets_dir() -> Path | None:

@@ -9,10 +9,6 @@ import torch
 
 from sefmodel import DetectorConfig, SEFDetector
 
-# Tiny tensors gain nothing from intra-op threads, and on small CPU runners OpenMP workers spinning beside
-# numpy's BLAS threads made each test ~50x slower; one thread keeps the suite fast and its timing stable.
-torch.set_num_threads(1)
-
 SIZE = 32  # input side in pixels; 4x4 patches of 8 px
 TINY = {
     "dinov2": dict(

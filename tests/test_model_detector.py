@@ -27,9 +27,7 @@ def test_fresh_lora_expert_gives_exactly_the_frozen_backbone_features(family):
         reference = untouched(pixel_values=x).pooler_output
     for i in range(len(detector.expert_names)):
         assert torch.equal(experts[:, i], frozen)  # B = 0: the LoRA branch adds exactly zero
-    torch.testing.assert_close(
-        frozen, reference, rtol=1e-5, atol=1e-6
-    )  # and our split forward is the model's
+    torch.testing.assert_close(frozen, reference, rtol=1e-5, atol=1e-6)  # and our split forward is the model's
 
     randomize_trained(detector)  # the check above can fail: a trained adapter moves the features
     with torch.no_grad():
@@ -148,9 +146,7 @@ def test_forcing_one_expert_reproduces_that_experts_feature_path(index):
         alone = detector(x, expert=name)["features"][:, 0]  # that expert run on its own
         other = detector(x, expert=detector.expert_names[1 - index])["features"][:, 0]
     assert torch.equal(forced["fused"], alone)
-    torch.testing.assert_close(
-        forced["logits"], detector.fusion.classifier(alone).squeeze(-1), rtol=0, atol=0
-    )
+    torch.testing.assert_close(forced["logits"], detector.fusion.classifier(alone).squeeze(-1), rtol=0, atol=0)
     assert not torch.allclose(forced["fused"], other)
 
 
@@ -179,9 +175,7 @@ def _count_block_calls(detector, block):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("blocks", ["last:1", "last:2", [1, 3], "all"])
 def test_shared_trunk_and_straightforward_modes_agree(family, blocks):
-    detector = randomize_trained(
-        tiny_detector(family, experts=["a", "b", "c"], lora={"rank": 4, "blocks": blocks})
-    )
+    detector = randomize_trained(tiny_detector(family, experts=["a", "b", "c"], lora={"rank": 4, "blocks": blocks}))
     x = pixels(4)
     with torch.no_grad():
         straight = detector(x, shared_trunk=False)

@@ -47,9 +47,7 @@ def test_round_trip_gives_identical_scores_and_stores_no_backbone(tmp_path, loca
     backbone_keys = [k for k in stored if k.startswith("backbone.")]
     assert backbone_keys and all(".lora_A." in k or ".lora_B." in k for k in backbone_keys)
     assert set(stored) == set(detector.trained_state_dict())
-    n_backbone = sum(
-        p.numel() for n, p in detector.named_parameters() if ".lora_" not in n and "backbone" in n
-    )
+    n_backbone = sum(p.numel() for n, p in detector.named_parameters() if ".lora_" not in n and "backbone" in n)
     assert sum(t.numel() for t in stored.values()) < n_backbone  # adapters and heads only
 
     saved = json.loads((tmp_path / "det" / "config.json").read_text())
@@ -88,9 +86,7 @@ def test_saving_an_id_backbone_over_an_old_folder_leaves_no_backbone_weights(tmp
     assert not (tmp_path / "det" / "backbone.safetensors").exists()
 
 
-@pytest.mark.parametrize(
-    "name", ["pytorch_model.bin", "adapter.pt", "sub/extra.pth", "head.pkl", "last.ckpt"]
-)
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "adapter.pt", "sub/extra.pth", "head.pkl", "last.ckpt"])
 def test_pickle_files_are_refused_with_a_reason(tmp_path, name):
     tiny_detector().save_pretrained(tmp_path / "det")
     bad = tmp_path / "det" / name

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_build(tmp_path_factory, assets, taef2, realesr):
+def real_build(tmp_path_factory, assets, taef2, realesr, all_threads):
     out = tmp_path_factory.mktemp("real_build")
     enc, dec = taef2
     config = BuildConfig(
