@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import typer
 
 from cli.common import run_app
@@ -17,6 +20,199 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Separate Expert Fusion detectors."""
+
+
+def _train_help(name: str) -> str:
+    """Help text for a TrainConfig field with the library's default (the CLI never restates defaults)."""
+    from sefmodel.train.config import TrainConfig
+
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text = f.metadata["help"]
+    if "default" in text:
+        return text
+    if isinstance(default, bool):
+        return text
+    shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{text} (default: {shown})"
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def train(
+    more_experts: list[str] = typer.Argument(
+        None, metavar="[RUN...]", help="more expert runs after --experts (--experts RUN_A RUN_B)", show_default=False
+    ),
+    data: list[str] = typer.Option(None, "--data", help=_train_help("data") + "; repeatable", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help=_train_help("out")),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        help="TOML file with any TrainConfig fields ([augment], [detector], [domains] tables); flags override it",
+        show_default=False,
+    ),
+    stage: str | None = typer.Option(None, "--stage", help=_train_help("stage"), show_default=False),
+    domain: str | None = typer.Option(None, "--domain", help=_train_help("domain"), show_default=False),
+    domain_fields: list[str] = typer.Option(
+        None,
+        "--domain-fields",
+        help="NAME=FIELD[,FIELD...]: the shard fields of a domain, repeatable (default: recon=vae,ddim,taesd sr=sr)",
+        show_default=False,
+    ),
+    experts: list[str] = typer.Option(None, "--experts", help=_train_help("experts"), show_default=False),
+    fusion: str | None = typer.Option(None, "--fusion", help=_train_help("fusion"), show_default=False),
+    val_data: list[str] = typer.Option(None, "--val-data", help=_train_help("val_data"), show_default=False),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="backbone family: dinov2, dinov2_registers, clip (default: dinov2)", show_default=False
+    ),
+    backbone_id: str | None = typer.Option(
+        None, "--backbone-id", help="Hub id or local folder of the backbone (default: the family's)", show_default=False
+    ),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        help="training crop side (default: the backbone's, 336 DINOv2 / 224 CLIP)",
+        show_default=False,
+    ),
+    lora_rank: int | None = typer.Option(None, "--lora-rank", help="LoRA rank (default: 8)", show_default=False),
+    lora_blocks: str | None = typer.Option(
+        None, "--lora-blocks", help='blocks with LoRA: "all" or "last:K" (default: all)', show_default=False
+    ),
+    gate_hidden: int | None = typer.Option(
+        None, "--gate-hidden", help="SEF gate hidden width (default: 256)", show_default=False
+    ),
+    steps: int | None = typer.Option(None, "--steps", help=_train_help("steps"), show_default=False),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=_train_help("batch_size"), show_default=False),
+    micro_batch_size: int | None = typer.Option(
+        None, "--micro-batch-size", help=_train_help("micro_batch_size"), show_default=False
+    ),
+    lr: float | None = typer.Option(None, "--lr", help=_train_help("lr"), show_default=False),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", help=_train_help("weight_decay"), show_default=False
+    ),
+    warmup: float | None = typer.Option(None, "--warmup", help=_train_help("warmup"), show_default=False),
+    grad_clip: float | None = typer.Option(None, "--grad-clip", help=_train_help("grad_clip"), show_default=False),
+    mixed_precision: str | None = typer.Option(
+        None, "--mixed-precision", help=_train_help("mixed_precision"), show_default=False
+    ),
+    cpu: bool | None = typer.Option(None, "--cpu", help=_train_help("cpu"), show_default=False),
+    seed: int | None = typer.Option(None, "--seed", help=_train_help("seed"), show_default=False),
+    num_workers: int | None = typer.Option(None, "--num-workers", help=_train_help("num_workers"), show_default=False),
+    shuffle_buffer: int | None = typer.Option(
+        None, "--shuffle-buffer", help=_train_help("shuffle_buffer"), show_default=False
+    ),
+    aug: list[str] = typer.Option(
+        None,
+        "--aug",
+        help="KEY=VALUE augmentation setting, repeatable, e.g. jpeg_p=0.2 (see docs/training.md)",
+        show_default=False,
+    ),
+    val_every: int | None = typer.Option(None, "--val-every", help=_train_help("val_every"), show_default=False),
+    val_max_samples: int | None = typer.Option(
+        None, "--val-max-samples", help=_train_help("val_max_samples"), show_default=False
+    ),
+    save_every: int | None = typer.Option(None, "--save-every", help=_train_help("save_every"), show_default=False),
+    log_every: int | None = typer.Option(None, "--log-every", help=_train_help("log_every"), show_default=False),
+    tensorboard: bool | None = typer.Option(None, "--tensorboard", help=_train_help("tensorboard"), show_default=False),
+    record_keys: bool | None = typer.Option(None, "--record-keys", help=_train_help("record_keys"), hidden=True),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    stop_after: int | None = typer.Option(
+        None, "--stop-after", help="stop after N steps as if interrupted (resumable)", show_default=False
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Train one stage of a SEF detector on sefdata shards, into a run folder.
+
+    \b
+      sefmodel train --data shards/train --stage expert --domain recon --out runs/recon
+      sefmodel train --data shards/train --stage expert --domain sr --out runs/sr
+      sefmodel train --data shards/train --stage fusion --experts runs/recon runs/sr --out runs/sef
+      sefmodel train --data shards/train --stage mixed --out runs/mixed
+
+    Several GPUs or nodes: launch the same command with torchrun or accelerate (see docs/training.md).
+    """
+    from sefmodel.train import TrainConfig, load_toml
+    from sefmodel.train import train as run_train
+
+    try:
+        values: dict = {}
+        if resume and not config_file and not data:
+            values = TrainConfig.load(out).to_dict()  # the saved settings; flags below may repeat them
+        if config_file:
+            values.update(load_toml(config_file))
+        all_experts = [*(experts or []), *(more_experts or [])]
+        if more_experts and not experts:
+            raise ValueError(f"unexpected argument(s) {' '.join(more_experts)}; expert runs follow --experts")
+        detector = dict(values.get("detector", {}))
+        lora = dict(detector.get("lora", {}))
+        if lora_rank is not None:
+            lora["rank"] = lora_rank
+        if lora_blocks is not None:
+            lora["blocks"] = lora_blocks
+        if lora:
+            detector["lora"] = lora
+        for key, value in (("backbone", backbone), ("backbone_id", backbone_id), ("image_size", image_size),
+                           ("gate_hidden", gate_hidden)):  # fmt: skip
+            if value is not None:
+                detector[key] = value
+        if detector:
+            values["detector"] = detector
+        if domain_fields:
+            domains = dict(values.get("domains", {})) or None
+            parsed = {k: [f.strip() for f in v.split(",") if f.strip()] for k, v in
+                      _key_values(domain_fields, "--domain-fields").items()}  # fmt: skip
+            values["domains"] = {**(domains or TrainConfig().domains), **parsed}
+        if aug:
+            values["augment"] = {
+                **values.get("augment", {}),
+                **{k: _number(v) for k, v in _key_values(aug, "--aug").items()},
+            }
+        flags = {
+            "data": data or None, "stage": stage, "domain": domain, "experts": all_experts or None, "fusion": fusion,
+            "val_data": val_data or None, "steps": steps, "batch_size": batch_size,
+            "micro_batch_size": micro_batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
+            "grad_clip": grad_clip, "mixed_precision": mixed_precision, "cpu": cpu, "seed": seed,
+            "num_workers": num_workers, "shuffle_buffer": shuffle_buffer, "val_every": val_every,
+            "val_max_samples": val_max_samples, "save_every": save_every, "log_every": log_every,
+            "tensorboard": tensorboard, "record_keys": record_keys,
+        }  # fmt: skip
+        values.update({k: v for k, v in flags.items() if v is not None})
+        values["out"] = str(out)
+        config = TrainConfig(**values)
+        result = run_train(config, resume=resume, stop_after=stop_after, progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: the last finished step is saved; continue with: sefmodel train --resume --out {out}",
+                   err=True)  # fmt: skip
+        raise typer.Exit(130) from None
+    if not result.finished:
+        typer.echo(f"stopped at step {result.step} (resumable: sefmodel train --resume --out {out})")
+        return
+    line = f"trained {config.stage} for {result.step} steps; detector: {result.detector}"
+    if result.val:
+        v = result.val
+        line += f"; held-out AP {v['ap']:.4f}, acc {v['acc']:.4f} (real {v['real_acc']:.4f}, fake {v['fake_acc']:.4f})"
+    typer.echo(line)
 
 
 def main() -> None:

@@ -1,0 +1,434 @@
+"""Streaming training data from sefdata shards (DESIGN.md §4): pairs of a real and one of its fakes, same augmentation.
+
+Nothing is loaded into memory beyond a shuffle buffer of raw samples. Shards are read one at a time from local
+paths, brace/glob patterns, build folders (their ``manifest.json``) or ``hf://`` / http(s) URLs (via fsspec).
+
+**Splitting.** Training shards are split by rank (``shards[rank::world]``), then by data-loader worker
+(``rank_shards[w::workers]``), so ranks and workers see disjoint data. Fewer shards than ``world * workers`` is an
+error (a worker without a shard would otherwise starve its rank and hang the others).
+
+**Resampled shards and the data position.** Each worker draws shards *with replacement* from its own subset, for
+ever, so every rank yields as many batches as asked and all ranks take the same number of steps. The stream is a
+pure function of ``(seed, segment, rank, worker)``: the trainer starts a fresh stream at every checkpoint boundary
+(``segment`` = the step it starts at) and, when resuming from a step inside a segment, skips the batches already
+consumed *before* decoding them. Augmentation parameters come from a per-sample generator keyed by the sample's
+position in the stream, so skipped samples need no decoding and a resumed run sees exactly the batches an
+uninterrupted one would.
+
+**Batches.** Each worker yields whole batches (``DataLoader(batch_size=None)``), which makes the worker that produces
+batch ``b`` simply ``b % workers``. A batch of ``P`` pairs is ``pixels`` (2P, 3, S, S) float32 normalised with the
+backbone's mean/std (reals first, then their fakes in the same order), ``labels`` (2P,) float32 (0 real, 1 fake),
+``domain`` (2P,) int64 (the fake's domain index; a real carries its partner's) and ``keys`` (sample keys, P).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .augment import AugmentConfig, AugmentParams, apply, center_params, sample_params
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+DEFAULT_DOMAINS: dict[str, list[str]] = {"recon": ["vae", "ddim", "taesd"], "sr": ["sr"]}
+
+
+# ---- shard lists ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardSet:
+    """Resolved shard URLs/paths, in a deterministic order, and the sample fields (``real`` + fakes) if known."""
+
+    urls: list[str]
+    fields: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+
+def _is_url(ref: str) -> bool:
+    return "://" in ref
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """Open a shard for streaming: a local path, or any fsspec URL (``hf://``, ``http(s)://``, ``s3://``...)."""
+    if _is_url(url):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url, "rb")
+
+
+def _manifest(folder: str) -> dict | None:
+    path = f"{folder.rstrip('/')}/manifest.json"
+    try:
+        if _is_url(folder):
+            import fsspec
+
+            with fsspec.open(path, "rt") as f:
+                return json.load(f)
+        return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+    except FileNotFoundError:
+        return None
+
+
+def resolve_shards(sources: Sequence[str]) -> ShardSet:
+    """Expand shard sources into a list of tars.
+
+    A source is a build folder (its ``manifest.json`` shard list, else its ``shard-*.tar`` files), a ``.tar`` path or
+    URL, or a brace/glob pattern (``shards/shard-{000000..000009}.tar``, ``hf://datasets/me/x/shard-*.tar``).
+    Fields come from the manifest's ``sef.fields`` when there is one.
+    """
+    from braceexpand import braceexpand
+
+    if isinstance(sources, str):
+        sources = [sources]
+    urls: list[str] = []
+    fields: list[str] | None = None
+    for source in sources:
+        source = str(source)
+        for ref in braceexpand(source):
+            if (not _is_url(ref) and Path(ref).is_dir()) or (_is_url(ref) and not ref.endswith(".tar")):
+                manifest = _manifest(ref)
+                if manifest is not None:
+                    base = ref.rstrip("/")
+                    urls.extend(f"{base}/{s['url']}" for s in manifest["shardlist"])
+                    fields = fields or manifest.get("sef", {}).get("fields")
+                elif _is_url(ref):
+                    import fsspec
+
+                    fs, path = fsspec.core.url_to_fs(ref)
+                    protocol = ref.split("://", 1)[0]
+                    urls.extend(f"{protocol}://{p}" for p in sorted(fs.glob(f"{path.rstrip('/')}/*.tar")))
+                else:
+                    urls.extend(sorted(str(p) for p in Path(ref).glob("*.tar")))
+            elif _is_url(ref) and any(c in ref for c in "*?["):
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(ref)
+                protocol = ref.split("://", 1)[0]
+                urls.extend(f"{protocol}://{p}" for p in sorted(fs.glob(path)))
+            elif any(c in ref for c in "*?["):
+                urls.extend(sorted(glob.glob(ref)))
+            elif _is_url(ref) or Path(ref).is_file():
+                urls.append(ref)
+            else:
+                raise FileNotFoundError(f"shard source {source!r}: {ref!r} is not a folder, a .tar file or a URL")
+    if not urls:
+        raise FileNotFoundError(f"no shards (*.tar) found in {', '.join(map(str, sources))}")
+    if fields is None:
+        fields = sample_fields(next(iter_samples(urls[0])))
+    return ShardSet(urls, fields)
+
+
+def iter_samples(url: str) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard, in tar order: ``{"__key__", "__url__", "<field>.<ext>": bytes, ...}``."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with open_shard(url) as stream:
+        yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+
+
+def sample_fields(sample: dict[str, Any]) -> list[str]:
+    """Image fields of a raw sample (``real`` first), e.g. ``["real", "vae", "sr"]``."""
+    names = [k.split(".", 1)[0] for k in sample if not k.startswith("__") and k.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    return sorted(set(names), key=lambda n: (n != "real", names.index(n)))
+
+
+def resolve_domains(
+    domains: dict[str, list[str]], wanted: Sequence[str] | None, present: Sequence[str]
+) -> dict[str, list[str]]:
+    """Map each wanted domain to its fields that the shards hold; ``wanted=None`` takes every domain present.
+
+    Raises ``ValueError`` naming the fields present when a wanted domain has none of its fields in the shards."""
+    fakes = [f for f in present if f != "real"]
+    if "real" not in present:
+        raise ValueError(f"the shards have no 'real' field (fields present: {', '.join(present)})")
+    names = list(domains) if wanted is None else list(wanted)
+    out: dict[str, list[str]] = {}
+    for name in names:
+        if name not in domains:
+            raise ValueError(f"unknown domain {name!r}; configured domains: {', '.join(domains)}")
+        fields = [f for f in domains[name] if f in fakes]
+        if fields:
+            out[name] = fields
+        elif wanted is not None:
+            raise ValueError(
+                f"domain {name!r} uses fields {domains[name]}, but the shards hold {', '.join(fakes) or 'no fakes'} "
+                f"(besides 'real'); map the domain to its fields, e.g. --domain-fields {name}={','.join(fakes[:2])}"
+            )
+    if not out:
+        raise ValueError(
+            f"no configured domain matches the shards' fake fields ({', '.join(fakes)}); "
+            f"configured: {domains}. Set --domain-fields NAME=FIELD,..."
+        )
+    return out
+
+
+def check_split(num_shards: int, world: int, workers: int) -> None:
+    """Every (rank, worker) needs at least one shard of its own, or it would starve."""
+    need = world * max(1, workers)
+    if num_shards < need:
+        raise ValueError(
+            f"{num_shards} training shard(s) cannot feed {world} rank(s) x {max(1, workers)} data worker(s) "
+            f"= {need} readers; each needs a shard of its own. Lower --num-workers, or rebuild with a smaller "
+            "--shard-size so there are more shards"
+        )
+
+
+# ---- decoding -------------------------------------------------------------------------------------------------
+
+
+def _field_key(sample: dict[str, Any], field: str) -> str:
+    for key in sample:
+        if key.split(".", 1)[0] == field and key.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+            return key
+    present = ", ".join(sample_fields(sample))
+    raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no field {field!r} ({present})")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_tensor(pixels: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (h, w, 3) with h, w <= size -> normalised float32 (3, size, size), padded symmetrically with zeros
+    after normalisation (the mean colour), as :func:`sefmodel.preprocess.prepare` pads small images."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+    x = (x - mean) / std
+    h, w = x.shape[1:]
+    if h < size or w < size:
+        pw, ph = size - w, size - h
+        x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return x
+
+
+# ---- streams --------------------------------------------------------------------------------------------------
+
+
+def _mix(*values: int) -> list[int]:
+    return [int(v) & 0xFFFFFFFF for v in values]
+
+
+class PairStream(IterableDataset):
+    """Infinite batches of (real, fake) pairs for one rank; see the module docstring for splitting and resuming.
+
+    Args:
+        urls: all training shards (every rank gets the same list; the split happens here).
+        domains: domain name -> its fake fields, e.g. ``{"recon": ["vae", "taesd"]}``. Each pair's fake is drawn
+            by picking a domain uniformly, then one of its fields uniformly.
+        pairs: pairs per batch (the batch holds 2 * pairs images).
+        size: crop side. mean, std: the backbone's normalisation.
+        augment: the paired augmentation.
+        seed, segment: the stream is a function of (seed, segment, rank, worker).
+        rank, world: this process's place among the training processes.
+        skip_batches: batches of this rank's stream to skip (resume inside a segment), without decoding them.
+        shuffle_buffer: raw samples held per worker for shuffling across shard boundaries.
+        with_keys: also yield the sample keys (tests, debugging).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        domains: dict[str, list[str]],
+        *,
+        pairs: int,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        segment: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        skip_batches: int = 0,
+        shuffle_buffer: int = 256,
+        with_keys: bool = True,
+    ) -> None:
+        super().__init__()
+        if pairs < 1 or size < 1 or shuffle_buffer < 1:
+            raise ValueError("pairs, size and shuffle_buffer must be >= 1")
+        self.urls = list(urls)
+        self.domains = {k: list(v) for k, v in domains.items()}
+        self.pairs, self.size = pairs, size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.augment = augment or AugmentConfig()
+        self.seed, self.segment, self.rank, self.world = seed, segment, rank, world
+        self.skip_batches = skip_batches
+        self.shuffle_buffer = shuffle_buffer
+        self.with_keys = with_keys
+
+    def _worker(self) -> tuple[int, int, int]:
+        """(logical worker id, number of workers, batches to skip) for the calling worker process.
+
+        A resumed loader's physical worker p must continue the stream of the worker that produced global batch
+        ``skip + p`` in the uninterrupted run, which is logical worker ``(skip + p) % W``, at its batch
+        ``(skip + p) // W``."""
+        info = get_worker_info()
+        p, w = (0, 1) if info is None else (info.id, info.num_workers)
+        return (self.skip_batches + p) % w, w, (self.skip_batches + p) // w
+
+    def raw_samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        """This worker's infinite, shuffled stream of raw (undecoded) samples."""
+        check_split(len(self.urls), self.world, workers)
+        mine = self.urls[self.rank :: self.world][worker::workers]
+        rng = np.random.default_rng(_mix(self.seed, self.segment, self.rank, worker, 0x5348))
+        buffer: list[dict[str, Any]] = []
+        while True:
+            for sample in iter_samples(mine[int(rng.integers(len(mine)))]):
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                i = int(rng.integers(len(buffer)))
+                buffer[i], sample = sample, buffer[i]
+                yield sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers, skip = self._worker()
+        samples = self.raw_samples(worker, workers)
+        names = list(self.domains)
+        index = 0  # position in this worker's stream: keys the per-sample random draws
+        batch: list[tuple[dict[str, Any], int, str, AugmentParams]] = []
+        skip_samples = skip * self.pairs
+        for sample in samples:
+            if index < skip_samples:
+                index += 1
+                continue
+            rng = np.random.default_rng(_mix(self.seed, self.segment, self.rank, worker, index))
+            index += 1
+            d = int(rng.integers(len(names)))
+            fields = self.domains[names[d]]
+            field = fields[int(rng.integers(len(fields)))]
+            batch.append((sample, d, field, sample_params(self.augment, rng)))
+            if len(batch) == self.pairs:
+                yield self._collate(batch)
+                batch = []
+
+    def _collate(self, batch: list[tuple[dict[str, Any], int, str, AugmentParams]]) -> dict[str, Any]:
+        reals, fakes, domain = [], [], []
+        for sample, d, field, params in batch:
+            real = decode_image(sample[_field_key(sample, "real")])
+            fake = decode_image(sample[_field_key(sample, field)])
+            if fake.size != real.size:
+                raise ValueError(f"sample {sample['__key__']!r}: {field} is {fake.size}, real is {real.size}")
+            reals.append(to_tensor(apply(real, params, self.size), self.size, self.mean, self.std))
+            fakes.append(to_tensor(apply(fake, params, self.size), self.size, self.mean, self.std))
+            domain.append(d)
+        n = len(batch)
+        out: dict[str, Any] = {
+            "pixels": torch.stack(reals + fakes),
+            "labels": torch.cat([torch.zeros(n), torch.ones(n)]),
+            "domain": torch.tensor(domain + domain, dtype=torch.long),
+        }
+        if self.with_keys:
+            out["keys"] = [s["__key__"] for s, _, _, _ in batch]
+        return out
+
+
+class EvalStream(IterableDataset):
+    """One finite pass over held-out shards: every sample gives its real and *all* its domain fakes, centre-cropped,
+    not augmented. Samples are split by position across ranks and workers (``i % (world * W) == rank * W + w``),
+    so any number of shards works; each reader skips the others' samples before decoding them.
+
+    Yields batches with ``pixels``, ``labels``, ``domain`` (-1 for reals) of up to ``batch`` images."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        domains: dict[str, list[str]],
+        *,
+        batch: int,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        rank: int = 0,
+        world: int = 1,
+        max_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.urls, self.domains = list(urls), {k: list(v) for k, v in domains.items()}
+        self.batch, self.size = batch, size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.rank, self.world, self.max_samples = rank, world, max_samples
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        p, w = (0, 1) if info is None else (info.id, info.num_workers)
+        readers, me = self.world * w, self.rank * w + p
+        params = center_params()
+        pixels: list[torch.Tensor] = []
+        labels: list[float] = []
+        domain: list[int] = []
+        index = 0
+        for sample in self._samples():
+            index += 1
+            if (index - 1) % readers != me:
+                continue
+            items = [("real", -1)] + [(f, d) for d, fields in enumerate(self.domains.values()) for f in fields]
+            for field, d in items:
+                image = decode_image(sample[_field_key(sample, field)])
+                pixels.append(to_tensor(apply(image, params, self.size), self.size, self.mean, self.std))
+                labels.append(0.0 if d < 0 else 1.0)
+                domain.append(d)
+                if len(pixels) == self.batch:
+                    yield self._batch(pixels, labels, domain)
+                    pixels, labels, domain = [], [], []
+        if pixels:
+            yield self._batch(pixels, labels, domain)
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        count = 0
+        for url in self.urls:
+            for sample in iter_samples(url):
+                if self.max_samples is not None and count >= self.max_samples:
+                    return
+                count += 1
+                yield sample
+
+    @staticmethod
+    def _batch(pixels: list[torch.Tensor], labels: list[float], domain: list[int]) -> dict[str, torch.Tensor]:
+        return {
+            "pixels": torch.stack(pixels),
+            "labels": torch.tensor(labels),
+            "domain": torch.tensor(domain, dtype=torch.long),
+        }
+
+
+def make_loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
+    """A DataLoader over a stream that yields whole batches (so batch ``b`` comes from worker ``b % W``)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+__all__ = [
+    "DEFAULT_DOMAINS",
+    "EvalStream",
+    "PairStream",
+    "ShardSet",
+    "check_split",
+    "iter_samples",
+    "make_loader",
+    "open_shard",
+    "resolve_domains",
+    "resolve_shards",
+    "sample_fields",
+]

@@ -1,0 +1,185 @@
+"""The training configuration: one dataclass, every field with a default and a one-line help, validated on creation,
+saved as ``train_config.json`` in the run folder. CLI flags and ``--config TOML`` fill the same object."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ..augment import AugmentConfig
+from ..data import DEFAULT_DOMAINS
+
+STAGE_NAMES = ("expert", "fusion", "mixed")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+CONFIG_FILE = "train_config.json"
+# Fields that may change when a run resumes: they change neither the data stream nor the maths.
+RESUMABLE_CHANGES = ("out", "log_every", "tensorboard", "val_every", "val_data", "val_max_samples")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(
+        default_factory=list,
+        metadata=_help("training shards: build folders, .tar paths, brace/glob patterns or hf:// URLs"),
+    )
+    out: str = field(default="", metadata=_help("run folder: config, checkpoints, metrics.jsonl, detector/"))
+    stage: str = field(default="expert", metadata=_help("expert (one domain), fusion (gate over experts) or mixed"))
+    domain: str | None = field(
+        default=None, metadata=_help("expert stage: the domain to learn (a key of domains, e.g. recon or sr)")
+    )
+    domains: dict[str, list[str]] = field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_DOMAINS),
+        metadata=_help("domain -> the shard fields holding its fakes (default recon=vae,ddim,taesd sr=sr)"),
+    )
+    experts: list[str] = field(
+        default_factory=list, metadata=_help("fusion stage: expert run folders (or detector folders / Hub ids)")
+    )
+    fusion: str = field(default="sef", metadata=_help("fusion stage: fusion head, sef, mean or concat"))
+    detector: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help("DetectorConfig fields for the new detector (backbone, backbone_id, lora, image_size, ...)"),
+    )
+    val_data: list[str] = field(
+        default_factory=list, metadata=_help("held-out shards for periodic validation (default: no validation)")
+    )
+    steps: int = field(default=5000, metadata=_help("optimizer steps in the whole run (sets the cosine schedule)"))
+    batch_size: int = field(
+        default=64, metadata=_help("effective batch in images (half real, half fake), over all ranks and accumulation")
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "images per forward pass per rank; the rest is gradient accumulation (default: batch_size / ranks)"
+        ),
+    )
+    lr: float = field(default=1e-4, metadata=_help("peak AdamW learning rate"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+    warmup: float = field(default=0.05, metadata=_help("linear warm-up, as a fraction of steps"))
+    min_lr_ratio: float = field(default=0.0, metadata=_help("the cosine schedule ends at lr * min_lr_ratio"))
+    grad_clip: float = field(default=1.0, metadata=_help("clip the gradient norm to this (0: no clipping)"))
+    mixed_precision: str = field(
+        default="auto", metadata=_help("auto (bf16 or fp16 on GPU, none on CPU), no, fp16 or bf16")
+    )
+    cpu: bool = field(default=False, metadata=_help("train on the CPU even if a GPU is visible"))
+    seed: int = field(default=0, metadata=_help("seeds the model init, data order, augmentation and dropout"))
+    num_workers: int = field(default=4, metadata=_help("data-loading processes per rank (0: in the main process)"))
+    shuffle_buffer: int = field(default=256, metadata=_help("raw samples per data worker kept for shuffling"))
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=_help("paired augmentation settings"))
+    val_every: int = field(default=500, metadata=_help("validate every N steps (and at the end)"))
+    val_max_samples: int | None = field(default=None, metadata=_help("cap on held-out samples per validation"))
+    save_every: int = field(
+        default=1000, metadata=_help("save the last checkpoint every N steps; the data stream restarts there too")
+    )
+    log_every: int = field(default=10, metadata=_help("write training metrics every N steps"))
+    tensorboard: bool = field(default=False, metadata=_help("also log to RUN/tensorboard (needs tensorboard)"))
+    record_keys: bool = field(
+        default=False, metadata=_help("write every training sample key to RUN/keys-rank<R>.txt (debugging)")
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.val_data, str):
+            self.val_data = [self.val_data]
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        if self.stage not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {self.stage!r}; known: {', '.join(STAGE_NAMES)}")
+        if not isinstance(self.domains, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(f, str) for f in v) for v in self.domains.values()
+        ):
+            raise ValueError(f"domains must map names to non-empty lists of field names, got {self.domains!r}")
+        if self.stage == "expert" and not self.domain:
+            raise ValueError(f"the expert stage needs a domain: one of {', '.join(self.domains)}")
+        if self.domain is not None and self.domain not in self.domains:
+            raise ValueError(f"unknown domain {self.domain!r}; configured: {', '.join(self.domains)}")
+        if self.stage == "fusion" and len(self.experts) < 2:
+            raise ValueError("the fusion stage needs at least two expert runs (--experts RUN_A RUN_B)")
+        if self.stage != "fusion" and self.experts:
+            raise ValueError(f"experts are for the fusion stage, not {self.stage!r}")
+        for name in ("steps", "batch_size", "val_every", "save_every", "log_every", "shuffle_buffer"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("num_workers", self.num_workers, 0)
+        _check_int("seed", self.seed, 0)
+        for name in ("micro_batch_size", "val_max_samples"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.batch_size % 2 or (self.micro_batch_size or 2) % 2:
+            raise ValueError("batch_size and micro_batch_size count images in real/fake pairs: they must be even")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0, weight_decay and grad_clip >= 0")
+        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
+        if not isinstance(self.detector, dict):
+            raise ValueError("detector must be a dict of DetectorConfig fields")
+        if self.stage == "fusion" and set(self.detector) - {"gate_hidden"}:
+            raise ValueError("the fusion stage takes its detector from the experts; only gate_hidden can be set")
+        if self.stage != "fusion" and set(self.detector) & {"experts", "fusion"}:
+            raise ValueError("detector.experts and detector.fusion are set by the stage, not by hand")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown training config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainConfig:
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a training run folder: {CONFIG_FILE} is missing")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Fields that differ from ``other`` and would change the run's maths or data (see RESUMABLE_CHANGES)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """TrainConfig keyword arguments from a TOML file: fields at the top level or under ``[train]``;
+    ``[augment]``, ``[detector]`` and ``[domains]`` tables map to those fields. Dashes in keys become underscores."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config {str(path)!r} is not valid TOML: {e}") from None
+    data = {**{k: v for k, v in data.items() if k != "train"}, **data.get("train", {})}
+    out = {k.replace("-", "_"): v for k, v in data.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(out) - known
+    if unknown:
+        raise ValueError(f"config {str(path)!r}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    return out
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,168 @@
+"""Streaming paired data: shard resolution, domain fields, paired augmentation, rank/worker splits, resume skips."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+import train_helpers
+from train_helpers import write_contract_shards
+
+from sefmodel.augment import AugmentConfig, apply, sample_params
+from sefmodel.data import (
+    EvalStream,
+    PairStream,
+    check_split,
+    iter_samples,
+    make_loader,
+    resolve_domains,
+    resolve_shards,
+)
+from sefmodel.train.metrics import average_precision, detection_metrics
+
+shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
+MEAN = STD = (0.5, 0.5, 0.5)
+ALL_ON = AugmentConfig(flip_p=1, resize_p=1, color_p=1, grayscale_p=0, blur_p=1, noise_p=1, jpeg_p=1)
+
+
+def stream(urls, domains=None, **kw) -> PairStream:
+    kw = {"pairs": 2, "size": 32, "mean": MEAN, "std": STD, "shuffle_buffer": 3, **kw}
+    return PairStream(urls, domains or {"recon": ["vae"], "sr": ["sr"]}, **kw)
+
+
+def take(it, n):
+    return list(itertools.islice(it, n))
+
+
+def test_resolve_shards_folder_patterns_and_manifest_fields(shards):
+    folder = shards["train"]
+    by_folder = resolve_shards([str(folder)])
+    assert len(by_folder) == 8 and by_folder.fields == ["real", "taesd", "sr"]  # from manifest.json
+    assert [u.rsplit("/", 1)[-1] for u in by_folder.urls] == [f"shard-{i:06d}.tar" for i in range(8)]
+    brace = resolve_shards([f"{folder}/shard-{{000000..000003}}.tar"])
+    assert [u.rsplit("/", 1)[-1] for u in brace.urls] == [f"shard-{i:06d}.tar" for i in range(4)]
+    assert brace.fields[0] == "real" and sorted(brace.fields) == ["real", "sr", "taesd"]  # read from a sample
+    assert len(resolve_shards([f"{folder}/*.tar"])) == 8
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        resolve_shards([str(folder / "nope.tar")])
+
+
+def test_a_domain_without_its_fields_is_an_error_listing_the_fields_present():
+    assert resolve_domains({"recon": ["vae", "taesd"], "sr": ["sr"]}, ["recon"], ["real", "taesd", "sr"]) == {
+        "recon": ["taesd"]
+    }
+    assert resolve_domains({"recon": ["vae"], "sr": ["sr"]}, None, ["real", "taesd", "sr"]) == {"sr": ["sr"]}
+    with pytest.raises(
+        ValueError, match=r"domain 'recon' uses fields \['vae', 'ddim'\], but the shards hold taef2, sr"
+    ):
+        resolve_domains({"recon": ["vae", "ddim"], "sr": ["sr"]}, ["recon"], ["real", "taef2", "sr"])
+    with pytest.raises(ValueError, match="unknown domain 'gan'"):
+        resolve_domains({"recon": ["vae"]}, ["gan"], ["real", "vae"])
+
+
+def test_real_and_fake_get_the_same_augmentation(tmp_path):
+    # fakes are byte-identical copies of the real: after augmentation they must still equal it exactly, with every
+    # operation on (resize, crop, flip, colour, blur, noise, JPEG)
+    urls = write_contract_shards(tmp_path, 2, 4, identical=True)
+    batches = take(iter(stream(urls, augment=ALL_ON)), 4)
+    for b in batches:
+        n = len(b["keys"])
+        assert torch.equal(b["pixels"][:n], b["pixels"][n:])
+        assert b["labels"].tolist() == [0.0] * n + [1.0] * n
+    # ...and the augmentation differs between samples (a real draw, not a constant)
+    flat = torch.cat([b["pixels"][: len(b["keys"])] for b in batches])
+    assert not torch.equal(flat[0], flat[1])
+
+
+def test_augment_params_replay_exactly_and_off_is_a_plain_crop():
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 60, 3), dtype=np.uint8))
+    params = sample_params(ALL_ON, rng)
+    assert np.array_equal(apply(image, params, 32), apply(image.copy(), params, 32))
+    plain = sample_params(AugmentConfig.off(), np.random.default_rng(3))
+    out = apply(image, plain, 32)
+    x0, y0 = round(plain.crop_x * 28), round(plain.crop_y * 18)
+    assert np.array_equal(out, np.asarray(image)[y0 : y0 + 32, x0 : x0 + 32])  # native pixels, no resampling
+    with pytest.raises(ValueError, match="probability"):
+        AugmentConfig(jpeg_p=1.5)
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        AugmentConfig(jpeg_quality=[90, 50])
+
+
+def test_fakes_are_drawn_from_the_domains_fields(tmp_path):
+    urls = write_contract_shards(tmp_path, 2, 6, fakes=("vae", "taesd", "sr"))
+    domains = {"recon": ["vae", "taesd"], "sr": ["sr"]}
+    real = {}
+    fields = {}
+    for url in urls:
+        for s in iter_samples(url):
+            real[s["__key__"]] = s
+    for b in take(iter(stream(urls, domains, augment=AugmentConfig.off(), pairs=3)), 8):
+        n = len(b["keys"])
+        for i, key in enumerate(b["keys"]):
+            d = int(b["domain"][n + i])
+            assert int(b["domain"][i]) == d
+            fields.setdefault(list(domains)[d], set()).add(key)
+    assert set(fields) == {"recon", "sr"}
+
+
+def test_ranks_and_workers_read_disjoint_shards_and_too_few_shards_is_an_error(tmp_path):
+    urls = write_contract_shards(tmp_path, 4, 3)
+    seen = {}
+    for rank in range(2):
+        for worker in range(2):
+            s = stream(urls, rank=rank, world=2)
+            keys = {x["__key__"] for x in take(s.raw_samples(worker, 2), 12)}
+            seen[(rank, worker)] = keys
+            assert len(keys) == 3  # resampled: the one shard of this (rank, worker), over and over
+    assert len(set().union(*seen.values())) == 12  # all disjoint, all covered
+    with pytest.raises(ValueError, match=r"4 training shard\(s\) cannot feed 2 rank\(s\) x 3 data worker"):
+        check_split(4, 2, 3)
+    with pytest.raises(ValueError, match="cannot feed"):
+        next(iter(make_loader(stream(urls, world=5), 0)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_stream_continues_exactly_where_the_first_one_was(tmp_path, workers):
+    urls = write_contract_shards(tmp_path, 4, 3)
+    full = take(iter(make_loader(stream(urls, augment=ALL_ON), workers)), 7)
+    resumed = take(iter(make_loader(stream(urls, augment=ALL_ON, skip_batches=3), workers)), 4)
+    for a, b in zip(full[3:], resumed, strict=True):
+        assert a["keys"] == b["keys"] and torch.equal(a["pixels"], b["pixels"])
+    other_segment = take(iter(make_loader(stream(urls, augment=ALL_ON, segment=2), workers)), 2)
+    assert [b["keys"] for b in other_segment] != [b["keys"] for b in full[:2]]
+
+
+def test_eval_stream_scores_every_sample_once_over_ranks_with_all_fakes(tmp_path):
+    urls = write_contract_shards(tmp_path, 1, 5, fakes=("vae", "sr"))
+    domains = {"recon": ["vae"], "sr": ["sr"]}
+    counts = []
+    for rank in range(3):  # more ranks than shards: split by sample, never a hang
+        batches = list(EvalStream(urls, domains, batch=4, size=32, mean=MEAN, std=STD, rank=rank, world=3))
+        labels = torch.cat([b["labels"] for b in batches]) if batches else torch.zeros(0)
+        counts.append(len(labels))
+        assert (labels == 0).sum() * 2 == (labels == 1).sum()  # each real with both fakes
+    assert sum(counts) == 5 * 3
+
+
+def test_average_precision_against_hand_computed_values():
+    # ranked: + - + -  -> precision at the positives 1/1 and 2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    # a tie between a positive and a negative counts as one threshold: precision 1/2 there
+    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+    m = detection_metrics(np.array([0.2, 0.7, 0.9, 0.4]), np.array([0, 0, 1, 1]), np.array([-1, -1, 0, 1]), ["a", "b"])
+    assert (m["acc"], m["real_acc"], m["fake_acc"]) == (0.5, 0.5, 0.5)
+    assert (
+        m["fake_acc/a"] == 1.0 and m["fake_acc/b"] == 0.0 and m["ap/a"] == 1.0 and m["ap/b"] == 0.5
+    )  # 0.7 real, 0.4 fake, 0.2 real
+
+
+def test_manifest_fields_are_what_the_build_wrote(shards):
+    manifest = json.loads((shards["train"] / "manifest.json").read_text())
+    assert manifest["sef"]["fields"] == ["real", "taesd", "sr"]
