@@ -149,6 +149,7 @@ def train(
 
     Several GPUs or nodes: launch the same command with torchrun or accelerate (see docs/training.md).
     """
+    from sefmodel.data import DEFAULT_DOMAINS
     from sefmodel.train import TrainConfig, load_toml
     from sefmodel.train import train as run_train
 
@@ -179,7 +180,7 @@ def train(
             domains = dict(values.get("domains", {})) or None
             parsed = {k: [f.strip() for f in v.split(",") if f.strip()] for k, v in
                       _key_values(domain_fields, "--domain-fields").items()}  # fmt: skip
-            values["domains"] = {**(domains or TrainConfig().domains), **parsed}
+            values["domains"] = {**(domains or DEFAULT_DOMAINS), **parsed}
         if aug:
             values["augment"] = {
                 **values.get("augment", {}),
@@ -205,6 +206,8 @@ def train(
         typer.echo(f"interrupted: the last finished step is saved; continue with: sefmodel train --resume --out {out}",
                    err=True)  # fmt: skip
         raise typer.Exit(130) from None
+    if not result.main_process:
+        return
     if not result.finished:
         typer.echo(f"stopped at step {result.step} (resumable: sefmodel train --resume --out {out})")
         return

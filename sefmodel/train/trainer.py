@@ -49,6 +49,7 @@ class TrainResult:
     detector: Path | None  # RUN/detector when finished
     val: dict[str, float] = field(default_factory=dict)  # last validation metrics
     best_ap: float | None = None
+    main_process: bool = True  # False on the other ranks of a multi-process run (they print nothing)
 
 
 def cosine_lambda(step: int, steps: int, warmup: int, min_ratio: float) -> float:
@@ -122,7 +123,9 @@ class Trainer:
         self.progress = progress
         self._check_run_folder()
 
-        self.accelerator = Accelerator(mixed_precision=_precision(config), cpu=config.cpu)
+        # accelerate treats several CPU processes as one unless told cpu=True: say so whenever there is no GPU
+        cpu = config.cpu or not torch.cuda.is_available()
+        self.accelerator = Accelerator(mixed_precision=_precision(config), cpu=cpu)
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.is_main = acc.is_main_process
@@ -235,7 +238,9 @@ class Trainer:
                     if stop_after is not None and self.step >= stop_after and self.step < cfg.steps:
                         del batches
                         self._save("last")
-                        return TrainResult(self.run_dir, self.step, False, None, self.last_val, self.best_ap)
+                        return TrainResult(
+                            self.run_dir, self.step, False, None, self.last_val, self.best_ap, self.is_main
+                        )
                 del batches
                 self._save("last")
         except KeyboardInterrupt:
@@ -248,7 +253,7 @@ class Trainer:
         if self.is_main:
             self.detector.save_pretrained(detector_dir)
         acc.wait_for_everyone()
-        return TrainResult(self.run_dir, self.step, True, detector_dir, self.last_val, self.best_ap)
+        return TrainResult(self.run_dir, self.step, True, detector_dir, self.last_val, self.best_ap, self.is_main)
 
     def _optimizer_step(self, batches, keys_file: Path | None) -> torch.Tensor:
         cfg, acc = self.config, self.accelerator
