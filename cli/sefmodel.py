@@ -31,7 +31,7 @@ def _train_help(name: str) -> str:
     text = f.metadata["help"]
     if "default" in text:
         return text
-    if isinstance(default, bool):
+    if isinstance(default, bool) or default in ("", [], {}):
         return text
     shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
     return f"{text} (default: {shown})"
@@ -66,7 +66,7 @@ def train(
     config_file: Path | None = typer.Option(
         None,
         "--config",
-        help="TOML file with any TrainConfig fields ([augment], [detector], [domains] tables); flags override it",
+        help="TOML file with any TrainConfig fields (and tables augment, detector, domains); flags override it",
         show_default=False,
     ),
     stage: str | None = typer.Option(None, "--stage", help=_train_help("stage"), show_default=False),

@@ -166,3 +166,14 @@ def test_average_precision_against_hand_computed_values():
 def test_manifest_fields_are_what_the_build_wrote(shards):
     manifest = json.loads((shards["train"] / "manifest.json").read_text())
     assert manifest["sef"]["fields"] == ["real", "taesd", "sr"]
+
+
+def test_url_sources_go_through_fsspec_like_hf_urls(shards):
+    # file:// takes the same code path as hf:// and http(s):// (fsspec), without a network
+    folder = f"file://{shards['train']}"
+    by_folder = resolve_shards([folder])  # manifest.json read through fsspec
+    assert len(by_folder) == 8 and by_folder.urls[0].startswith("file://") and by_folder.fields[0] == "real"
+    by_glob = resolve_shards([f"{folder}/shard-00000[0-3].tar"])
+    assert [u.rsplit("/", 1)[-1] for u in by_glob.urls] == [f"shard-{i:06d}.tar" for i in range(4)]
+    keys = [s["__key__"] for s in iter_samples(by_glob.urls[0])]
+    assert keys == [s["__key__"] for s in iter_samples(str(shards["train"] / "shard-000000.tar"))]

@@ -25,7 +25,11 @@ def detection_metrics(
     probs: np.ndarray, labels: np.ndarray, domain: np.ndarray | None = None, domains: list[str] | None = None
 ) -> dict[str, float]:
     """``ap``, ``acc`` (at 0.5), ``real_acc``, ``fake_acc``, ``n``; with ``domain`` (per image, -1 for reals) and
-    ``domains`` (names by index) also ``ap/<name>`` (reals vs that domain's fakes) and ``fake_acc/<name>``."""
+    ``domains`` (names by index) also ``ap/<name>`` (reals vs that domain's fakes), ``fake_acc/<name>`` and ``map``,
+    the mean of the per-domain APs.
+
+    ``ap`` pools every image, so its chance level is the fraction of fakes (2/3 when each real comes with two
+    fakes); each ``ap/<name>`` compares equal numbers of reals and fakes (chance 0.5), as do ``map``'s terms."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     pred = probs >= 0.5
     real, fake = labels == 0, labels == 1
@@ -38,9 +42,13 @@ def detection_metrics(
     }
     if domain is not None and domains is not None:
         domain = np.asarray(domain)
+        per_domain = []
         for i, name in enumerate(domains):
             keep = real | (domain == i)
             if (domain == i).any():
                 out[f"ap/{name}"] = average_precision(probs[keep], labels[keep])
                 out[f"fake_acc/{name}"] = float(np.mean(pred[domain == i]))
+                per_domain.append(out[f"ap/{name}"])
+        if per_domain:
+            out["map"] = float(np.mean(per_domain))
     return out

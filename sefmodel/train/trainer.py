@@ -8,7 +8,7 @@ Run folder::
     RUN/train_config.json        the resolved TrainConfig
     RUN/metrics.jsonl            one JSON object per line: {"step", "split": "train"|"val", ...}
     RUN/checkpoints/last/        detector folder + optimizer/schedule state, every save_every steps and on stop
-    RUN/checkpoints/best/        the same, at the best held-out AP so far (with validation data)
+    RUN/checkpoints/best/        the same, at the best held-out mean per-domain AP so far (with validation data)
     RUN/detector/                the final detector: SEFDetector.from_pretrained(RUN/detector)
     RUN/tensorboard/             with tensorboard=True
 
@@ -305,7 +305,7 @@ class Trainer:
         )
         self.last_val = metrics
         self.log.write(self.step, "val", metrics)
-        ap = metrics["ap"]
+        ap = metrics.get("map", metrics["ap"])  # per-domain AP (1:1 real/fake) when known: chance 0.5 for every stage
         if not math.isnan(ap) and (self.best_ap is None or ap > self.best_ap):
             self.best_ap, self.best_step = ap, self.step
             self._save("best")
