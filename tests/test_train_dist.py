@@ -26,7 +26,7 @@ def test_two_process_run_trains_on_disjoint_data(shards, tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "cli.sefmodel", "train", "--data", str(shards["train"]), "--val-data", str(shards["val"]),
-        "--config", str(conf), "--stage", "expert", "--domain", "sr", "--out", str(run), "--record-keys",
+        "--config", str(conf), "--stage", "expert", "--domain", "sr", "--out", str(run), "--record-keys", "--cpu",
         "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
