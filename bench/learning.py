@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-side", type=int, default=512, help="photos are downscaled to this longer side first")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument(
+        "--backbone-id",
+        default=None,
+        help="a pretrained backbone (local folder or Hub id) instead of the random one; --crop must then be a "
+        "multiple of its patch size (e.g. --crop 84 for DINOv2's 14 px patches)",
+    )
+    parser.add_argument("--backbone", default="dinov2", help="backbone family of --backbone-id")
     parser.add_argument("--keep", type=Path, default=None, help="keep shards and runs in this folder")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
     args = parser.parse_args(argv)
@@ -155,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
             "lora": {"rank": 32, "alpha": 32.0, "blocks": "all"},
             "gate_hidden": 32,
         }  # fmt: skip
+        if args.backbone_id:  # a pretrained backbone: the design's LoRA settings, only the crop is the bench's
+            detector = {"backbone": args.backbone, "backbone_id": args.backbone_id, "image_size": args.crop,
+                        "gate_hidden": 32}  # fmt: skip
         # Crops and flips only: the degradations of the default recipe are for robustness to laundering, and this
         # check asks whether the artifacts themselves are learned.
         augment = AugmentConfig.off()
