@@ -124,6 +124,26 @@ def manifest(folder: Path = typer.Argument(..., help="build output folder")) -> 
     typer.echo(f"manifest: {folder / 'manifest.json'} ({len(m['shardlist'])} shards, {totals['written']} samples)")
 
 
+@app.command()
+def verify(folder: Path = typer.Argument(..., help="build output folder")) -> None:
+    """Check every shard: fields present, sizes aligned, hashes and counts matching stats and manifest.
+    Exits 1 if any problem is found, listing them per shard."""
+    from sefdata.verify import verify as run_verify
+
+    with user_errors():
+        report = run_verify(folder)
+    for name, problems in sorted(report.problems.items()):
+        typer.echo(f"{name}:")
+        for problem in problems[:20]:
+            typer.echo(f"  - {problem}")
+        if len(problems) > 20:
+            typer.echo(f"  ... and {len(problems) - 20} more")
+    verdict = "ok" if report.ok else f"FAILED ({sum(map(len, report.problems.values()))} problems)"
+    typer.echo(f"{verdict}: {report.shards} shards, {report.samples} samples checked in {folder}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     run_app(app)
 
