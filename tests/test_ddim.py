@@ -174,10 +174,12 @@ def test_bad_parameters_are_clear_errors(params, message):
         GenSpec.parse(f"ddim:{params}").config()
 
 
-def test_incomplete_model_folder_says_what_is_missing(tiny_ldm_dir, tmp_path):
+def test_incomplete_model_folder_and_impossible_steps_are_clear_errors(tiny_ldm_dir, tmp_path):
     (tmp_path / "vae").symlink_to(tiny_ldm_dir / "vae")
     with pytest.raises(SefError, match="lacks unet/config.json, text_encoder/config.json, tokenizer, scheduler"):
         _ddim(tmp_path)
+    with pytest.raises(SefError, match="steps=1001 exceeds the 1000 timesteps"):
+        _ddim(tiny_ldm_dir, steps=1001)
 
 
 def test_build_records_parameters_and_error_per_sample(tiny_ldm_dir, tmp_path):

@@ -118,6 +118,11 @@ class DdimGenerator(Generator):
             )
         except (OSError, ValueError) as e:
             raise SefError(f"ddim: cannot load {config.model!r}: {str(e).splitlines()[0]}") from None
+        if config.steps > self.scheduler.config.num_train_timesteps:
+            raise SefError(
+                f"ddim: steps={config.steps} exceeds the {self.scheduler.config.num_train_timesteps} timesteps "
+                f"{config.model!r} was trained with"
+            )
         self.unet = unet.to(runtime.device).eval().requires_grad_(False)
         self.embeddings = self._encode_prompts()  # the text encoder is needed once, then freed
         # the VAE's downscale times the UNet's: sizes the UNet would otherwise resize internally are cropped away
@@ -186,6 +191,7 @@ class DdimGenerator(Generator):
         """DDIM sampling from inverted latents back down over the same timesteps. ``generators`` (one per image)
         draw the step noise when ``eta > 0``; it is drawn on the CPU so it is the same on every device."""
         z = latents.float()
+        generators = generators or [None] * z.shape[0]  # unseeded noise if none are given
         for t in self.timesteps():
             noise = None
             if self.config.eta > 0:
