@@ -35,7 +35,9 @@ GEN_HELP = (
     "Generator, repeatable; one fake field each, named NAME unless as=FIELD renames it. "
     "vae:model=HUB_ID_OR_DIR[,subfolder=vae][,sample=true] | "
     "sr:weights=PATH_OR_URL_OR_HUB_FILE,scale=4[,tile=512] | "
-    "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID)."
+    "ddim:model=HUB_ID_OR_DIR,steps=50,strength=1.0 | "
+    "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID). "
+    "Any of them: NAME:preset=PRESET[,key=value] for a pinned preset from manifests/generators."
 )
 
 
