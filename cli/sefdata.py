@@ -58,6 +58,7 @@ def build(
     max_pixels: int | None = typer.Option(None, "--max-pixels", help=_h("max_pixels"), show_default=False),
     shard_size: int | None = typer.Option(None, "--shard-size", help=_h("shard_size"), show_default=False),
     batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size"), show_default=False),
+    workers: int | None = typer.Option(None, "--workers", help=_h("workers"), show_default=False),
     device: str | None = typer.Option(None, "--device", help=_h("device"), show_default=False),
     dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype"), show_default=False),
     seed: int | None = typer.Option(None, "--seed", help=_h("seed"), show_default=False),
@@ -77,6 +78,7 @@ def build(
         flags = {
             "sources": sources or None, "gen": gen or None, "format": format, "max_side": max_side, "crop": crop,
             "min_side": min_side, "max_pixels": max_pixels, "shard_size": shard_size, "batch_size": batch_size,
+            "workers": workers,
             "device": device, "dtype": dtype, "seed": seed, "rank": rank, "world": world, "limit": limit,
             "image_field": image_field, "split": split,
         }  # fmt: skip

@@ -100,7 +100,8 @@ class Builder:
         self._generators: list[tuple[str, Generator]] | None = None
         self.multiple = 1
         # decoding (Pillow) and encoding (zlib/libjpeg) release the GIL: threads overlap them with the models
-        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="sefdata-io")
+        workers = config.workers or min(16, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sefdata-io")
         self._timing_lock = threading.Lock()
         self._worker_timings: Counter = Counter()
 

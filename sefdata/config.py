@@ -50,6 +50,9 @@ class BuildConfig:
     max_pixels: int = field(default=100_000_000, metadata=_help("skip images with more pixels (decompression bombs)"))
     shard_size: int = field(default=1000, metadata=_help("samples per shard (inputs per shard before skips)"))
     batch_size: int = field(default=8, metadata=_help("images per model call (same-size images are batched)"))
+    workers: int | None = field(
+        default=None, metadata=_help("threads decoding and encoding beside the models (default: one per core, max 16)")
+    )
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:i (auto: the rank's GPU if any)"))
     dtype: str = field(default="fp32", metadata=_help("model precision: fp32, fp16 or bf16 (unsafe ones fall back)"))
     seed: int = field(default=0, metadata=_help("base seed; each sample's seed derives from it and its key"))
@@ -79,7 +82,7 @@ class BuildConfig:
         for name in ("shard_size", "batch_size", "min_side", "max_pixels"):
             if getattr(self, name) < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_side", "crop", "limit"):
+        for name in ("max_side", "crop", "limit", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
@@ -97,7 +100,7 @@ class BuildConfig:
 
     def output_dict(self) -> dict:
         """The fields that determine the output bytes (not where or how fast it runs)."""
-        skip = {"out", "batch_size", "device", "rank", "world", "recipe"}
+        skip = {"out", "batch_size", "workers", "device", "rank", "world", "recipe"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def output_hash(self) -> str:
