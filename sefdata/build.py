@@ -177,7 +177,9 @@ class Builder:
         y = gen.generate(x, seeds)
         if y.shape != x.shape:
             raise RuntimeError(f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}")
-        fakes = y.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        # quantise where the output lives (on the GPU if any), in float32 whatever the model's dtype
+        with torch.inference_mode():
+            fakes = y.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for p, fake in zip(batch, fakes, strict=True):
             p.fakes[name] = fake
 

@@ -207,7 +207,7 @@ class DdimGenerator(Generator):
         regenerated = self.regenerate(self.invert(latents), generators)
         # how far the latent round trip drifted, per image (RMS over the latent, in scaled-latent units)
         self.last_latent_rmse = (regenerated - latents).pow(2).mean(dim=(1, 2, 3)).sqrt().tolist()
-        return decode_latents(self.vae, regenerated.to(self.vae.dtype)).cpu()
+        return decode_latents(self.vae, regenerated.to(self.vae.dtype))
 
     # -- records --------------------------------------------------------------------------------------------------
     def scheduler_info(self) -> dict:

@@ -124,4 +124,4 @@ class SrGenerator(Generator):
     def generate(self, images: torch.Tensor, seeds) -> torch.Tensor:
         x = downsample(images.to(self.runtime.device, torch.float32), self.config.scale).to(self.dtype)
         out = run_tiled(self.model, x, self.config.scale, self.config.tile, self.config.tile_pad, self.model_multiple)
-        return out.float().clamp(0, 1).cpu()
+        return out.clamp(0, 1)

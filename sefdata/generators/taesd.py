@@ -176,4 +176,4 @@ class TaesdGenerator(Generator):
     def generate(self, images: torch.Tensor, seeds) -> torch.Tensor:
         x = images.to(self.runtime.device, self.runtime.dtype, memory_format=torch.channels_last)
         out = self.decoder(self.encoder(x))
-        return out.float().clamp(0, 1).cpu()
+        return out.clamp(0, 1)

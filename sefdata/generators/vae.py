@@ -109,4 +109,4 @@ class VaeGenerator(Generator):
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         x = images.to(self.runtime.device, self.dtype)
         latents = encode_latents(self.vae, x, torch_generators(seeds) if self.config.sample else None)
-        return decode_latents(self.vae, latents).cpu()
+        return decode_latents(self.vae, latents)
