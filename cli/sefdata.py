@@ -148,6 +148,34 @@ def verify(folder: Path = typer.Argument(..., help="build output folder")) -> No
         raise typer.Exit(1)
 
 
+@app.command()
+def publish(
+    folder: Path = typer.Argument(..., help="finished build folder (with manifest.json)"),
+    repo: str = typer.Option(..., "--repo", help="Hub dataset repo USER/NAME (created if missing)"),
+    private: bool = typer.Option(False, "--private", help="create the repo private"),
+    revision: str | None = typer.Option(None, "--revision", help="branch to upload to (created if missing)"),
+    license: str = typer.Option("unknown", "--license", help="licence id for the card (that of the real corpus)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
+    staging: Path | None = typer.Option(None, "--staging", help="where to stage the upload (default: FOLDER/.publish)"),
+) -> None:
+    """Upload shards, manifest.json, a preview and a dataset card to the Hugging Face Hub. Re-running resumes an
+    interrupted upload. The token comes from `hf auth login` or HF_TOKEN and is never printed."""
+    from sefdata.publish import publish as run_publish
+
+    with user_errors():
+        staged = run_publish(
+            folder, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
+        )
+    for warning in staged.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        typer.echo(f"dry run: {len(staged.files)} files staged in {staged.folder}")
+        for name in staged.files:
+            typer.echo(f"  {name}")
+    else:
+        typer.echo(f"published {len(staged.files)} files to https://huggingface.co/datasets/{repo}")
+
+
 def main() -> None:
     run_app(app)
 
