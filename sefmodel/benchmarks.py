@@ -12,7 +12,10 @@ to a label and a subset. The first rule that matches wins. Pattern syntax:
 A rule's ``subset`` is a template over the captures (default ``"{subset}"`` when the pattern captures
 ``subset``, else ``"all"``). Reals shared by several subsets (e.g. Synthbuster's RAISE photos serve every
 generator) say so with ``serves = "*"`` or a list of subset names; per-subset metrics then pair each subset's
-fakes with those reals. Image files that no rule matches are counted and reported, never silently dropped.
+fakes with those reals. Entries of ``serves`` are patterns over subset names (``*`` wildcards) and may use the
+captures, e.g. ``serves = ["{source}/*"]``. A rule with ``label = "ignore"`` leaves matching files out on purpose
+(a training split beside the test split); they are counted. Image files that no rule matches are counted and
+reported, never silently dropped.
 
 Each definition also carries ``[[checks]]``: example paths with the label and subset they must resolve to. They
 document the layout and the tests build a fixture folder from them for every definition.
@@ -20,6 +23,7 @@ document the layout and the tests build a fixture folder from them for every def
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -35,6 +39,8 @@ from sefdata.errors import SefError
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "manifests" / "benchmarks"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"})
 LABELS = {"real": 0, "fake": 1}
+IGNORE = "ignore"
+"""A rule label for files a layout deliberately leaves out (e.g. a training split next to the test split)."""
 ALL = "all"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:\*\*)?\}")
@@ -94,7 +100,8 @@ class Rule:
         captures = {k: (v or "") for k, v in found.groupdict().items()}
         template = self.subset if self.subset is not None else ("{subset}" if "subset" in captures else ALL)
         subset = template.format(**captures).strip("/") or ALL
-        return subset, self.serves
+        serves = None if self.serves is None else tuple(s.format(**captures) for s in self.serves)
+        return subset, serves
 
 
 def compile_pattern(pattern: str) -> re.Pattern:
@@ -163,12 +170,13 @@ class BenchmarkDefinition:
     def fake_jpeg_quality(self) -> int | None:
         return self.protocol.get("fake_jpeg_quality")
 
-    def classify(self, relpath: str) -> tuple[int, str, tuple[str, ...] | None] | None:
-        """``(label, subset, serves)`` of a relative path, or None when no rule matches."""
+    def classify(self, relpath: str) -> tuple[int | str, str, tuple[str, ...] | None] | None:
+        """``(label, subset, serves)`` of a relative path (label 0, 1 or ``"ignore"``), or None when no rule
+        matches."""
         for rule in self.rules:
             found = rule.match(relpath)
             if found is not None:
-                return LABELS[rule.label], found[0], found[1]
+                return LABELS.get(rule.label, IGNORE), found[0], found[1]
         return None
 
 
@@ -207,8 +215,8 @@ def parse_definition(data: dict[str, Any], source: str = "<dict>") -> BenchmarkD
         if not isinstance(table, dict):
             raise SefError(f"{where}: must be a table ([[rules]])")
         _check_keys(table, _RULE_KEYS, where)
-        if table["label"] not in LABELS:
-            raise SefError(f"{where}: key 'label' must be 'real' or 'fake', got {table['label']!r}")
+        if table["label"] not in (*LABELS, IGNORE):
+            raise SefError(f"{where}: key 'label' must be 'real', 'fake' or 'ignore', got {table['label']!r}")
         serves = table.get("serves")
         if serves is not None:
             if table["label"] != "real":
@@ -225,9 +233,11 @@ def parse_definition(data: dict[str, Any], source: str = "<dict>") -> BenchmarkD
         except ValueError as e:
             raise SefError(f"{where}: key 'pattern': {e}") from None
         groups = set(rule.regex.groupindex)
-        template_names = {m.group(1) for m in re.finditer(r"\{(\w+)\}", table.get("subset") or "")}
+        templates = (table.get("subset") or "") + " ".join(serves or ())
+        template_names = {m.group(1) for m in re.finditer(r"\{(\w+)\}", templates)}
         if template_names - groups:
-            raise SefError(f"{where}: key 'subset' uses {sorted(template_names - groups)} not captured by the pattern")
+            missing = sorted(template_names - groups)
+            raise SefError(f"{where}: keys 'subset'/'serves' use {missing}, not captured by the pattern")
         rules.append(rule)
     checks = []
     for i, table in enumerate(data["checks"]):
@@ -240,7 +250,7 @@ def parse_definition(data: dict[str, Any], source: str = "<dict>") -> BenchmarkD
     definition = BenchmarkDefinition(**fields, rules=rules, checks=checks, protocol=dict(protocol), source=source)
     for i, check in enumerate(checks):  # a definition must agree with its own examples
         got = definition.classify(check["path"])
-        want = (LABELS.get(check["label"], -1), check["subset"])
+        want = (LABELS.get(check["label"], check["label"]), check["subset"])
         if got is None or (got[0], got[1]) != want:
             raise SefError(f"{source} checks[{i}]: {check['path']!r} resolves to {got and got[:2]}, expected {want}")
     return definition
@@ -330,7 +340,7 @@ class BenchItem:
 
     def in_subset(self, subset: str) -> bool:
         if self.serves is not None and self.label == 0:
-            return "*" in self.serves or subset in self.serves
+            return any(fnmatch.fnmatchcase(subset, pattern) for pattern in self.serves)
         return self.subset == subset
 
 
@@ -344,6 +354,8 @@ class ResolvedBenchmark:
     items: list[BenchItem]
     unmatched: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ignored: int = 0
+    """Image files a layout rule left out on purpose (label "ignore")."""
 
     @property
     def subsets(self) -> list[str]:
@@ -371,15 +383,18 @@ def resolve_folder(
     root = Path(root)
     if not root.is_dir():
         raise SefError(f"benchmark {name or definition.name}: {root} is not a folder")
-    items, unmatched = [], []
+    items, unmatched, ignored = [], [], 0
     for rel in _walk_images(root):
         found = definition.classify(rel)
         if found is None:
             unmatched.append(rel)
             continue
         label, subset, serves = found
+        if label == IGNORE:
+            ignored += 1
+            continue
         items.append(BenchItem(key=rel, label=label, subset=subset, serves=serves, path=root / rel))
-    bench = ResolvedBenchmark(name or definition.name, str(root), definition, items, unmatched)
+    bench = ResolvedBenchmark(name or definition.name, str(root), definition, items, unmatched, ignored=ignored)
     _finish(bench)
     return bench
 
@@ -504,7 +519,7 @@ def resolve_bench_arg(arg: str) -> ResolvedBenchmark:
     """``NAME=PATH`` (definition NAME, or a custom name for a plain folder / Hub dataset), ``PATH`` (plain
     folder), or ``hf:ID[:options]`` / an ``OWNER/NAME`` Hub id that is not a local path."""
     name, sep, target = arg.partition("=")
-    if not sep:
+    if not sep or arg.startswith("hf:"):
         name, target = None, arg
     elif not name or not target:
         raise SefError(f"bad --bench {arg!r}: expected NAME=PATH, PATH or hf:OWNER/NAME")

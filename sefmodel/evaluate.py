@@ -253,6 +253,7 @@ def evaluate(
             "fake_jpeg_quality": quality,
             "n_images": len(bench.items),
             "unmatched_files": len(bench.unmatched),
+            "ignored_files": bench.ignored,
             "warnings": list(bench.warnings),
         }
         for condition in conditions:

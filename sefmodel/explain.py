@@ -104,7 +104,7 @@ def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None
                 captured.clear()
                 logit = detector(pixels, expert=name)["logits"][0]
                 maps[name] = cam(logit, captured[-1])
-                expert_probs[name] = float(torch.sigmoid(logit))
+                expert_probs[name] = float(torch.sigmoid(logit.detach()))
             gate_weights = None
             if detector.fusion is not None:
                 captured.clear()
@@ -114,9 +114,9 @@ def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None
                 maps["fused"] = np.mean(fused, axis=0) if fused else np.zeros((grid, grid))
                 peak = maps["fused"].max()
                 maps["fused"] = maps["fused"] / peak if peak > 0 else maps["fused"]
-                prob = float(torch.sigmoid(logit))
+                prob = float(torch.sigmoid(logit.detach()))
                 if "gate_weights" in out:
-                    weights = out["gate_weights"][0]
+                    weights = out["gate_weights"][0].detach()
                     gate_weights = {n: float(w) for n, w in zip(detector.expert_names, weights, strict=True)}
             else:
                 prob = expert_probs[detector.expert_names[0]]
