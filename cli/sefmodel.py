@@ -205,6 +205,32 @@ def explain(
     typer.echo(f"P(generated) {ex.prob:.3f}{gates}; figure: {out}")
 
 
+@app.command()
+def publish(
+    run: Path = typer.Argument(..., help="run folder (with detector/) or detector folder"),
+    repo: str = typer.Option(..., "--repo", help="Hub model repo USER/NAME (created if missing)"),
+    private: bool = typer.Option(False, "--private", help="create the repo private"),
+    revision: str | None = typer.Option(None, "--revision", help="branch to upload to (created if missing)"),
+    license: str = typer.Option("apache-2.0", "--license", help="licence id for the model card"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
+    staging: Path | None = typer.Option(None, "--staging", help="where to stage the upload (default: RUN/.publish)"),
+) -> None:
+    """Upload a detector (trained tensors + config) with a model card to the Hugging Face Hub; metrics come from
+    RUN/eval/results.json when the run was evaluated. The token comes from `hf auth login` or HF_TOKEN."""
+    from sefmodel.publish import publish as run_publish
+
+    with user_errors():
+        staged = run_publish(
+            run, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
+        )
+    if dry_run:
+        typer.echo(f"dry run: {len(staged.files)} files staged in {staged.folder}")
+        for name in staged.files:
+            typer.echo(f"  {name}")
+    else:
+        typer.echo(f"published {len(staged.files)} files to https://huggingface.co/{repo}")
+
+
 def main() -> None:
     run_app(app)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from sefdata.errors import SefError
+from sefdata.hub import upload_folder
 from sefdata.manifest import MANIFEST_FILE
 from sefdata.preview import make_preview
 from sefdata.shards import SHARD_DIGITS
@@ -236,22 +237,7 @@ def publish(
         raise SefError(f"--repo {repo_id!r}: expected USER/NAME")
     staging = Path(staging) if staging else Path(build_dir) / ".publish"
     staged = stage(build_dir, staging, repo_id=repo_id, license=license)
-    if dry_run:
-        return staged
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    api = api or HfApi()
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        if revision:
-            api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id, repo_type="dataset", folder_path=str(staging), revision=revision,
-            commit_message=f"sefdata publish ({len(staged.files)} files)",
-        )  # fmt: skip
-    except HfHubHTTPError as e:
-        raise SefError(f"upload to {repo_id} failed: {str(e).splitlines()[0]} (log in with `hf auth login`)") from None
-    except OSError as e:
-        raise SefError(f"upload to {repo_id} failed ({type(e).__name__}: {e}); run again to resume") from None
+    if not dry_run:
+        upload_folder(staging, repo_id, repo_type="dataset", private=private, revision=revision, api=api,
+                      message=f"sefdata publish ({len(staged.files)} files)")  # fmt: skip
     return staged

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import FakeHubApi
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 from typer.testing import CliRunner
@@ -37,24 +38,6 @@ def _load_all(folder: Path, card: DatasetCard) -> list[dict]:
         ds = datasets.load_dataset(str(folder), config["config_name"], split="train")
         rows.extend(ds)
     return rows
-
-
-class FakeApi:
-    """Stands in for HfApi at the network boundary; records what would have been sent."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-
-    def create_repo(self, repo_id, **kw):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
-
-    def create_branch(self, repo_id, **kw):
-        self.calls.append(("create_branch", {"repo_id": repo_id, **kw}))
-
-    def upload_folder(self, **kw):
-        self.calls.append(
-            ("upload_folder", {**kw, "files": sorted(p.name for p in Path(kw["folder_path"]).rglob("*"))})
-        )
 
 
 def test_mixed_encodings_are_repacked_into_one_loadable_config_each(corpus, gens, tmp_path):
@@ -97,7 +80,7 @@ def test_single_encoding_build_keeps_its_shards_and_card_validates(corpus, gens,
 
 def test_upload_receives_the_staged_folder(corpus, gens, tmp_path):
     _build([corpus / "rocket.jpg", corpus / "chelsea.png"], tmp_path / "build", gens, format="png")
-    api = FakeApi()
+    api = FakeHubApi()
     staged = publish(tmp_path / "build", "me/x", private=True, revision="v1", api=api, staging=tmp_path / "stage")
     names = [name for name, _ in api.calls]
     assert names == ["create_repo", "create_branch", "upload_folder"]
