@@ -97,8 +97,11 @@ def build(
         typer.echo("  (each skipped source and why: 'skipped' in the shard-*.stats.json files)")
     if summary.manifest:
         typer.echo(f"manifest: {summary.manifest}")
-    elif len(summary.built) + summary.already_done < summary.num_shards or summary.num_shards:
-        typer.echo("manifest: not yet (other ranks' shards unfinished); it is written when rank 0 finds all done")
+    else:
+        typer.echo(
+            f"manifest: not yet; rank 0 writes it once all {summary.num_shards} shards are done "
+            f"(or run `sefdata manifest {summary.out}` after every rank has finished)"
+        )
 
 
 @app.command()
