@@ -17,7 +17,7 @@ setup: $(BIN)/.installed
 
 # Override any of these: make demo PHOTOS=/my/photos OUT=out/mine
 PHOTOS ?= examples/photos
-RECIPE ?= examples/demo.toml
+RECIPE ?= manifests/recipes/demo.toml
 OUT ?= out/demo
 demo: setup
 	$(BIN)/sefdata build $(PHOTOS) --recipe $(RECIPE) --out $(OUT)

@@ -59,12 +59,8 @@ def time_ms(fn, x: torch.Tensor, repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=9, help="timed forwards per mode, interleaved (median)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=9, help="timed forwards per mode, interleaved (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forwards per mode first")
     parser.add_argument("--batch", type=int, default=8, help="images per forward")
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")

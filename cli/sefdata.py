@@ -35,7 +35,9 @@ GEN_HELP = (
     "Generator, repeatable; one fake field each, named NAME unless as=FIELD renames it. "
     "vae:model=HUB_ID_OR_DIR[,subfolder=vae][,sample=true] | "
     "sr:weights=PATH_OR_URL_OR_HUB_FILE,scale=4[,tile=512] | "
-    "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID)."
+    "ddim:model=HUB_ID_OR_DIR,steps=50,strength=1.0 | "
+    "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID). "
+    "Any of them: NAME:preset=PRESET[,key=value] for a pinned preset from manifests/generators."
 )
 
 
@@ -56,6 +58,7 @@ def build(
     max_pixels: int | None = typer.Option(None, "--max-pixels", help=_h("max_pixels"), show_default=False),
     shard_size: int | None = typer.Option(None, "--shard-size", help=_h("shard_size"), show_default=False),
     batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size"), show_default=False),
+    workers: int | None = typer.Option(None, "--workers", help=_h("workers"), show_default=False),
     device: str | None = typer.Option(None, "--device", help=_h("device"), show_default=False),
     dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype"), show_default=False),
     seed: int | None = typer.Option(None, "--seed", help=_h("seed"), show_default=False),
@@ -75,6 +78,7 @@ def build(
         flags = {
             "sources": sources or None, "gen": gen or None, "format": format, "max_side": max_side, "crop": crop,
             "min_side": min_side, "max_pixels": max_pixels, "shard_size": shard_size, "batch_size": batch_size,
+            "workers": workers,
             "device": device, "dtype": dtype, "seed": seed, "rank": rank, "world": world, "limit": limit,
             "image_field": image_field, "split": split,
         }  # fmt: skip
@@ -93,8 +97,11 @@ def build(
         typer.echo("  (each skipped source and why: 'skipped' in the shard-*.stats.json files)")
     if summary.manifest:
         typer.echo(f"manifest: {summary.manifest}")
-    elif len(summary.built) + summary.already_done < summary.num_shards or summary.num_shards:
-        typer.echo("manifest: not yet (other ranks' shards unfinished); it is written when rank 0 finds all done")
+    else:
+        typer.echo(
+            f"manifest: not yet; rank 0 writes it once all {summary.num_shards} shards are done "
+            f"(or run `sefdata manifest {summary.out}` after every rank has finished)"
+        )
 
 
 @app.command()
@@ -122,6 +129,54 @@ def manifest(folder: Path = typer.Argument(..., help="build output folder")) -> 
         m = write_manifest(folder)
     totals = m["sef"]["totals"]
     typer.echo(f"manifest: {folder / 'manifest.json'} ({len(m['shardlist'])} shards, {totals['written']} samples)")
+
+
+@app.command()
+def verify(folder: Path = typer.Argument(..., help="build output folder")) -> None:
+    """Check every shard: fields present, sizes aligned, hashes and counts matching stats and manifest.
+    Exits 1 if any problem is found, listing them per shard."""
+    from sefdata.verify import verify as run_verify
+
+    with user_errors():
+        report = run_verify(folder)
+    for name, problems in sorted(report.problems.items()):
+        typer.echo(f"{name}:")
+        for problem in problems[:20]:
+            typer.echo(f"  - {problem}")
+        if len(problems) > 20:
+            typer.echo(f"  ... and {len(problems) - 20} more")
+    verdict = "ok" if report.ok else f"FAILED ({sum(map(len, report.problems.values()))} problems)"
+    typer.echo(f"{verdict}: {report.shards} shards, {report.samples} samples checked in {folder}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def publish(
+    folder: Path = typer.Argument(..., help="finished build folder (with manifest.json)"),
+    repo: str = typer.Option(..., "--repo", help="Hub dataset repo USER/NAME (created if missing)"),
+    private: bool = typer.Option(False, "--private", help="create the repo private"),
+    revision: str | None = typer.Option(None, "--revision", help="branch to upload to (created if missing)"),
+    license: str = typer.Option("unknown", "--license", help="licence id for the card (that of the real corpus)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
+    staging: Path | None = typer.Option(None, "--staging", help="where to stage the upload (default: FOLDER/.publish)"),
+) -> None:
+    """Upload shards, manifest.json, a preview and a dataset card to the Hugging Face Hub. Re-running resumes an
+    interrupted upload. The token comes from `hf auth login` or HF_TOKEN and is never printed."""
+    from sefdata.publish import publish as run_publish
+
+    with user_errors():
+        staged = run_publish(
+            folder, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
+        )
+    for warning in staged.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        typer.echo(f"dry run: {len(staged.files)} files staged in {staged.folder}")
+        for name in staged.files:
+            typer.echo(f"  {name}")
+    else:
+        typer.echo(f"published {len(staged.files)} files to https://huggingface.co/datasets/{repo}")
 
 
 def main() -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -96,6 +99,11 @@ class Builder:
         self.progress = progress
         self._generators: list[tuple[str, Generator]] | None = None
         self.multiple = 1
+        # decoding (Pillow) and encoding (zlib/libjpeg) release the GIL: threads overlap them with the models
+        workers = config.workers or min(16, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sefdata-io")
+        self._timing_lock = threading.Lock()
+        self._worker_timings: Counter = Counter()
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_out(self) -> None:
@@ -169,7 +177,9 @@ class Builder:
         y = gen.generate(x, seeds)
         if y.shape != x.shape:
             raise RuntimeError(f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}")
-        fakes = y.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        # quantise where the output lives (on the GPU if any), in float32 whatever the model's dtype
+        with torch.inference_mode():
+            fakes = y.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for p, fake in zip(batch, fakes, strict=True):
             p.fakes[name] = fake
 
@@ -208,60 +218,93 @@ class Builder:
         return {"__key__": p.item.key, **fields}
 
     # -- shards -----------------------------------------------------------------------------------------------
+    def _timed(self, name: str, fn, *args):
+        """Run ``fn`` in a worker thread, adding its wall time to the shard's timings under ``name``."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            with self._timing_lock:
+                self._worker_timings[name] += time.perf_counter() - t0
+
+    def _try_prepare(self, item: SourceItem) -> Prepared | SkipSample:
+        try:
+            return self.prepare(item)
+        except SkipSample as e:
+            return e
+
     def build_shard(self, index: int, items: list[SourceItem], bar: tqdm | None = None) -> dict:
+        """Build one shard. Three things overlap: worker threads decode window i+1 and encode window i-1 while the
+        models run on window i in this thread. Samples are written in input order whatever finishes first."""
         started = time.perf_counter()
         timings: Counter = Counter()
-        failed: Counter = Counter()
-        skipped: list[dict] = []
+        self._worker_timings = Counter()
+        skipped: list[tuple[int, dict]] = []
+        position = {id(item): i for i, item in enumerate(items)}
         gens = self.generators()
         writer = ShardWriter(self.out, index)
-        window = self.config.batch_size * 4  # decode/generate/encode in windows to bound memory
+        size = self.config.batch_size * 4  # decode/generate/encode in windows to bound memory
+        windows = [items[lo : lo + size] for lo in range(0, len(items), size)]
 
         def skip(item: SourceItem, err: SkipSample) -> None:
-            failed[err.reason] += 1
-            skipped.append({"key": item.key, "source": item.source, "reason": err.reason, "detail": err.detail})
+            entry = {"key": item.key, "source": item.source, "reason": err.reason, "detail": err.detail}
+            skipped.append((position[id(item)], entry))
 
+        def submit_prepare(chunk: list[SourceItem]) -> list[Future]:
+            return [self._pool.submit(self._timed, "read_decode_align", self._try_prepare, item) for item in chunk]
+
+        def flush(pending: list[tuple[Prepared, Future | None]]) -> None:
+            t0 = time.perf_counter()
+            for p, encoded in pending:
+                if encoded is None:
+                    skip(p.item, p.error)
+                else:
+                    writer.write(encoded.result())
+            timings["wait_encode_write"] += time.perf_counter() - t0
+
+        pending_prepare = submit_prepare(windows[0]) if windows else []
+        pending_write: list[tuple[Prepared, Future | None]] = []
         try:
-            for lo in range(0, len(items), window):
-                chunk = items[lo : lo + window]
+            for w, chunk in enumerate(windows):
                 t0 = time.perf_counter()
-                prepared: list[Prepared | None] = []
-                for item in chunk:
-                    try:
-                        prepared.append(self.prepare(item))
-                    except SkipSample as e:
-                        skip(item, e)
-                        prepared.append(None)
-                timings["read_decode_align"] += time.perf_counter() - t0
+                results = [f.result() for f in pending_prepare]
+                timings["wait_input"] += time.perf_counter() - t0
+                if w + 1 < len(windows):
+                    pending_prepare = submit_prepare(windows[w + 1])
+                prepared = [r for r in results if isinstance(r, Prepared)]
+                for item, r in zip(chunk, results, strict=True):
+                    if isinstance(r, SkipSample):
+                        skip(item, r)
                 by_size: dict[tuple[int, ...], list[Prepared]] = {}
                 for p in prepared:
-                    if p is not None:
-                        by_size.setdefault(p.aligned.pixels.shape, []).append(p)
+                    by_size.setdefault(p.aligned.pixels.shape, []).append(p)
                 for group in by_size.values():
                     for b in range(0, len(group), self.config.batch_size):
                         batch = group[b : b + self.config.batch_size]
                         for i, err in self.generate(batch, timings).items():
                             batch[i].error = err
-                t0 = time.perf_counter()
-                for p in prepared:
-                    if p is not None and p.error is not None:
-                        skip(p.item, p.error)
-                    elif p is not None:
-                        writer.write(self.sample(p))
-                timings["encode_write"] += time.perf_counter() - t0
+                flush(pending_write)
+                pending_write = [
+                    (p, None if p.error else self._pool.submit(self._timed, "encode", self.sample, p)) for p in prepared
+                ]
                 if bar is not None:
                     bar.update(len(chunk))
+            flush(pending_write)
             nbytes, sha = writer.commit()
         except BaseException:
+            for f in pending_prepare:
+                f.cancel()
             writer.abort()
             raise
+        failed = Counter(entry["reason"] for _, entry in skipped)
+        timings.update({f"worker.{k}": v for k, v in self._worker_timings.items()})
         stats = {
             "shard": index,
             "tar": tar_path(self.out, index).name,
             "inputs": len(items),
             "written": writer.count,
             "failed": dict(sorted(failed.items())),
-            "skipped": skipped,
+            "skipped": [entry for _, entry in sorted(skipped, key=lambda e: e[0])],
             "bytes": nbytes,
             "sha256": sha,
             "fields": ["real", *(n for n, _ in gens)],
@@ -321,6 +364,9 @@ class Builder:
             written=written, failed=failed, seconds=time.perf_counter() - started, manifest=manifest,
         )  # fmt: skip
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     def _write_build_file(self, num_shards: int) -> None:
         recipe = None
         if self.config.recipe:
@@ -341,7 +387,11 @@ class Builder:
 
 def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
     """Build (or resume) this rank's shards of ``config``; see :class:`Builder`."""
-    return Builder(config, progress=progress).run()
+    builder = Builder(config, progress=progress)
+    try:
+        return builder.run()
+    finally:
+        builder.close()
 
 
 __all__ = ["BuildSummary", "Builder", "build", "psnr"]

@@ -50,6 +50,9 @@ class BuildConfig:
     max_pixels: int = field(default=100_000_000, metadata=_help("skip images with more pixels (decompression bombs)"))
     shard_size: int = field(default=1000, metadata=_help("samples per shard (inputs per shard before skips)"))
     batch_size: int = field(default=8, metadata=_help("images per model call (same-size images are batched)"))
+    workers: int | None = field(
+        default=None, metadata=_help("threads decoding and encoding beside the models (default: one per core, max 16)")
+    )
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:i (auto: the rank's GPU if any)"))
     dtype: str = field(default="fp32", metadata=_help("model precision: fp32, fp16 or bf16 (unsafe ones fall back)"))
     seed: int = field(default=0, metadata=_help("base seed; each sample's seed derives from it and its key"))
@@ -64,9 +67,11 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         from sefdata.generators import GenSpec  # late: generators import heavy libraries
+        from sefdata.presets import expand_spec
 
         if not self.gen:
             raise SefError("no generator: give at least one --gen (see `sefdata build --help`)")
+        self.gen = [expand_spec(g) for g in self.gen]  # NAME:preset=P,... -> pinned parameters (recorded as such)
         specs = [GenSpec.parse(g) for g in self.gen]
         fields = [s.field for s in specs]
         if len(set(fields)) != len(fields):
@@ -77,7 +82,7 @@ class BuildConfig:
         for name in ("shard_size", "batch_size", "min_side", "max_pixels"):
             if getattr(self, name) < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_side", "crop", "limit"):
+        for name in ("max_side", "crop", "limit", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
@@ -95,7 +100,7 @@ class BuildConfig:
 
     def output_dict(self) -> dict:
         """The fields that determine the output bytes (not where or how fast it runs)."""
-        skip = {"out", "batch_size", "device", "rank", "world", "recipe"}
+        skip = {"out", "batch_size", "workers", "device", "rank", "world", "recipe"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def output_hash(self) -> str:
@@ -151,37 +156,68 @@ def _check_type(key: str, value: object, annotation: object) -> None:
     raise SefError(f"recipe key {key!r}: expected {names}, got {type(value).__name__} {value!r}")
 
 
+_NOT_PATHS = ("as", "preset")  # generator-table keys whose values are names, never files next to the recipe
+
+
 def _gen_entry(entry: object, base: Path, index: int) -> str:
-    """A recipe generator, as a spec string or a table {name = "...", key = value, ...}; relative paths that
-    exist next to the recipe are made absolute."""
+    """A recipe generator, as a spec string or a table {name = "...", key = value, ...}, checked now: unknown
+    generators, presets, parameters and wrongly typed values are errors naming gen[index] and the key.
+
+    A table may name a ``preset`` (manifests/generators) instead of, or as well as, a ``name``; its other keys
+    override the preset's. Relative paths that exist next to the recipe are made absolute."""
+    from sefdata.generators import GenSpec
+    from sefdata.presets import expand_spec, get_preset
+
+    where = f"recipe gen[{index}]"
     if isinstance(entry, str):
         name, _, rest = entry.partition(":")
-        params = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
+        params: dict[str, object] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise SefError(f"{where}: {item!r} is not key=value")
+            params[key.strip()] = value.strip()
     elif isinstance(entry, dict):
-        if "name" not in entry:
-            raise SefError(f"recipe gen[{index}]: a generator table needs a 'name'")
         params = {k: v for k, v in entry.items() if k != "name"}
-        name = entry["name"]
+        name = entry.get("name")
+        if name is None and "preset" not in entry:
+            raise SefError(f"{where}: a generator table needs a 'name' (or a 'preset')")
+        if name is None:
+            try:
+                name = get_preset(str(entry["preset"])).generator
+            except SefError as e:
+                raise SefError(f"{where}.preset: {e}") from None
+        if not isinstance(name, str):
+            raise SefError(f"{where}.name: expected a string, got {type(name).__name__}")
         for k, v in params.items():
             if not isinstance(v, (str, int, float, bool)):
-                raise SefError(f"recipe gen[{index}].{k}: expected a string, number or boolean")
+                raise SefError(f"{where}.{k}: expected a string, number or boolean, got {type(v).__name__}")
+            if "," in str(v):
+                raise SefError(f"{where}.{k}: values cannot contain ',' (it separates parameters)")
     else:
-        raise SefError(f"recipe gen[{index}]: expected a string or a table, got {type(entry).__name__}")
+        raise SefError(f"{where}: expected a string or a table, got {type(entry).__name__}")
     items = []
     for k, v in params.items():
         v = str(v).lower() if isinstance(v, bool) else str(v)
-        if (base / v).exists() and not Path(v).is_absolute():
+        if v and k not in _NOT_PATHS and not Path(v).is_absolute() and (base / v).exists():
             v = str((base / v).resolve())
         items.append(f"{k}={v}")
-    return name + (":" + ",".join(items) if items else "")
+    spec = name + (":" + ",".join(items) if items else "")
+    try:
+        spec = expand_spec(spec)
+        GenSpec.parse(spec).config()  # builds the generator's config: checks keys and types, loads nothing
+    except SefError as e:
+        raise SefError(f"{where}: {e}") from None
+    return spec
 
 
 def load_recipe(path: str | Path) -> dict:
     """Read a TOML recipe into BuildConfig keyword arguments, validating keys and types.
 
     Keys are BuildConfig field names (``-`` or ``_``), at the top level or under ``[build]``. ``gen`` is a list of
-    spec strings or tables. Relative paths (sources, generator files) that exist next to the recipe are taken
-    relative to it; others are kept as given (e.g. Hub ids).
+    spec strings or tables, presets expanded (see :mod:`sefdata.presets`) and parameters checked. Relative paths
+    (sources, generator files) that exist next to the recipe are taken relative to it; others are kept as given
+    (e.g. Hub ids).
     """
     path = Path(path)
     try:

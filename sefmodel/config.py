@@ -64,9 +64,7 @@ class DetectorConfig:
             raise ValueError(err.args[0]) from None
         if self.backbone_config is not None:
             if self.backbone_id is not None:
-                raise ValueError(
-                    "give either backbone_id (pretrained weights) or backbone_config (random), not both"
-                )
+                raise ValueError("give either backbone_id (pretrained weights) or backbone_config (random), not both")
             if not isinstance(self.backbone_config, dict):
                 raise ValueError("backbone_config must be a dict of transformers config fields")
         elif self.backbone_id is None:
@@ -82,9 +80,7 @@ class DetectorConfig:
             raise ValueError("experts must name at least one expert")
         for name in self.experts:
             if not isinstance(name, str) or not _EXPERT_NAME.fullmatch(name):
-                raise ValueError(
-                    f"bad expert name {name!r}: use letters, digits, _ or -, starting with a letter"
-                )
+                raise ValueError(f"bad expert name {name!r}: use letters, digits, _ or -, starting with a letter")
         if len(set(self.experts)) != len(self.experts):
             raise ValueError(f"expert names must be unique, got {self.experts}")
         fusions = ["single", *known_fusions()]
@@ -118,9 +114,7 @@ class DetectorConfig:
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ValueError(
-                f"detector format_version {version} is not supported (this code reads {FORMAT_VERSION})"
-            )
+            raise ValueError(f"detector format_version {version} is not supported (this code reads {FORMAT_VERSION})")
         for key in _META_KEYS:
             data.pop(key, None)
         unknown = set(data) - set(cls.__dataclass_fields__)

@@ -189,25 +189,20 @@ class SEFDetector(
         names = [n for n, _ in self.named_parameters()]
         if stage == "fusion":
             if self.fusion is None:
-                raise ValueError(
-                    "stage 'fusion' needs a fused detector (fusion sef/mean/concat), this one is 'single'"
-                )
+                raise ValueError("stage 'fusion' needs a fused detector (fusion sef/mean/concat), this one is 'single'")
             return [n for n in names if n.startswith("fusion.")]
         if stage == "mixed" and self.fusion is not None:
             raise ValueError("stage 'mixed' trains one LoRA on both domains: build it with fusion='single'")
         if expert is None:
             if len(self.expert_names) != 1:
-                raise ValueError(
-                    f"stage {stage!r} on several experts: say which one, one of {self.expert_names}"
-                )
+                raise ValueError(f"stage {stage!r} on several experts: say which one, one of {self.expert_names}")
             expert = self.expert_names[0]
         if expert not in self.expert_names:
             raise ValueError(f"unknown expert {expert!r}; this detector has {self.expert_names}")
         return [
             n
             for n in names
-            if (n.startswith("backbone.") and self._is_adapter_key(n, expert))
-            or n.startswith(f"heads.{expert}.")
+            if (n.startswith("backbone.") and self._is_adapter_key(n, expert)) or n.startswith(f"heads.{expert}.")
         ]
 
     def set_stage(self, stage: str | None, expert: str | None = None) -> list[nn.Parameter]:
@@ -384,9 +379,7 @@ class SEFDetector(
         n = len(counts)
         index = torch.tensor(owners, dtype=torch.long)
         denom = torch.tensor(counts, dtype=torch.float32).clamp_min(1)
-        mean_probs = (
-            torch.zeros(n).index_add_(0, index, torch.cat(probs)) / denom if probs else torch.zeros(0)
-        )
+        mean_probs = torch.zeros(n).index_add_(0, index, torch.cat(probs)) / denom if probs else torch.zeros(0)
         mean_gates = None
         if gates:
             stacked = torch.cat(gates)
@@ -421,26 +414,16 @@ class SEFDetector(
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a detector folder stores: LoRA adapters, expert heads, fusion head; no backbone."""
-        return {
-            k: v
-            for k, v in self.state_dict().items()
-            if not k.startswith("backbone.") or self._is_adapter_key(k)
-        }
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.") or self._is_adapter_key(k)}
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The frozen backbone's own tensors (saved only for a backbone built from ``backbone_config``)."""
-        return {
-            k: v
-            for k, v in self.state_dict().items()
-            if k.startswith("backbone.") and not self._is_adapter_key(k)
-        }
+        return {k: v for k, v in self.state_dict().items() if k.startswith("backbone.") and not self._is_adapter_key(k)}
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``config.json``, ``model.safetensors`` (+ ``backbone.safetensors`` for a random backbone)."""
         save_directory = Path(save_directory)
-        (save_directory / CONFIG_NAME).write_text(
-            json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
-        )
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         meta = {"format": "pt", "sef_format_version": str(self.config.to_dict()["format_version"])}
         save_file(_contiguous(self.trained_state_dict()), str(save_directory / WEIGHTS_NAME), metadata=meta)
         backbone_file = save_directory / BACKBONE_WEIGHTS_NAME
@@ -537,9 +520,7 @@ class SEFDetector(
         config, trained, backbone_tensors = _read_folder(folder, map_location)
         if backbone_id is not None:
             if config.backbone_config is not None:
-                raise ValueError(
-                    "this detector's backbone was built from a config; there is no id to override"
-                )
+                raise ValueError("this detector's backbone was built from a config; there is no id to override")
             config.backbone_id, config.backbone_revision = backbone_id, backbone_revision
         detector = cls(config)
         detector.to(map_location)
@@ -580,9 +561,7 @@ class SEFDetector(
         first = loaded[0][0]
         for cfg, _, _ in loaded:
             if cfg.fusion != "single":
-                raise ValueError(
-                    f"from_experts takes single-expert detectors; got one with fusion={cfg.fusion!r}"
-                )
+                raise ValueError(f"from_experts takes single-expert detectors; got one with fusion={cfg.fusion!r}")
             for key in (
                 "backbone",
                 "backbone_id",
@@ -592,9 +571,7 @@ class SEFDetector(
                 "lora",
             ):
                 if getattr(cfg, key) != getattr(first, key):
-                    raise ValueError(
-                        f"experts disagree on {key}: {getattr(first, key)!r} vs {getattr(cfg, key)!r}"
-                    )
+                    raise ValueError(f"experts disagree on {key}: {getattr(first, key)!r} vs {getattr(cfg, key)!r}")
         names = list(names) if names is not None else [cfg.experts[0] for cfg, _, _ in loaded]
         if len(names) != len(loaded):
             raise ValueError(f"{len(names)} names for {len(loaded)} experts")
@@ -648,16 +625,12 @@ def _read_folder(
     if config.backbone_config is not None:
         path = folder / BACKBONE_WEIGHTS_NAME
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{folder}: the backbone was built from a config, so {path.name} must be there"
-            )
+            raise FileNotFoundError(f"{folder}: the backbone was built from a config, so {path.name} must be there")
         backbone = load_file(str(path), device=device)
     return config, trained, backbone
 
 
-def _load_exact(
-    model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, Any], source: str
-) -> None:
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, Any], source: str) -> None:
     """Load ``state`` into ``model``; its keys must be exactly ``expected``'s, shapes matching."""
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -667,7 +640,5 @@ def _load_exact(
         )
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
-            )
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
     model.load_state_dict(state, strict=False)

@@ -65,9 +65,7 @@ class SEFFusion(nn.Module):
         self.gate = Gate(num_experts, dim, gate_hidden)
         self.classifier = nn.Linear(dim, 1)
 
-    def forward(
-        self, features: torch.Tensor, gate_weights: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, gate_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """features (B, E, D); ``gate_weights`` (B, E) overrides the gate (analysis: force one expert)."""
         weights = self.gate(features) if gate_weights is None else gate_weights.to(features.dtype)
         fused = (weights.unsqueeze(-1) * features).sum(dim=1)
@@ -81,9 +79,7 @@ class MeanFusion(nn.Module):
         super().__init__()
         self.classifier = nn.Linear(dim, 1)
 
-    def forward(
-        self, features: torch.Tensor, gate_weights: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, gate_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if gate_weights is not None:
             raise ValueError("mean fusion has no gate to override")
         fused = features.mean(dim=1)
@@ -97,9 +93,7 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.classifier = nn.Linear(num_experts * dim, 1)
 
-    def forward(
-        self, features: torch.Tensor, gate_weights: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, gate_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if gate_weights is not None:
             raise ValueError("concat fusion has no gate to override")
         fused = features.flatten(1)

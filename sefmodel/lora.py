@@ -42,28 +42,20 @@ class LoraSettings:
         self.targets = list(self.targets)
         unknown = [t for t in self.targets if t not in TARGET_GROUPS]
         if not self.targets or unknown:
-            raise ValueError(
-                f"lora.targets must be a non-empty subset of {list(TARGET_GROUPS)}, got {self.targets}"
-            )
+            raise ValueError(f"lora.targets must be a non-empty subset of {list(TARGET_GROUPS)}, got {self.targets}")
         if isinstance(self.blocks, str):
             if self.blocks != "all" and not re.fullmatch(r"last:[1-9]\d*", self.blocks):
-                raise ValueError(
-                    f'lora.blocks must be "all", "last:K" (K >= 1) or a list of ints, got {self.blocks!r}'
-                )
+                raise ValueError(f'lora.blocks must be "all", "last:K" (K >= 1) or a list of ints, got {self.blocks!r}')
         else:
             self.blocks = list(self.blocks)
-            if not self.blocks or not all(
-                isinstance(b, int) and not isinstance(b, bool) for b in self.blocks
-            ):
+            if not self.blocks or not all(isinstance(b, int) and not isinstance(b, bool) for b in self.blocks):
                 raise ValueError(f"lora.blocks as a list must hold block indices (ints), got {self.blocks!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(
-                f"unknown lora settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
+            raise ValueError(f"unknown lora settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
 
     def block_indices(self, num_layers: int) -> list[int]:

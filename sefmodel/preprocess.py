@@ -44,9 +44,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def crop_boxes(
-    width: int, height: int, size: int, mode: str = "center", crops_per_side: int = 3
-) -> list[tuple]:
+def crop_boxes(width: int, height: int, size: int, mode: str = "center", crops_per_side: int = 3) -> list[tuple]:
     """Crop boxes (left, top, right, bottom) of side ``size`` inside a ``width`` x ``height`` image.
 
     Requires ``width, height >= size``. ``"multi"`` places ``min(crops_per_side, ceil(side / size))`` crops

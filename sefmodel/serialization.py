@@ -57,9 +57,7 @@ def resolve_folder(
         raise ValueError(f"{path} is a file; a detector is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
     repo_id = str(path_or_repo_id)
     if repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
-        raise FileNotFoundError(
-            f"no detector folder at {repo_id} (and it is not a Hub repo id of the form user/name)"
-        )
+        raise FileNotFoundError(f"no detector folder at {repo_id} (and it is not a Hub repo id of the form user/name)")
 
     from huggingface_hub import HfApi, snapshot_download
 

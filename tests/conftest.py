@@ -150,3 +150,21 @@ def corpus(tmp_path: Path, assets: Path) -> Path:
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
     (root / "notes.txt").write_text("not listed: no image extension")
     return root
+
+
+class FakeHubApi:
+    """Stands in for HfApi at the network boundary; records what would have been sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+
+    def create_branch(self, repo_id, **kw):
+        self.calls.append(("create_branch", {"repo_id": repo_id, **kw}))
+
+    def upload_folder(self, **kw):
+        self.calls.append(
+            ("upload_folder", {**kw, "files": sorted(p.name for p in Path(kw["folder_path"]).rglob("*"))})
+        )

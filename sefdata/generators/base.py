@@ -1,8 +1,9 @@
 """The generator interface and its registry.
 
 A generator turns a batch of aligned real images into fakes of the same size. It knows nothing about shards,
-files or encodings. Images cross this boundary as float32 tensors in [0, 1], NCHW, RGB, on the CPU; the
-generator moves them to its device and dtype and returns float32 in [0, 1] on the CPU.
+files or encodings. Images come in as float32 tensors in [0, 1], NCHW, RGB, on the CPU; the generator moves them
+to its device and dtype and returns the same shape in [0, 1] *on its device* (any float dtype): the build
+quantises to uint8 there, so only a quarter of the bytes cross back to the host.
 
 Adding a generator is one new file plus one registration line::
 
@@ -53,7 +54,8 @@ class Generator(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """images: float32 [0, 1], (N, 3, H, W), CPU; seeds: one per image. Returns the same shape and range."""
+        """images: float32 [0, 1], (N, 3, H, W), CPU; seeds: one per image. Returns the same shape and range, on the
+        generator's device."""
 
     def model_info(self) -> dict:
         """Model ids, revisions and file hashes, for the manifest. Override to add what identifies the weights."""

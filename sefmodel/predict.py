@@ -1,0 +1,238 @@
+"""Scoring files with a trained detector: load a run, stream images in batches, one result per input.
+
+A file that cannot be read (missing, empty, not an image, truncated, a decompression bomb) gets a result with a
+one-line ``error`` and no probability; the other files are scored as usual. :func:`score_stream` is shared by
+``sefmodel predict`` and ``sefmodel eval``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from sefdata.errors import SefError
+
+from .benchmarks import IMAGE_EXTENSIONS
+from .config import DetectorConfig
+from .detector import SEFDetector
+from .serialization import CONFIG_NAME, UnsafeCheckpointError
+
+RUN_DETECTOR_SUBFOLDER = "detector"
+"""Where a trainer run folder keeps its final detector (``RUN/detector/``)."""
+
+
+def resolve_run(run: str | os.PathLike) -> str:
+    """The detector folder (or Hub id) a RUN argument names.
+
+    RUN is a detector folder (its ``config.json`` is a detector config), a trainer run folder holding the final
+    detector in ``RUN/detector/``, or a Hub repo id ``OWNER/NAME``."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        config = path / CONFIG_NAME
+        problem = f"{path} has no {CONFIG_NAME}"
+        if config.is_file():
+            try:
+                DetectorConfig.from_dict(json.loads(config.read_text()))
+                return str(path)
+            except (ValueError, TypeError) as e:
+                problem = f"{config} is not a detector config ({e})"
+        if (path / RUN_DETECTOR_SUBFOLDER / CONFIG_NAME).is_file():
+            return str(path / RUN_DETECTOR_SUBFOLDER)
+        sub = RUN_DETECTOR_SUBFOLDER
+        raise SefError(f"{path} is neither a detector folder nor a run folder with {sub}/: {problem}")
+    if path.exists():
+        raise SefError(f"{path} is a file; RUN must be a detector folder, a run folder or a Hub id")
+    if str(run).count("/") != 1 or str(run).startswith((".", "/", "~")):
+        raise SefError(f"no detector at {run}: not a folder, and not a Hub repo id of the form OWNER/NAME")
+    return str(run)
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SefError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector:
+    """Load the detector a RUN names (see :func:`resolve_run`) onto ``device``, with one-line errors."""
+    source = resolve_run(run)
+    try:
+        return SEFDetector.from_pretrained(source, map_location=pick_device(device))
+    except SefError:
+        raise
+    except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
+        raise SefError(f"cannot load the detector from {source}: {e}") from None
+    except OSError as e:  # Hub: repository or revision not found, no network, ...
+        raise SefError(f"cannot load the detector from {source}: {type(e).__name__}: {e}") from None
+
+
+# ---- streaming scores ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreResult:
+    """Score of one input (``prob`` None and ``error`` set when it could not be scored)."""
+
+    index: int
+    key: str
+    prob: float | None = None
+    gate_weights: list[float] | None = None
+    num_crops: int = 0
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_error(e: BaseException) -> str:
+    """One readable line for why an image could not be read."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, Image.DecompressionBombError):
+        return f"too many pixels (Pillow's decompression-bomb guard): {e}"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image Pillow can read (unknown format or damaged header)"
+    if isinstance(e, (OSError, SyntaxError, EOFError, ValueError)):
+        return f"corrupt or truncated image: {e}"
+    return f"{type(e).__name__}: {e}"
+
+
+Opener = Callable[[], Image.Image]
+
+
+def score_stream(
+    detector: SEFDetector,
+    inputs: Iterable[tuple[str, Opener]],
+    batch_size: int = 16,
+    crop: str | None = None,
+    transform: Callable[[Image.Image, str], Image.Image] | None = None,
+) -> Iterator[ScoreResult]:
+    """Score ``(key, open_image)`` pairs in input order, ``batch_size`` images per :meth:`SEFDetector.score` call.
+
+    ``transform(image, key)`` (e.g. a perturbation) is applied after decoding. Reading or transforming errors
+    become per-input results with ``error``; they never stop the stream."""
+    pending: list[tuple[ScoreResult, Image.Image]] = []
+    for index, (key, opener) in enumerate(inputs):
+        result = ScoreResult(index, key)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = opener()
+                if transform is not None:
+                    image = transform(image, key)
+        except Exception as e:  # any decoder failure is this file's problem, reported with it
+            result.error = describe_error(e)
+            yield from _flush(detector, pending, batch_size, crop)
+            pending = []
+            yield result
+            continue
+        pending.append((result, image))
+        if len(pending) >= batch_size:
+            yield from _flush(detector, pending, batch_size, crop)
+            pending = []
+    yield from _flush(detector, pending, batch_size, crop)
+
+
+def _flush(detector: SEFDetector, pending: list, batch_size: int, crop: str | None) -> Iterator[ScoreResult]:
+    if not pending:
+        return
+    try:
+        scores = detector.score([image for _, image in pending], batch_size=batch_size, crop=crop)
+    except RuntimeError:
+        raise  # a device problem (e.g. out of memory) is not one image's fault
+    except Exception:
+        if len(pending) == 1:
+            result, image = pending[0]
+            try:
+                detector.score([image], batch_size=batch_size, crop=crop)
+            except Exception as e:
+                result.error = f"cannot be scored: {type(e).__name__}: {e}"
+            yield result
+            return
+        for one in pending:  # isolate the image the batch failed on
+            yield from _flush(detector, [one], batch_size, crop)
+        return
+    for i, (result, _) in enumerate(pending):
+        result.prob = float(scores.probs[i])
+        result.num_crops = scores.num_crops[i]
+        if scores.gate_weights is not None:
+            result.gate_weights = [float(w) for w in scores.gate_weights[i]]
+        yield result
+
+
+# ---- sefmodel predict ----------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given (any extension) and, from folders, every image file below them (recursive, sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )  # fmt: skip
+            out.extend(found)
+        else:
+            out.append(path)  # a missing file is reported as that file's error
+    return out
+
+
+def _open_path(path: Path) -> Opener:
+    def opener() -> Image.Image:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ValueError("empty (zero-byte) file")
+        with Image.open(path) as image:
+            image.load()
+            return image
+
+    return opener
+
+
+def predict_files(
+    detector: SEFDetector,
+    paths: list[Path],
+    batch_size: int = 16,
+    crop: str | None = None,
+    threshold: float = 0.5,
+) -> Iterator[dict[str, Any]]:
+    """One record per path, in order: ``path``, ``prob``, ``label`` (``generated`` if prob > threshold, else
+    ``real``), ``num_crops`` and, for SEF, ``gate_weights`` {expert: weight}; or ``path`` and ``error``."""
+    experts = detector.expert_names
+    for result in score_stream(detector, ((str(p), _open_path(p)) for p in paths), batch_size, crop):
+        if result.error is not None:
+            yield {"path": result.key, "error": result.error}
+            continue
+        record: dict[str, Any] = {
+            "path": result.key,
+            "prob": round(result.prob, 6),
+            "label": "generated" if result.prob > threshold else "real",
+            "num_crops": result.num_crops,
+        }
+        if result.gate_weights is not None:
+            record["gate_weights"] = {n: round(w, 6) for n, w in zip(experts, result.gate_weights, strict=True)}
+        yield record
+
+
+def csv_header(detector: SEFDetector) -> list[str]:
+    gates = [f"gate_{n}" for n in detector.expert_names] if detector.config.fusion == "sef" else []
+    return ["path", "prob", "label", *gates, "num_crops", "error"]
+
+
+def csv_row(record: dict[str, Any], header: list[str]) -> list[Any]:
+    flat = dict(record)
+    for name, weight in record.get("gate_weights", {}).items():
+        flat[f"gate_{name}"] = weight
+    return [flat.get(col, "") for col in header]

@@ -1,0 +1,248 @@
+"""sefmodel eval / predict / explain on a tiny random detector saved to a temporary folder (offline, seconds)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo_like
+from conftest_model import SIZE, randomize_trained, tiny_detector
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.sefmodel import app
+from sefmodel import SEFDetector
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A trainer-style run folder: the detector lives in RUN/detector/, RUN/config.json is the trainer's."""
+    run = tmp_path_factory.mktemp("run")
+    randomize_trained(tiny_detector()).save_pretrained(run / "detector")
+    (run / "config.json").write_text(json.dumps({"stage": "fusion", "lr": 1e-4}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def detector(run_dir) -> SEFDetector:
+    return SEFDetector.from_pretrained(run_dir / "detector")
+
+
+def _bench(root: Path, layout=("real", "fake"), subsets=("a", "b"), n=3) -> Path:
+    for s, subset in enumerate(subsets):
+        for label_i, folder in enumerate(layout):
+            for i in range(n):
+                path = root / subset / folder / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = photo_like(40 + i, 36, seed=100 * s + 10 * label_i + i)
+                if label_i:
+                    pixels = (pixels // 2 + 60).astype(np.uint8)  # fakes differ, so scores differ
+                Image.fromarray(pixels).save(path)
+    return root
+
+
+# ---- predict -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("predict")
+    Image.fromarray(photo_like(50, 40, 1)).save(root / "good.png")
+    Image.fromarray(photo_like(64, 48, 2)).convert("CMYK").save(root / "cmyk.jpg", quality=90)
+    Image.fromarray(photo_like(48, 40, 3)[:, :, 0].astype(np.uint16) * 257).save(root / "sixteen.png")
+    assert Image.open(root / "sixteen.png").mode == "I;16"
+    Image.fromarray(photo_like(10000, 64, 4)).save(root / "wide.png")
+    Image.fromarray(photo_like(10000, 8, 5)).save(root / "thin.png")
+    good = io.BytesIO()
+    Image.fromarray(photo_like(64, 64, 6)).save(good, "JPEG")
+    (root / "corrupt.jpg").write_bytes(good.getvalue()[:200])
+    (root / "notes.txt").write_text("not an image: not picked up from a folder")
+    return root
+
+
+def test_predict_scores_good_files_and_reports_the_bad_one(run_dir, detector, mixed_folder, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    result = runner.invoke(
+        app, ["predict", str(run_dir), str(mixed_folder), "--out", str(out), "--batch-size", "2", "--device", "cpu"]
+    )
+    assert result.exit_code == 1, result.output  # documented: 1 = some inputs failed, the others written
+    assert "error: " in result.output and "corrupt.jpg" in result.output
+    records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(records) == ["cmyk.jpg", "corrupt.jpg", "good.png", "sixteen.png", "thin.png", "wide.png"]
+    assert set(records["corrupt.jpg"]) == {"path", "error"} and "truncated" in records["corrupt.jpg"]["error"]
+    for name in ("good.png", "cmyk.jpg", "sixteen.png", "wide.png", "thin.png"):
+        r = records[name]
+        assert 0 < r["prob"] < 1 and r["label"] in ("real", "generated") and r["num_crops"] == 1
+        assert sum(r["gate_weights"].values()) == pytest.approx(1, abs=1e-5)
+        assert r["label"] == ("generated" if r["prob"] > 0.5 else "real")
+    # the 10000-px-wide image is center-cropped at native resolution, never resized as a whole
+    wide = Image.open(mixed_folder / "wide.png")
+    left = (wide.width - SIZE) // 2
+    crop = wide.crop((left, (wide.height - SIZE) // 2, left + SIZE, (wide.height - SIZE) // 2 + SIZE))
+    assert records["wide.png"]["prob"] == pytest.approx(float(detector.score(crop).probs[0]), abs=1e-5)
+    thin = Image.open(mixed_folder / "thin.png")  # 8 px high: padded to the crop, width cropped
+    strip = thin.crop(((thin.width - SIZE) // 2, 0, (thin.width - SIZE) // 2 + SIZE, 8))
+    assert records["thin.png"]["prob"] == pytest.approx(float(detector.score(strip).probs[0]), abs=1e-5)
+
+
+def test_predict_csv_exit_codes(run_dir, mixed_folder, tmp_path):
+    good = [str(mixed_folder / "good.png"), str(mixed_folder / "sixteen.png")]
+    result = runner.invoke(app, ["predict", str(run_dir), *good, "--format", "csv", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [Path(r["path"]).name for r in rows] == ["good.png", "sixteen.png"]
+    assert set(rows[0]) == {"path", "prob", "label", "gate_recon", "gate_sr", "num_crops", "error"}
+    assert runner.invoke(app, ["predict", str(tmp_path / "nothing"), *good]).exit_code == 2
+    assert runner.invoke(app, ["predict", str(run_dir), *good, "--format", "xml"]).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "no image files" in result.output
+    missing = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "gone.png"), *good])
+    assert missing.exit_code == 1 and "no such file" in missing.output
+    assert "Exit status: 0 every input was scored; 1" in runner.invoke(app, ["predict", "--help"]).output
+
+
+# ---- eval ----------------------------------------------------------------------------------------------------
+
+
+def test_eval_writes_tables_json_and_plots(run_dir, tmp_path):
+    plain = _bench(tmp_path / "plain")
+    numbered = _bench(tmp_path / "aigc" / "test", layout=("0_real", "1_fake"), subsets=("progan", "sd14"))
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(run_dir),
+            "--bench",
+            str(plain),
+            "--bench",
+            f"aigcdetectbenchmark={numbered.parent}",
+            "--perturb",
+            "jpeg:90,jpeg:60",
+            "--perturb",
+            "blur:1",
+            "--fake-jpeg",
+            "auto",
+            "--no-progress",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = run_dir / "eval"  # default output folder of a local RUN
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["benchmarks"]) == ["plain", "aigcdetectbenchmark"]
+    aigc = results["benchmarks"]["aigcdetectbenchmark"]
+    assert aigc["fake_jpeg_quality"] == 96 and results["benchmarks"]["plain"]["fake_jpeg_quality"] is None
+    assert sorted(aigc["subsets"]) == ["progan", "sd14"] and aigc["metrics"]["n_real"] == 6
+    for key in ("accuracy", "real_acc", "fake_acc", "ap", "auroc"):
+        values = [b["metrics"][key] for b in results["benchmarks"].values()]
+        assert results["summary"]["mean"][key] == pytest.approx(np.mean(values))
+        assert results["summary"]["worst"][key] == pytest.approx(min(values))
+    assert [p["value"] for p in results["robustness"]["jpeg"]["points"]] == [60, 90]
+    assert set(aigc["gate_weights"]) == {"real", "fake"}
+
+    # metrics agree with the per-image scores written beside them
+    from sefmodel import metrics as M
+
+    rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["benchmark"] == "plain"]
+    clean = [r for r in rows if r["condition"] == "clean"]
+    labels, probs = [int(r["label"]) for r in clean], [float(r["prob"]) for r in clean]
+    assert results["benchmarks"]["plain"]["metrics"]["ap"] == pytest.approx(M.average_precision(labels, probs))
+    assert {r["condition"] for r in rows} == {"clean", "jpeg:90", "jpeg:60", "blur:1"}
+
+    report = (out / "results.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert set(linked) == {
+        "plots/benchmarks.png",
+        "plots/roc.png",
+        "plots/robustness_jpeg.png",
+        "plots/robustness_blur.png",
+    }
+    for rel in linked:
+        with Image.open(out / rel) as im:
+            im.load()
+            assert im.format == "PNG" and im.width > 400 and im.height > 300
+            assert len(np.unique(np.asarray(im.convert("L")))) > 10  # something was drawn
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert {"plain", "aigcdetectbenchmark", "mean", "worst"} <= {r["benchmark"] for r in table}
+
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    name, evals = model_index_to_eval_results(results["model-index"])
+    assert name == str(run_dir) and {e.dataset_type for e in evals} == {"plain", "aigcdetectbenchmark"}
+
+
+def test_eval_calibration_set_and_errors(run_dir, tmp_path):
+    bench = _bench(tmp_path / "b", subsets=("x",), n=4)
+    calib = _bench(tmp_path / "cal", subsets=("x",), n=4)
+    (bench / "x" / "fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(run_dir / "detector"),
+            "--bench",
+            f"mine={bench}",
+            "--calibrate",
+            str(calib),
+            "--out",
+            str(out),
+            "--no-plots",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    cal = results["protocol"]["calibration"]
+    assert cal["method"] == "held-out set" and cal["n_real"] == 4
+    entry = results["benchmarks"]["mine"]
+    assert entry["failed"] == 1 and entry["errors"][0]["key"] == "x/fake/broken.png"
+    assert entry["metrics"]["n_fake"] == 4  # the unreadable file is reported, not scored
+    assert entry["metrics"]["acc_cal"] is not None and results["plots"] == {}
+    assert "broken.png" in (out / "results.md").read_text()
+    bad = runner.invoke(app, ["eval", str(run_dir), "--bench", str(bench), "--fake-jpeg", "200"])
+    assert bad.exit_code == 2 and "--fake-jpeg" in bad.output
+    bad = runner.invoke(app, ["eval", str(run_dir), "--bench", f"genimage={bench}", "--out", str(out)])
+    assert bad.exit_code == 2 and "no image under" in bad.output
+
+
+# ---- explain -------------------------------------------------------------------------------------------------
+
+
+def test_explain_per_expert_grad_cam(run_dir, detector, tmp_path, mixed_folder):
+    from sefmodel.explain import grad_cam
+
+    image = Image.open(mixed_folder / "good.png")
+    ex = grad_cam(detector, image)
+    grid = SIZE // detector.backbone.patch_size
+    assert set(ex.maps) == {"recon", "sr", "fused"}
+    for heat in ex.maps.values():
+        assert heat.shape == (grid, grid) and heat.min() >= 0 and heat.max() == pytest.approx(1)
+    assert not np.allclose(ex.maps["recon"], ex.maps["sr"])  # the experts' adapters differ, so do their maps
+    assert ex.prob == pytest.approx(float(detector.score(image).probs[0]), abs=1e-5)
+    assert sum(ex.gate_weights.values()) == pytest.approx(1)
+    assert ex.expert_probs["sr"] == pytest.approx(
+        torch.sigmoid(detector(detector.preprocess(image), expert="sr")["logits"][0]).item(), abs=1e-5
+    )
+    out = tmp_path / "cam.png"
+    result = runner.invoke(app, ["explain", str(run_dir), str(mixed_folder / "wide.png"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "gate recon" in result.output
+    with Image.open(out) as fig:
+        assert fig.width > 4 * 256 and fig.height > 256
+    bad = runner.invoke(app, ["explain", str(run_dir), str(mixed_folder / "corrupt.jpg"), "--out", str(out)])
+    assert bad.exit_code == 2 and "corrupt" in bad.output

@@ -1,0 +1,69 @@
+"""Perturbations change the pixels as specified: measurable JPEG quality, sizes, blur, noise level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import photo_like
+from PIL import Image, ImageFilter
+
+from sefdata.errors import SefError
+from sefdata.imageio import estimate_jpeg_quality
+from sefmodel.perturb import PerturbSpec, format_bias_jpeg, parse_perturbations
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return Image.fromarray(photo_like(96, 64, seed=3))
+
+
+@pytest.mark.parametrize("quality", [95, 75, 50])
+def test_jpeg_quality_is_measurable(photo, quality):
+    out = PerturbSpec("jpeg", quality).apply(photo)
+    assert out.format == "JPEG" and out.size == photo.size
+    assert estimate_jpeg_quality(out.quantization[0]) == quality
+    assert estimate_jpeg_quality(format_bias_jpeg(photo, 96).quantization[0]) == 96
+
+
+def test_lower_quality_means_larger_error(photo):
+    ref = np.asarray(photo, dtype=np.float64)
+
+    def err(spec):
+        return np.abs(np.asarray(spec.apply(photo).convert("RGB"), dtype=np.float64) - ref).mean()
+
+    assert err(PerturbSpec("jpeg", 95)) < err(PerturbSpec("jpeg", 50))
+    webp = PerturbSpec("webp", 50).apply(photo)
+    assert webp.format == "WEBP" and 0 < err(PerturbSpec("webp", 90)) < err(PerturbSpec("webp", 30))
+
+
+def test_resize_blur_noise_social(photo):
+    assert PerturbSpec("resize", 0.5).apply(photo).size == (48, 32)
+    assert PerturbSpec("resize", 2).apply(photo).size == (192, 128)
+    blurred = PerturbSpec("blur", 1.5).apply(photo)
+    assert np.array_equal(np.asarray(blurred), np.asarray(photo.filter(ImageFilter.GaussianBlur(1.5))))
+    flat = Image.new("RGB", (200, 200), (128, 128, 128))
+    noisy = np.asarray(PerturbSpec("noise", 5).apply(flat, key="a"), dtype=np.float64) - 128
+    assert abs(noisy.std() - 5) < 0.2 and abs(noisy.mean()) < 0.2
+    again = PerturbSpec("noise", 5).apply(flat, key="a")
+    other = PerturbSpec("noise", 5).apply(flat, key="b")
+    assert np.array_equal(np.asarray(again), noisy.astype(np.int64) + 128)  # seeded by the key: reproducible
+    assert not np.array_equal(np.asarray(again), np.asarray(other))
+    social = PerturbSpec("social", 48).apply(photo)
+    assert social.size == (48, 32) and social.format == "JPEG"
+    assert estimate_jpeg_quality(social.quantization[0]) == 75
+    assert PerturbSpec("social", 1000).apply(photo).size == photo.size  # small images are not upscaled
+
+
+def test_parse_specs():
+    specs = parse_perturbations(["jpeg:95,jpeg:75", "blur:1", "jpeg:95"])
+    assert [s.label for s in specs] == ["jpeg:95", "jpeg:75", "blur:1"]
+    assert {s.name for s in parse_perturbations("default")} == {"jpeg", "webp", "resize", "blur", "noise", "social"}
+    for bad, message in [
+        ("sharpen:1", "unknown perturbation"),
+        ("jpeg:high", "expected jpeg:VALUE"),
+        ("jpeg:101", "<= 100"),
+        ("jpeg:75.5", "integer"),
+        ("blur", "expected blur:VALUE"),
+    ]:
+        with pytest.raises(SefError, match=message):
+            parse_perturbations(bad)

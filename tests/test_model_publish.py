@@ -1,0 +1,79 @@
+"""sefmodel publish: the staged folder loads with from_pretrained and scores identically; the card's YAML carries
+the evaluation as structured results; the upload receives that folder (network replaced at the HfApi boundary)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FakeHubApi, photo_like
+from conftest_model import randomize_trained, tiny_detector
+from huggingface_hub import ModelCard
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.sefmodel import app
+from sefdata.errors import SefError
+from sefmodel import SEFDetector
+from sefmodel.publish import publish
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    randomize_trained(tiny_detector()).save_pretrained(run / "detector")
+    (run / "config.json").write_text(json.dumps({"data": "hf://datasets/me/aligned/data/shard-{000..009}.tar"}))
+    bench = run.parent / "bench"
+    for label in ("real", "fake"):
+        (bench / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = photo_like(40, 36, seed=i + (10 if label == "fake" else 0))
+            Image.fromarray(pixels if label == "real" else pixels // 2 + 60).save(bench / label / f"{i}.png")
+    result = CliRunner().invoke(app, ["eval", str(run), "--bench", f"tiny={bench}", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_published_folder_loads_and_scores_identically(evaluated_run, tmp_path):
+    staged = publish(evaluated_run, "me/sef-tiny", dry_run=True, staging=tmp_path / "stage")
+    assert {"README.md", "config.json", "model.safetensors", "eval/results.json", "eval/results.md"} <= set(
+        staged.files
+    )
+    images = [Image.fromarray(photo_like(48, 40, seed=s)) for s in range(3)]
+    original = SEFDetector.from_pretrained(evaluated_run / "detector").score(images)
+    reloaded = SEFDetector.from_pretrained(staged.folder).score(images)
+    assert torch.equal(original.probs, reloaded.probs)
+    assert torch.equal(original.gate_weights, reloaded.gate_weights)
+
+
+def test_model_card_carries_base_model_datasets_and_eval_results(evaluated_run, tmp_path):
+    staged = publish(evaluated_run, "me/sef-tiny", dry_run=True, staging=tmp_path / "stage", license="mit")
+    card = ModelCard.load(staged.folder / "README.md")
+    assert card.data.license == "mit" and card.data.library_name == "sef-toolkit"
+    assert card.data.datasets == ["me/aligned"] and card.data.pipeline_tag == "image-classification"
+    results = json.loads((evaluated_run / "eval" / "results.json").read_text())
+    expected_ap = results["benchmarks"]["tiny"]["metrics"]["ap"]
+    by_type = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert by_type["Average precision"] == pytest.approx(expected_ap, abs=1e-4)
+    assert "Intended use and limits" in card.text and "eval/results.md" in card.text
+
+
+def test_upload_receives_the_staged_folder_and_bad_input_is_refused(evaluated_run, tmp_path):
+    api = FakeHubApi()
+    staged = publish(evaluated_run, "me/sef-tiny", api=api, staging=tmp_path / "stage")
+    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][1]["repo_type"] == "model" and api.calls[1][1]["folder_path"] == str(staged.folder)
+    with pytest.raises(SefError, match="USER/NAME"):
+        publish(evaluated_run, "nope", dry_run=True)
+    with pytest.raises(SefError, match="not a local run"):
+        publish(tmp_path / "missing", "me/x", dry_run=True)
+
+
+def test_cli_dry_run(evaluated_run, tmp_path):
+    result = CliRunner().invoke(
+        app, ["publish", str(evaluated_run), "--repo", "me/x", "--dry-run", "--staging", str(tmp_path / "s")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "model.safetensors" in result.output and "README.md" in result.output
