@@ -39,7 +39,7 @@ def _find_eval(run: Path, detector_dir: Path) -> Path | None:
 
 def _training_datasets(run: Path) -> list[str]:
     """Hub dataset ids the run trained on, read from the trainer's config if it names hf:// shards."""
-    config = run / "config.json"
+    config = run / "train_config.json"
     if not config.is_file():
         return []
     text = config.read_text()

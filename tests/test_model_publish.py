@@ -24,7 +24,7 @@ from sefmodel.publish import publish
 def evaluated_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     randomize_trained(tiny_detector()).save_pretrained(run / "detector")
-    (run / "config.json").write_text(json.dumps({"data": "hf://datasets/me/aligned/data/shard-{000..009}.tar"}))
+    (run / "train_config.json").write_text(json.dumps({"data": "hf://datasets/me/aligned/data/shard-{000..009}.tar"}))
     bench = run.parent / "bench"
     for label in ("real", "fake"):
         (bench / label).mkdir(parents=True)
