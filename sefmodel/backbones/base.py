@@ -14,6 +14,8 @@ A new family is one file: subclass :class:`ViTBackbone`, set the class attribute
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -165,7 +167,7 @@ class ViTBackbone(nn.Module):
     def run_blocks(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Run tokens (B, T, D) through blocks ``start .. stop-1``; returns (B, T, D)."""
         for block in self.layers()[start:stop]:
-            out = block(hidden, None)
+            out = block(hidden, *[None] * _required_extra_args(type(block)))
             hidden = out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
         return hidden
 
@@ -184,3 +186,13 @@ def resolve_layer(layer: int, num_layers: int) -> int:
     if not -num_layers <= layer < num_layers:
         raise ValueError(f"feature layer {layer} out of range for a backbone with {num_layers} blocks")
     return layer % num_layers
+
+
+@functools.cache
+def _required_extra_args(block_type: type) -> int:
+    """How many required positional arguments a block's forward takes after the hidden states (masks, passed as
+    None). It differs across transformers releases: DINOv2 blocks took (hidden, head_mask), now take (hidden) or
+    (hidden, attention_mask=None); CLIP blocks require (hidden, attention_mask[, causal_attention_mask])."""
+    params = list(inspect.signature(block_type.forward).parameters.values())[2:]  # skip self, hidden_states
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in positional and p.default is inspect.Parameter.empty)
