@@ -29,17 +29,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sefdata.assets import find_assets  # noqa: E402
 from sefdata.build import build  # noqa: E402
 from sefdata.config import BuildConfig  # noqa: E402
 from sefdata.generators.sr import downsample, load_sr_model  # noqa: E402
 from sefdata.generators.taesd import load_taesd  # noqa: E402
 
 
-def find_assets(explicit: str | None) -> Path:
-    for candidate in (explicit, os.environ.get("SEF_ASSETS"), REPO.parent / "shared" / "assets", REPO / "examples"):
-        if candidate and (Path(candidate) / "weights" / "taef2_encoder.pth").is_file():
-            return Path(candidate)
-    sys.exit("no assets: pass --assets DIR (with photos/ and weights/) or set SEF_ASSETS")
+def require_assets(explicit: str | None) -> Path:
+    found = find_assets(explicit, required=("photos", "weights/taef2_encoder.pth"))
+    if found is None:
+        sys.exit("no assets: pass --assets DIR (with photos/ and weights/) or set SEF_ASSETS")
+    return found
 
 
 def per_image_loop(photos: list[Path], weights: Path, out: Path, max_side: int, crop: int | None, device: str) -> dict:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "generation.json"))
     args = parser.parse_args(argv)
 
-    assets = find_assets(args.assets)
+    assets = require_assets(args.assets)
     photos = sorted(p for p in (assets / "photos").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     photos = [p for p in photos for _ in range(args.copies)]
     runs: dict[str, list[dict]] = {"loop": [], "build": []}

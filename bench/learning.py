@@ -42,6 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from sefdata.assets import find_assets
 from sefdata.build import build
 from sefdata.config import BuildConfig
 from sefmodel import SEFDetector
@@ -62,12 +63,11 @@ NOTES = [
 ]
 
 
-def find_assets() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("SEF_ASSETS"), repo.parent / "shared" / "assets", repo / "examples"):
-        if candidate and Path(candidate, "photos").is_dir() and Path(candidate, "weights").is_dir():
-            return Path(candidate)
-    raise SystemExit("no assets: set SEF_ASSETS to a folder with photos/ and weights/ (or run from the repo)")
+def require_assets() -> Path:
+    found = find_assets()
+    if found is None:
+        raise SystemExit("no assets: set SEF_ASSETS to a folder with photos/ and weights/ (or run from the repo)")
+    return found
 
 
 def tile_photos(photos: list[Path], out: Path, tile: int, max_side: int) -> int:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    assets = find_assets()
+    assets = require_assets()
     photos = sorted(p for p in (assets / "photos").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     held = [p for i, p in enumerate(photos) if i % 4 == 1]
     trained_on = [p for p in photos if p not in held]

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from sefdata.assets import find_assets
 from sefdata.build import build
 from sefdata.config import BuildConfig
 from sefmodel import DetectorConfig, SEFDetector
@@ -46,12 +47,11 @@ BACKBONE = dict(
 )
 
 
-def find_assets() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("SEF_ASSETS"), repo.parent / "shared" / "assets", repo / "examples"):
-        if candidate and Path(candidate, "photos").is_dir() and Path(candidate, "weights").is_dir():
-            return Path(candidate)
-    raise SystemExit("no assets: set SEF_ASSETS to a folder with photos/ and weights/ (or run from the repo)")
+def require_assets() -> Path:
+    found = find_assets()
+    if found is None:
+        raise SystemExit("no assets: set SEF_ASSETS to a folder with photos/ and weights/ (or run from the repo)")
+    return found
 
 
 def make_shards(assets: Path, out: Path, max_side: int) -> Path:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    assets = find_assets()
+    assets = require_assets()
     work = Path(tempfile.mkdtemp(prefix="sef_loader_"))
     try:
         started = time.perf_counter()

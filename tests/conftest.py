@@ -4,13 +4,14 @@ from config. Nothing here downloads anything."""
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from sefdata.assets import find_assets
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
@@ -30,17 +31,10 @@ def all_threads():
     torch.set_num_threads(1)
 
 
-def _assets_dir() -> Path | None:
-    for candidate in (os.environ.get("SEF_ASSETS"), REPO.parent / "shared" / "assets", REPO / "examples"):
-        if candidate and Path(candidate, "photos").is_dir() and Path(candidate, "weights").is_dir():
-            return Path(candidate)
-    return None
-
-
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """Real photos and checkpoints: $SEF_ASSETS, ../shared/assets, or the demo kit in examples/."""
-    found = _assets_dir()
+    found = find_assets()
     if found is None:
         pytest.skip("no real assets: set SEF_ASSETS to a folder with photos/ and weights/")
     return found
