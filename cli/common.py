@@ -6,6 +6,7 @@ import contextlib
 import errno
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
@@ -31,6 +32,16 @@ def user_errors() -> Iterator[None]:
             )
             raise typer.Exit(1) from None
         raise
+
+
+def report_upload(files: list[str], folder: Path, *, dry_run: bool, url: str) -> None:
+    """What `publish` did: the staged file list on a dry run, else where the files went."""
+    if dry_run:
+        typer.echo(f"dry run: {len(files)} files staged in {folder}")
+        for name in files:
+            typer.echo(f"  {name}")
+    else:
+        typer.echo(f"published {len(files)} files to {url}")
 
 
 def run_app(app: typer.Typer) -> None:

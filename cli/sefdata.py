@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import run_app, user_errors
+from cli.common import report_upload, run_app, user_errors
 from sefdata.config import BuildConfig, load_recipe
 from sefdata.errors import SKIP_REASONS
 
@@ -171,12 +171,7 @@ def publish(
         )
     for warning in staged.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    if dry_run:
-        typer.echo(f"dry run: {len(staged.files)} files staged in {staged.folder}")
-        for name in staged.files:
-            typer.echo(f"  {name}")
-    else:
-        typer.echo(f"published {len(staged.files)} files to https://huggingface.co/datasets/{repo}")
+    report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/datasets/{repo}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import run_app, user_errors
+from cli.common import report_upload, run_app, user_errors
 from sefdata.errors import SefError
 
 app = typer.Typer(
@@ -420,12 +420,7 @@ def publish(
         staged = run_publish(
             run, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
         )
-    if dry_run:
-        typer.echo(f"dry run: {len(staged.files)} files staged in {staged.folder}")
-        for name in staged.files:
-            typer.echo(f"  {name}")
-    else:
-        typer.echo(f"published {len(staged.files)} files to https://huggingface.co/{repo}")
+    report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/{repo}")
 
 
 def main() -> None:

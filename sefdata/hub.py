@@ -17,7 +17,16 @@ from safetensors.torch import load_file
 from sefdata.errors import SefError
 from sefdata.shards import file_sha256
 
-__all__ = ["file_sha256", "load_state_dict", "resolve_dir", "resolve_file", "revision_of", "upload_folder"]
+__all__ = [
+    "check_repo_id",
+    "file_sha256",
+    "load_state_dict",
+    "resolve_dir",
+    "resolve_file",
+    "revision_of",
+    "staged_files",
+    "upload_folder",
+]
 
 _REVISION_IN_PATH = re.compile(r"/snapshots/([0-9a-f]{40})/")
 
@@ -103,6 +112,17 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse anything but USER/NAME before any work is done for an upload."""
+    if repo_id.count("/") != 1:
+        raise SefError(f"--repo {repo_id!r}: expected USER/NAME")
+
+
+def staged_files(folder: Path) -> list[str]:
+    """Every file below ``folder``, as sorted relative POSIX paths: what an upload of it sends."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def upload_folder(
     folder: Path,
     repo_id: str,
@@ -120,8 +140,7 @@ def upload_folder(
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if repo_id.count("/") != 1:
-        raise SefError(f"--repo {repo_id!r}: expected USER/NAME")
+    check_repo_id(repo_id)
     api = api or HfApi()
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)

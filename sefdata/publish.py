@@ -29,7 +29,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from sefdata.errors import SefError
-from sefdata.hub import upload_folder
+from sefdata.hub import check_repo_id, staged_files, upload_folder
 from sefdata.manifest import MANIFEST_FILE
 from sefdata.preview import make_preview
 from sefdata.shards import SHARD_DIGITS
@@ -217,7 +217,7 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
         )
     card = make_card(manifest, repo_id, license, layout, has_preview)
     card.save(staging / "README.md")
-    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    files = staged_files(staging)
     return Staged(folder=staging, files=files, card=card, warnings=warnings)
 
 
@@ -233,8 +233,7 @@ def publish(
     api=None,
 ) -> Staged:
     """Stage and upload a build to the dataset repo ``repo_id``. ``dry_run``: stage only."""
-    if repo_id.count("/") != 1:
-        raise SefError(f"--repo {repo_id!r}: expected USER/NAME")
+    check_repo_id(repo_id)
     staging = Path(staging) if staging else Path(build_dir) / ".publish"
     staged = stage(build_dir, staging, repo_id=repo_id, license=license)
     if not dry_run:

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from sefdata.errors import SefError
-from sefdata.hub import upload_folder
+from sefdata.hub import check_repo_id, staged_files, upload_folder
 from sefmodel.predict import load_detector, resolve_run
 
 EVAL_FILES = ("results.json", "results.md", "results.csv")
@@ -130,7 +130,7 @@ def stage(run: str | Path, staging: str | Path, *, repo_id: str, license: str = 
             shutil.copytree(eval_dir / "plots", staging / "eval" / "plots")
     card = make_model_card(detector, repo_id, license, _training_datasets(run), results)
     card.save(staging / "README.md")
-    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    files = staged_files(staging)
     return StagedDetector(folder=staging, files=files, card=card)
 
 
@@ -146,8 +146,7 @@ def publish(
     api=None,
 ) -> StagedDetector:
     """Stage a run's detector with its card and upload it to the model repo ``repo_id``."""
-    if repo_id.count("/") != 1:
-        raise SefError(f"--repo {repo_id!r}: expected USER/NAME")
+    check_repo_id(repo_id)
     staging = Path(staging) if staging else Path(run) / ".publish"
     staged = stage(run, staging, repo_id=repo_id, license=license)
     if not dry_run:
