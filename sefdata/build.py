@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sefdata.align import Aligned, align, common_multiple
-from sefdata.config import DTYPES, BuildConfig, resolve_device, resolve_rank_world
+from sefdata.config import BuildConfig, resolve_device, resolve_dtype, resolve_rank_world
 from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
 from sefdata.errors import SefError, SkipSample
 from sefdata.generators import Generator, Runtime, create_generator, sample_seed
@@ -125,7 +125,8 @@ class Builder:
 
     def generators(self) -> list[tuple[str, Generator]]:
         if self._generators is None:
-            runtime = Runtime(resolve_device(self.config.device), DTYPES[self.config.dtype])
+            device = resolve_device(self.config.device)
+            runtime = Runtime(device, resolve_dtype(self.config.dtype, device))
             self._generators = [(s.field, create_generator(s, runtime)) for s in self.specs]
             self.multiple = common_multiple([g.multiple for _, g in self._generators])
             if self.config.crop is not None and self.config.crop % self.multiple:

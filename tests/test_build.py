@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image, JpegImagePlugin
 
 from sefdata.build import build
-from sefdata.config import BuildConfig
+from sefdata.config import BuildConfig, resolve_dtype
 from sefdata.errors import SefError
 
 
@@ -205,6 +206,28 @@ def test_a_generator_failure_skips_the_sample_not_the_build(corpus, gens, tmp_pa
     assert s.written == 1 and s.failed == Counter(generation_failed=1)
     (entry,) = _stats(tmp_path / "o")[0]["skipped"]
     assert entry["reason"] == "generation_failed" and "boom" in entry["detail"]
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_dtype("fp32", cpu) is torch.float32 and resolve_dtype("fp16", gpu) is torch.float16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_dtype("auto", cpu) is torch.float32  # emulated bf16 is slower than fp32 on a CPU
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert resolve_dtype("auto", gpu) is torch.float16  # pre-Ampere GPUs
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    assert resolve_dtype("auto", gpu) is torch.bfloat16
+
+
+def test_the_resolved_precision_is_recorded_per_shard(corpus, gens, tmp_path):
+    build(_config([corpus], tmp_path / "o", gens), progress=False)
+    stats = json.loads(next((tmp_path / "o").glob("shard-*.stats.json")).read_text())
+    want = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    assert {g["runtime"]["dtype"] for g in stats["generators"].values()} == {want}
+    assert stats["generators"]["taesd"]["model"]["dtype"] == want
 
 
 def test_no_input_and_bad_flags_are_clear_errors(tmp_path, gens):

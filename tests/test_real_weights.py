@@ -19,19 +19,27 @@ from sefdata.config import BuildConfig
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def real_build(tmp_path_factory, assets, taef2, realesr, all_threads):
-    out = tmp_path_factory.mktemp("real_build")
+def _build(out, assets, taef2, realesr, dtype: str) -> dict:
     enc, dec = taef2
     config = BuildConfig(
         sources=[str(assets / "photos")], out=str(out), format="png", max_side=384, shard_size=100, batch_size=4,
-        gen=[f"taesd:encoder={enc},decoder={dec},as=taef2", f"sr:weights={realesr},scale=4"],
+        gen=[f"taesd:encoder={enc},decoder={dec},as=taef2", f"sr:weights={realesr},scale=4"], dtype=dtype,
     )  # fmt: skip
     build(config, progress=False)
     samples = list(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False))
     assert len(samples) == len([p for p in (assets / "photos").iterdir() if p.suffix in (".png", ".jpg")])
     load = lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # noqa: E731
     return {s["__key__"]: {k.split(".")[0]: load(v) for k, v in s.items() if k.endswith(".png")} for s in samples}
+
+
+@pytest.fixture(scope="module")
+def real_build(tmp_path_factory, assets, taef2, realesr, all_threads):
+    return _build(tmp_path_factory.mktemp("real_build"), assets, taef2, realesr, "fp32")
+
+
+@pytest.fixture(scope="module")
+def real_build_bf16(tmp_path_factory, assets, taef2, realesr, all_threads):
+    return _build(tmp_path_factory.mktemp("real_build_bf16"), assets, taef2, realesr, "bf16")
 
 
 def _mean_psnr(samples: dict, field: str, transform=lambda a: a) -> float:
@@ -54,3 +62,12 @@ def test_x4_gan_upsampling_of_downsampled_photos(real_build):
     # sensitive to an off-by-one-low-resolution-pixel (4 px) misalignment and to a channel swap
     assert _mean_psnr(real_build, "sr", lambda a: np.roll(a, 4, axis=0)) < mean - 3
     assert _mean_psnr(real_build, "sr", lambda a: a[..., ::-1]) < mean - 3
+
+
+def test_bf16_fakes_are_as_faithful_as_fp32(real_build, real_build_bf16):
+    """--dtype auto picks bf16 on hardware that computes it natively: that must not change what the fakes are."""
+    for field in ("taef2", "sr"):
+        fp32, bf16 = _mean_psnr(real_build, field), _mean_psnr(real_build_bf16, field)
+        assert abs(bf16 - fp32) <= 0.3, f"{field}: bf16 {bf16:.2f} dB vs fp32 {fp32:.2f} dB against the real"
+        closeness = min(psnr(real_build_bf16[k][field], s[field]) for k, s in real_build.items())
+        assert closeness >= 40.0, f"{field}: a bf16 fake is only {closeness:.1f} dB from its fp32 twin"

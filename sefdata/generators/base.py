@@ -67,6 +67,8 @@ class Generator(abc.ABC):
             "params": dataclasses.asdict(self.config),
             "model": self.model_info(),
             "multiple": self.multiple,
+            # what --device/--dtype resolved to on this rank (a model may still run in fp32: see "model")
+            "runtime": {"device": str(self.runtime.device), "dtype": str(self.runtime.dtype).removeprefix("torch.")},
         }
 
 

@@ -170,6 +170,7 @@ class TaesdGenerator(Generator):
             "decoder": {"file": self.decoder_path.name, "sha256": file_sha256(self.decoder_path),
                         "revision": revision_of(self.decoder_path)},
             "latent_channels": self.latent_channels,
+            "dtype": str(self.runtime.dtype).removeprefix("torch."),
         }  # fmt: skip
 
     @torch.inference_mode()
