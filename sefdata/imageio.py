@@ -120,6 +120,19 @@ def _to_rgb(img: Image.Image, conversions: list[str]) -> Image.Image:
     return img.convert("RGB")
 
 
+def to_rgb(img: Image.Image, conversions: list[str] | None = None) -> Image.Image:
+    """Upright 8-bit RGB by the rules of this module; the conversions applied are appended to ``conversions``.
+
+    The one rule for every image a detector sees: training data is built with it (:func:`decode`) and
+    :mod:`sefmodel.preprocess` scores images with it, so a detector meets its inputs converted as its data was.
+    """
+    conversions = [] if conversions is None else conversions
+    if img.getexif().get(0x0112, 1) not in (1, None):
+        img = ImageOps.exif_transpose(img)
+        conversions.append("exif_transpose")
+    return _to_rgb(img, conversions)
+
+
 def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode image bytes to upright RGB uint8, or raise SkipSample with the reason."""
     if not data:
@@ -150,12 +163,8 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
     if icc is not None and icc[16:20] != b"RGB ":  # a CMYK/gray profile would mis-describe RGB output
         icc = None
     conversions: list[str] = []
-    orientation = img.getexif().get(0x0112, 1)
-    if orientation not in (1, None):
-        img = ImageOps.exif_transpose(img)
-        conversions.append("exif_transpose")
     mode = img.mode
-    rgb = _to_rgb(img, conversions)
+    rgb = to_rgb(img, conversions)
     return DecodedImage(
         pixels=np.asarray(rgb, dtype=np.uint8).copy(),
         format=fmt,

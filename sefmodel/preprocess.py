@@ -3,9 +3,9 @@
 No resizing by default: generator artifacts live in the high frequencies that resampling smears, so the
 detector looks at native-resolution crops. Rules, in order:
 
-1. Mode: everything becomes 8-bit RGB. Grayscale and palette images are expanded; an alpha channel is dropped
-   (colour values kept, not composited); 16/32-bit integer images are scaled down to 8 bits; CMYK is
-   converted by PIL's rule. EXIF orientation is applied.
+1. Mode: everything becomes upright 8-bit RGB by the rule the training data was built with
+   (:func:`sefdata.imageio.to_rgb`): EXIF orientation applied, alpha composited onto white, palette and grayscale
+   expanded, 16-bit integer images scaled by value / 257, CMYK converted by Pillow's rule.
 2. Optional ``resize``: the short side is resized to that many pixels (bicubic, antialiased) first.
 3. Small images: a side shorter than the crop is padded symmetrically to the crop size with the normalisation
    mean, i.e. zeros after normalisation (``small="pad"``, default), or the image is upscaled so its short side
@@ -23,25 +23,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from sefdata.imageio import to_rgb as _data_rule
 
 CROP_MODES = ("center", "multi")
 SMALL_MODES = ("pad", "upscale")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB by the documented rule (module docstring, step 1)."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(arr * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")  # palette transparency would otherwise be lost silently by PIL
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """Any PIL image -> upright 8-bit RGB, exactly as ``sefdata build`` converts its sources (step 1)."""
+    return _data_rule(image)
 
 
 def crop_boxes(width: int, height: int, size: int, mode: str = "center", crops_per_side: int = 3) -> list[tuple]:

@@ -25,9 +25,40 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped():
     assert 126 <= out[0, 0, 0] <= 128  # mid-grey stays mid-grey instead of saturating at 255
 
 
-def test_rgba_drops_alpha_and_keeps_colour():
-    image = Image.new("RGBA", (4, 4), (200, 100, 50, 0))
-    assert to_rgb(image).getpixel((0, 0)) == (200, 100, 50)
+def test_alpha_is_composited_onto_white_as_in_the_training_data():
+    assert to_rgb(Image.new("RGBA", (4, 4), (200, 100, 50, 0))).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("RGBA", (4, 4), (200, 100, 50, 255))).getpixel((0, 0)) == (200, 100, 50)
+
+
+def _variants() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (12, 16), dtype=np.uint8)
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.info["transparency"] = 3
+    return {
+        "RGBA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+        "LA": Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA"),
+        "P+transparency": palette,
+        "I;16": Image.fromarray(rng.integers(0, 65536, (12, 16), dtype=np.uint16)),
+        "CMYK": Image.fromarray(rgb).convert("CMYK"),
+        "L": Image.fromarray(rgb[..., 1]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+def test_scoring_converts_images_exactly_as_the_build_does(name):
+    """A detector must meet its inputs converted as its training data was (sefdata.imageio.decode)."""
+    import io
+
+    from sefdata.imageio import decode
+
+    image = _variants()[name]
+    buf = io.BytesIO()
+    image.save(buf, "TIFF" if name == "CMYK" else "PNG", **({"transparency": 3} if name == "P+transparency" else {}))
+    built = decode(buf.getvalue(), max_pixels=10**6).pixels
+    scored = np.asarray(to_rgb(Image.open(io.BytesIO(buf.getvalue()))))
+    assert built.shape == scored.shape and np.array_equal(built, scored)
 
 
 def test_exif_orientation_is_applied():
