@@ -16,14 +16,16 @@ A preset is used as ``--gen NAME:preset=PRESET[,key=value,...]`` (``NAME`` must 
 other keys override the preset's) or, in a recipe, as a generator table ``{preset = "PRESET", key = value}``.
 It expands to an ordinary spec string before anything else sees it, so builds record the pinned values.
 
-Preset files are read from ``manifests/generators`` of this checkout and from the folders in ``$SEF_PRESET_PATH``
-(``os.pathsep``-separated); a name defined twice is an error.
+Preset files are read from ``manifests/generators`` (of this checkout, or the copy a wheel installs: see
+:func:`find_manifests`) and from the folders in ``$SEF_PRESET_PATH`` (``os.pathsep``-separated); a name defined
+twice is an error.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sysconfig
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,21 @@ import tomllib
 
 from sefdata.errors import SefError
 
-MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+
+def find_manifests(checkout: Path = Path(__file__).resolve().parents[1] / "manifests") -> Path:
+    """The ``manifests`` folder (presets, recipes, benchmark layouts): this checkout's, else the copy a wheel
+    installs under ``<prefix>/share/sef-toolkit`` (the environment's prefix or the user base). When neither
+    exists the checkout path is returned and the readers report what is missing."""
+    if checkout.is_dir():
+        return checkout
+    user_scheme = f"{os.name}_user" if f"{os.name}_user" in sysconfig.get_scheme_names() else None
+    for data in (sysconfig.get_path("data"), sysconfig.get_path("data", user_scheme) if user_scheme else None):
+        if data and (Path(data) / "share" / "sef-toolkit" / "manifests").is_dir():
+            return Path(data) / "share" / "sef-toolkit" / "manifests"
+    return checkout
+
+
+MANIFESTS = find_manifests()
 META_KEYS = ("generator", "description", "sha256", "license", "source")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -163,4 +179,4 @@ def expand_spec(spec: str) -> str:
     return name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
-__all__ = ["MANIFESTS", "Preset", "expand_spec", "get_preset", "load_presets", "preset_dirs"]
+__all__ = ["MANIFESTS", "Preset", "expand_spec", "find_manifests", "get_preset", "load_presets", "preset_dirs"]

@@ -35,8 +35,9 @@ import tomllib
 from PIL import Image
 
 from sefdata.errors import SefError
+from sefdata.presets import MANIFESTS
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "manifests" / "benchmarks"
+BENCHMARKS_DIR = MANIFESTS / "benchmarks"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"})
 LABELS = {"real": 0, "fake": 1}
 IGNORE = "ignore"
