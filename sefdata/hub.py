@@ -45,9 +45,27 @@ def revision_of(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def resolve_file(ref: str, *, what: str = "weights", revision: str | None = None) -> Path:
+def resolve_file(ref: str, *, what: str = "weights", revision: str | None = None, sha256: str | None = None) -> Path:
     """A local file for ``ref``: a path, an http(s) URL, or a Hub file ``owner/repo/path/in/repo.ext``
-    (also ``hf://owner/repo/path``)."""
+    (also ``hf://owner/repo/path``). With ``sha256`` (a preset's pin), the file must have that hash: a mismatch is
+    an error before anything is loaded, and a mismatching download is removed from the cache."""
+    path = _resolve_file(ref, what, revision)
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            downloaded = ref.startswith(("http://", "https://")) and not Path(ref).expanduser().is_file()
+            if downloaded:
+                path.unlink(missing_ok=True)  # a retry downloads it again
+            raise SefError(
+                f"{what} {ref!r} has sha256 {actual}, but it is pinned to {sha256}: "
+                + ("the download is corrupt or the file changed upstream (removed from the cache). " if downloaded
+                   else "this is not the pinned file. ")
+                + "Nothing was loaded; to use this file anyway, name it yourself (weights=PATH) instead of the preset."
+            )  # fmt: skip
+    return path
+
+
+def _resolve_file(ref: str, what: str, revision: str | None) -> Path:
     path = Path(ref).expanduser()
     if path.is_file():
         return path

@@ -10,7 +10,9 @@ A preset file holds one table per preset::
     revision = "4e63672c03103b6c636b8fb4119ba982469b2955"  # a pinned Hub commit
 
 Weights fetched from an http(s) URL name their file's ``sha256`` instead of a revision: a string, or for
-generators with several files a table keyed by parameter (``sha256 = {encoder = "...", decoder = "..."}``).
+generators with several files a table keyed by parameter (``sha256 = {encoder = "...", decoder = "..."}``). The pin is
+enforced: the preset passes it as ``PARAM_sha256`` and the generator refuses a file with another hash (unless the
+user names that parameter's file themselves, which drops the pin).
 
 A preset is used as ``--gen NAME:preset=PRESET[,key=value,...]`` (``NAME`` must be the preset's generator; the
 other keys override the preset's) or, in a recipe, as a generator table ``{preset = "PRESET", key = value}``.
@@ -123,6 +125,9 @@ def _parse_file(path: Path) -> list[Preset]:
         unknown = sorted(set(sha) - set(params))
         if unknown:
             raise SefError(f"{where}: 'sha256' names {', '.join(unknown)}, which the preset does not set")
+        unverifiable = sorted(k for k in sha if f"{k}_sha256" not in generators[gen].__dataclass_fields__)
+        if unverifiable:
+            raise SefError(f"{where}: the {gen} generator cannot check a sha256 for {', '.join(unverifiable)}")
         revision = params.get("revision")
         if revision is not None and not _HEX40.match(str(revision)):
             raise SefError(f"{where}: 'revision' must be a 40-hex commit SHA (got {revision!r})")
@@ -173,7 +178,8 @@ def expand_spec(spec: str) -> str:
     except SefError as e:
         raise SefError(f"--gen {spec!r}: {e}") from None
     field_name = given.pop("as", None)
-    params = preset.spec_params() | given
+    pins = {f"{k}_sha256": v for k, v in preset.sha256.items() if k not in given}  # your own file: your own pin
+    params = preset.spec_params() | pins | given
     if field_name is not None:
         params["as"] = field_name
     return name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")

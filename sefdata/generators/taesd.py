@@ -114,6 +114,8 @@ class TaesdConfig:
         metadata={"help": "folder or Hub repo holding one *_encoder / *_decoder pair (.pth/.safetensors)"},
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (commit, tag or branch)"})
+    encoder_sha256: str | None = field(default=None, metadata={"help": "refuse an encoder file with another sha256"})
+    decoder_sha256: str | None = field(default=None, metadata={"help": "refuse a decoder file with another sha256"})
 
     def __post_init__(self) -> None:
         if (self.encoder is None) != (self.decoder is None):
@@ -152,8 +154,12 @@ class TaesdGenerator(Generator):
             self.encoder_path, self.decoder_path = _find_pair(folder)
         else:
             assert config.encoder is not None and config.decoder is not None
-            self.encoder_path = resolve_file(config.encoder, what="taesd encoder", revision=config.revision)
-            self.decoder_path = resolve_file(config.decoder, what="taesd decoder", revision=config.revision)
+            self.encoder_path = resolve_file(
+                config.encoder, what="taesd encoder", revision=config.revision, sha256=config.encoder_sha256
+            )
+            self.decoder_path = resolve_file(
+                config.decoder, what="taesd decoder", revision=config.revision, sha256=config.decoder_sha256
+            )
         encoder, decoder = load_taesd(self.encoder_path, self.decoder_path)
         # fp16 is safe here (ReLU convs, GroupNorm in the pool branches); latents are clamped in the decoder.
         # channels_last: oneDNN / cuDNN run these 3x3 convs several times faster in NHWC (3.5x on a 2-core CPU)
