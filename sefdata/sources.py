@@ -139,23 +139,38 @@ def _iter_hf_dataset(ref: str, image_field: str | None, split: str) -> Iterator[
             f"source {ref!r} could not be opened as a Hugging Face dataset "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).{hint}"
         ) from None
-    features = ds.features or {}
-    columns = [image_field] if image_field else [k for k, f in features.items() if isinstance(f, datasets.Image)]
-    if not columns or columns[0] not in features:
-        raise SefError(
-            f"dataset {ref!r} has no image column{f' named {image_field!r}' if image_field else ''}; "
-            f"columns: {', '.join(features) or 'unknown'} (name one with --image-field)"
-        )
-    column = columns[0]
-    ds = ds.cast_column(column, datasets.Image(decode=False)).select_columns([column])
+    features = ds.features
+    if features is None and image_field:  # a streamed dataset whose features are only known once read
+        column, rows = image_field, ds  # (select_columns would fail on a missing column only mid-iteration)
+    else:
+        features = features or {}
+        columns = [image_field] if image_field else [k for k, f in features.items() if isinstance(f, datasets.Image)]
+        if not columns or columns[0] not in features:
+            raise SefError(
+                f"dataset {ref!r} has no image column{f' named {image_field!r}' if image_field else ''}; "
+                f"columns: {', '.join(features) or 'unknown until read'} (name one with --image-field)"
+            )
+        column = columns[0]
+        rows = ds.cast_column(column, datasets.Image(decode=False)).select_columns([column])
     name = path.name if path.exists() else ref
-    for index, row in enumerate(ds):
-        value = row[column] or {}
-        data = value.get("bytes")
-        if data is None and value.get("path"):
-            data = Path(value["path"]).read_bytes()
+    for index, row in enumerate(rows):
+        if column not in row:
+            raise SefError(f"dataset {ref!r} has no column {column!r}; columns: {', '.join(row)}")
         source_id = f"{name}/{split}/{index:09d}"
-        yield SourceItem(key=make_key(source_id), source=source_id, read=lambda d=data or b"": d)
+        yield SourceItem(key=make_key(source_id), source=source_id, read=lambda v=row[column]: _image_bytes(v))
+
+
+def _image_bytes(value: object) -> bytes:
+    """The encoded image in a dataset cell: ``{"bytes", "path"}`` (datasets' Image storage) or raw bytes.
+    Anything else reads as empty, which the build skips as ``empty``."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return value["bytes"]
+        if value.get("path"):
+            return Path(value["path"]).read_bytes()
+    return b""
 
 
 def iter_sources(sources: list[str], *, image_field: str | None = None, split: str = "train") -> Iterator[SourceItem]:

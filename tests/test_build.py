@@ -16,7 +16,7 @@ from PIL import Image, JpegImagePlugin
 
 from sefdata.build import build
 from sefdata.config import BuildConfig, resolve_dtype
-from sefdata.errors import SefError
+from sefdata.errors import SefError, SkipSample
 
 
 @pytest.fixture
@@ -177,6 +177,32 @@ def test_sources_list_tar_and_dataset_folder(corpus, gens, tmp_path):
     assert s.written == 2
     with pytest.raises(SefError, match="no image column named 'pixels'"):
         build(_config([tmp_path / "hfds"], tmp_path / "x", gens, image_field="pixels"), progress=False)
+
+
+def test_a_streamed_dataset_with_unknown_features_reads_the_named_column(corpus, tmp_path, monkeypatch):
+    """Hub datasets streamed from raw files often announce no features; --image-field then names the column."""
+    import datasets
+
+    from sefdata.sources import iter_sources, read_item
+
+    photos = [corpus / "rocket.jpg", corpus / "gray.png"]
+
+    def rows():
+        yield {"img": {"bytes": photos[0].read_bytes(), "path": None}, "caption": "a"}
+        yield {"img": photos[1].read_bytes(), "caption": "b"}
+        yield {"img": {"bytes": None, "path": str(corpus / "vanished.png")}, "caption": "c"}
+
+    streamed = datasets.IterableDataset.from_generator(rows)
+    assert streamed.features is None
+    monkeypatch.setattr(datasets, "load_dataset", lambda ref, split, streaming: streamed)
+    items = list(iter_sources(["someone/photos"], image_field="img"))
+    assert [read_item(i) for i in items[:2]] == [p.read_bytes() for p in photos]
+    with pytest.raises(SkipSample, match="missing"):
+        read_item(items[2])
+    with pytest.raises(SefError, match="columns: unknown until read .name one with --image-field"):
+        list(iter_sources(["someone/photos"]))
+    with pytest.raises(SefError, match="no column 'pixels'; columns: img, caption"):
+        list(iter_sources(["someone/photos"], image_field="pixels"))
 
 
 def test_ranks_partition_the_shards(corpus, gens, tmp_path):
