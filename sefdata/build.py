@@ -98,6 +98,7 @@ class Builder:
         self.config_hash = config.output_hash()
         self.progress = progress
         self._generators: list[tuple[str, Generator]] | None = None
+        self._infos: dict[str, dict] = {}
         self.multiple = 1
         # decoding (Pillow) and encoding (zlib/libjpeg) release the GIL: threads overlap them with the models
         workers = config.workers or min(16, os.cpu_count() or 1)
@@ -128,6 +129,8 @@ class Builder:
             device = resolve_device(self.config.device)
             runtime = Runtime(device, resolve_dtype(self.config.dtype, device))
             self._generators = [(s.field, create_generator(s, runtime)) for s in self.specs]
+            # once per build: model_info hashes the weight files, which per sample would cost more than encoding
+            self._infos = {name: gen.info() for name, gen in self._generators}
             self.multiple = common_multiple([g.multiple for _, g in self._generators])
             if self.config.crop is not None and self.config.crop % self.multiple:
                 raise SefError(f"--crop {self.config.crop} must be a multiple of {self.multiple} for these generators")
@@ -195,7 +198,7 @@ class Builder:
             gens[name] = {
                 "generator": gen.name,
                 "seed": sample_seed(self.config.seed, p.item.key, name),
-                "params": gen.info()["params"],
+                "params": self._infos[name]["params"],
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "psnr_db": round(psnr(p.fakes[name], p.aligned.pixels), 3),
             }
@@ -309,7 +312,7 @@ class Builder:
             "bytes": nbytes,
             "sha256": sha,
             "fields": ["real", *(n for n, _ in gens)],
-            "generators": {n: g.info() for n, g in gens},
+            "generators": {n: self._infos[n] for n, _ in gens},
             "timings": {k: round(v, 4) for k, v in sorted(timings.items())}
             | {"total": round(time.perf_counter() - started, 4)},
             "rank": self.rank,

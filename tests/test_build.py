@@ -248,6 +248,16 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
     assert resolve_dtype("auto", gpu) is torch.bfloat16
 
 
+def test_weights_are_hashed_once_per_build_not_per_sample(corpus, gens, tmp_path, monkeypatch):
+    from sefdata.generators import taesd
+
+    calls = []
+    original = taesd.TaesdGenerator.model_info
+    monkeypatch.setattr(taesd.TaesdGenerator, "model_info", lambda self: calls.append(1) or original(self))
+    summary = build(_config([corpus], tmp_path / "o", gens, shard_size=2), progress=False)
+    assert summary.written >= 4 and summary.num_shards >= 2 and len(calls) == 1
+
+
 def test_the_resolved_precision_is_recorded_per_shard(corpus, gens, tmp_path):
     build(_config([corpus], tmp_path / "o", gens), progress=False)
     stats = json.loads(next((tmp_path / "o").glob("shard-*.stats.json")).read_text())
