@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from huggingface_hub import ModelHubMixin
 from peft import inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -424,7 +426,12 @@ class SEFDetector(
         """Write ``config.json``, ``model.safetensors`` (+ ``backbone.safetensors`` for a random backbone)."""
         save_directory = Path(save_directory)
         (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        meta = {"format": "pt", "sef_format_version": str(self.config.to_dict()["format_version"])}
+        meta = {
+            "format": "pt",
+            "sef_format_version": str(self.config.to_dict()["format_version"]),
+            # LoRA tensors are keyed by the backbone's module names, which transformers may rename (5.18 did)
+            "transformers_version": transformers.__version__,
+        }
         save_file(_contiguous(self.trained_state_dict()), str(save_directory / WEIGHTS_NAME), metadata=meta)
         backbone_file = save_directory / BACKBONE_WEIGHTS_NAME
         if self.config.backbone_config is not None:
@@ -634,9 +641,18 @@ def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], expected: dict
     """Load ``state`` into ``model``; its keys must be exactly ``expected``'s, shapes matching."""
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
+        with safe_open(source, framework="pt") as f:
+            saved_with = (f.metadata() or {}).get("transformers_version")
+        hint = ""
+        if saved_with and saved_with != transformers.__version__:
+            hint = (
+                f". It was saved with transformers {saved_with} and this is {transformers.__version__}: module names"
+                " that LoRA tensors are keyed by changed in between (5.18 renamed the ViT projections); load it with"
+                " a transformers release on the same side of that change"
+            )
         raise ValueError(
             f"{source} does not match this detector: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)})"
+            f"unexpected {unexpected[:5]} ({len(unexpected)}){hint}"
         )
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):

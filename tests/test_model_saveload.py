@@ -115,6 +115,24 @@ def test_missing_or_mismatched_files_are_reported(tmp_path):
         SEFDetector.from_pretrained(tmp_path / "det")
 
 
+def test_a_detector_keyed_by_other_module_names_names_the_transformers_versions(tmp_path):
+    """transformers 5.18 renamed DINOv2's attention projections; LoRA tensors saved under the old names must fail
+    with the reason, not a bare key list."""
+    import transformers
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tiny_detector().save_pretrained(tmp_path / "det")
+    path = tmp_path / "det" / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["transformers_version"] == transformers.__version__
+    renamed = {k.replace("attention.q_proj", "attention.attention.query"): v for k, v in load_file(path).items()}
+    assert set(renamed) != set(load_file(path))
+    save_file(renamed, str(path), metadata={"format": "pt", "transformers_version": "5.17.0"})
+    with pytest.raises(ValueError, match=r"saved with transformers 5\.17\.0 and this is .*5\.18 renamed"):
+        SEFDetector.from_pretrained(tmp_path / "det")
+
+
 def test_experts_trained_apart_combine_into_a_fused_detector(tmp_path):
     recon = randomize_trained(tiny_detector(experts=["recon"], fusion="single"), seed=1)
     sr = randomize_trained(tiny_detector(experts=["sr"], fusion="single"), seed=2)
