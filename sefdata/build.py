@@ -48,6 +48,7 @@ class Prepared:
     aligned: Aligned
     encoding: Encoding
     fakes: dict[str, np.ndarray] = field(default_factory=dict)  # field -> H x W x 3 uint8
+    records: dict[str, dict] = field(default_factory=dict)  # field -> the generator's per-sample measurements
     error: SkipSample | None = None  # set when a generator failed on this image
 
 
@@ -186,6 +187,9 @@ class Builder:
             fakes = y.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for p, fake in zip(batch, fakes, strict=True):
             p.fakes[name] = fake
+        records = gen.sample_records()
+        for p, record in zip(batch, records, strict=True) if records else ():
+            p.records[name] = record
 
     def sample(self, p: Prepared) -> dict:
         """Encode a prepared sample into its shard fields."""
@@ -201,6 +205,7 @@ class Builder:
                 "params": self._infos[name]["params"],
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "psnr_db": round(psnr(p.fakes[name], p.aligned.pixels), 3),
+                **p.records.get(name, {}),
             }
         h, w = p.aligned.pixels.shape[:2]
         meta = {

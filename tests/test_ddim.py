@@ -207,3 +207,4 @@ def test_build_records_parameters_and_error_per_sample(tiny_ldm_dir, tmp_path):
         rec = meta["generators"]["ddim"]
         assert rec["params"]["steps"] == 4 and rec["params"]["timesteps"] == [499, 249]
         assert rec["params"]["scheduler"]["class"] == "DDIMScheduler" and np.isfinite(rec["psnr_db"])
+        assert rec["latent_rmse"] >= 0 and np.isfinite(rec["latent_rmse"])  # the round trip's drift, per sample

@@ -57,6 +57,11 @@ class Generator(abc.ABC):
         """images: float32 [0, 1], (N, 3, H, W), CPU; seeds: one per image. Returns the same shape and range, on the
         generator's device."""
 
+    def sample_records(self) -> list[dict]:
+        """Per-image measurements of the last :meth:`generate` call, one dict per image in order, stored in each
+        sample's metadata beside its PSNR (e.g. DDIM's latent round-trip error). Default: none."""
+        return []
+
     def model_info(self) -> dict:
         """Model ids, revisions and file hashes, for the manifest. Override to add what identifies the weights."""
         return {}

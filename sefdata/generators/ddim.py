@@ -210,6 +210,11 @@ class DdimGenerator(Generator):
         return decode_latents(self.vae, regenerated.to(self.vae.dtype))
 
     # -- records --------------------------------------------------------------------------------------------------
+    def sample_records(self) -> list[dict]:
+        """``latent_rmse``: how far the inversion + regeneration drifted from the image's own latent (RMS, scaled
+        latent units); a large value flags a sample whose fake differs by more than the intended artifact."""
+        return [{"latent_rmse": round(v, 5)} for v in getattr(self, "last_latent_rmse", [])]
+
     def scheduler_info(self) -> dict:
         keep = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
                 "timestep_spacing", "steps_offset", "set_alpha_to_one", "rescale_betas_zero_snr")  # fmt: skip
