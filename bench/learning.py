@@ -11,9 +11,10 @@
 5. A control on the same tiles: logistic regression on a 16-band radial spectrum per family, which tells how much of
    each artifact simple statistics carry (the x4 GAN's missing high frequencies: much; TAEF2's: almost none).
 
-No pretrained backbone is available offline, so the detector uses a small *random* ViT (DINOv2 layout: width 128,
-4 blocks, 8 px patches, 64 px crops) with LoRA of rank 32 on every attention and MLP projection of every block, so
-most of the network's linear maps are trainable while the backbone itself stays frozen, as the design requires.
+No pretrained backbone is available offline, so the detector uses a small *random* ViT (DINOv2 layout: ViT-Ti width
+192, 3 heads, 4 blocks, 8 px patches, 64 px crops) with LoRA of rank 32 on every attention and MLP projection of
+every block, so most of the network's linear maps are trainable while the backbone itself stays frozen, as the
+design requires.
 What was tried on this machine before settling (SR expert, held-out AP; see ``notes`` in the results file): random
 frozen features with a full-batch linear probe reach 0.53-0.61; LoRA runs of 100-300 steps with widths 64-128,
 patches 2-8 px, 1-4 blocks, initialiser std 0.02-0.125 and learning rates 1e-3 to 1e-2 stayed between 0.50 and 0.69.
@@ -22,7 +23,7 @@ ten photos in a few CPU minutes, which is the limit this check measures. The tar
 reached or not, never adjusted. The headline is the fused detector's held-out AP per artifact family (each real vs
 that family's fakes, 1:1, chance 0.5), averaged over the two families.
 
-    python bench/learning.py [--steps 300] [--threads 2]
+    python bench/learning.py [--steps 400] [--threads 2]
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ NOTES = [
     "from scratch pick up only slowly; TAEF2's 33 dB reconstructions leave none that simple, and nothing trained "
     "from scratch on ten photos finds it in CPU minutes. The design's premise, a pretrained foundation backbone, is "
     "what this check needs: pass --backbone-id with a small pretrained ViT (e.g. DINOv2-S/14) once one is available",
+    "width 192 (ViT-Ti; its frozen 8 px patch embedding keeps all 192 pixel values of a patch), lr 1e-3, direct "
+    "harness: sr 0.69 at 400 steps, 0.75 at 1000 (training loss 0.33): the defaults since 2026-11-25",
 ]
 
 
@@ -182,10 +185,10 @@ def spectral_probe(train: Path, heldout: Path, fakes: dict[str, str]) -> dict[st
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per expert")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per expert")
     parser.add_argument("--fusion-steps", type=int, default=60, help="optimizer steps of the fusion stage")
     parser.add_argument("--batch", type=int, default=32, help="images per step (half real, half fake)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (random backbone, full-rank LoRA)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (random backbone, rank-32 LoRA)")
     parser.add_argument("--tile", type=int, default=96, help="tile side cut from the photos")
     parser.add_argument("--crop", type=int, default=64, help="training crop (random position inside a tile)")
     parser.add_argument("--max-side", type=int, default=512, help="photos are downscaled to this longer side first")
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         detector = {
             "backbone": "dinov2",
-            "backbone_config": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4,
+            "backbone_config": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, mlp_ratio=4,
                                     image_size=args.crop, patch_size=8),
             "image_size": args.crop,
             "lora": {"rank": 32, "alpha": 32.0, "blocks": "all"},
