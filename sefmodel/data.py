@@ -36,6 +36,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from sefdata.imageio import to_rgb
+
 from .augment import AugmentConfig, AugmentParams, apply, center_params, sample_params
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
@@ -200,7 +202,7 @@ def _field_key(sample: dict[str, Any], field: str) -> str:
 def decode_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return to_rgb(image)  # the build's rule; shards it wrote are RGB already
 
 
 def to_tensor(pixels: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from sefdata.errors import SefError
+from sefdata.imageio import to_rgb
 
 SOCIAL_JPEG_QUALITY = 75
 PerturbFn = Callable[[Image.Image, float, str], Image.Image]
@@ -47,7 +48,9 @@ class PerturbSpec:
         return f"{self.name}:{_fmt(self.value)}"
 
     def apply(self, image: Image.Image, key: str = "") -> Image.Image:
-        return _REGISTRY[self.name].fn(image.convert("RGB") if image.mode != "RGB" else image, self.value, key)
+        # the scoring rule first (EXIF rotation, alpha on white...), so a perturbed image differs from the
+        # unperturbed one only by the perturbation
+        return _REGISTRY[self.name].fn(to_rgb(image), self.value, key)
 
 
 @dataclass(frozen=True)
@@ -205,4 +208,4 @@ def parse_perturbations(specs: list[str] | str | None) -> list[PerturbSpec]:
 def format_bias_jpeg(image: Image.Image, quality: int) -> Image.Image:
     """The format-bias protocol: a generated image re-encoded as JPEG at ``quality`` before scoring (e.g. 96, the
     quality most ImageNet reals carry; Grommelt et al., "Fake or JPEG?", 2024)."""
-    return jpeg(image.convert("RGB") if image.mode != "RGB" else image, quality)
+    return jpeg(to_rgb(image), quality)

@@ -67,3 +67,22 @@ def test_parse_specs():
     ]:
         with pytest.raises(SefError, match=message):
             parse_perturbations(bad)
+
+
+def test_perturbed_images_are_converted_like_unperturbed_ones():
+    """EXIF rotation and alpha follow the scoring rule before any perturbation, so a sweep compares like with like."""
+    import io
+
+    from sefmodel.preprocess import to_rgb
+
+    image = Image.new("RGB", (30, 10), (10, 200, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=exif.tobytes())
+    rotated = Image.open(io.BytesIO(buf.getvalue()))
+    assert to_rgb(rotated).size == (10, 30)
+    assert PerturbSpec("blur", 0.5).apply(rotated).size == (10, 30)
+    assert format_bias_jpeg(rotated, 96).size == (10, 30)
+    clear = Image.new("RGBA", (16, 16), (200, 0, 0, 0))  # fully transparent: white when scored
+    assert PerturbSpec("blur", 0.5).apply(clear).getpixel((8, 8)) == (255, 255, 255)
