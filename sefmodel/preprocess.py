@@ -25,15 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sefdata.imageio import to_rgb as _data_rule
+from sefdata.imageio import to_rgb  # step 1: the rule the training data was built with
 
 CROP_MODES = ("center", "multi")
 SMALL_MODES = ("pad", "upscale")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> upright 8-bit RGB, exactly as ``sefdata build`` converts its sources (step 1)."""
-    return _data_rule(image)
 
 
 def crop_boxes(width: int, height: int, size: int, mode: str = "center", crops_per_side: int = 3) -> list[tuple]:
