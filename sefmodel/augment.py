@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from .fields import from_known_fields
+
 
 def _help(text: str) -> dict:
     return {"help": text}
@@ -75,10 +77,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown augment settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**data)
+        return from_known_fields(cls, data, "augment settings")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

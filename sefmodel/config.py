@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .backbones import get_backbone_class
+from .fields import from_known_fields
 from .fusion import known_fusions
 from .lora import LoraSettings
 from .preprocess import CROP_MODES, SMALL_MODES
@@ -117,12 +118,7 @@ class DetectorConfig:
             raise ValueError(f"detector format_version {version} is not supported (this code reads {FORMAT_VERSION})")
         for key in _META_KEYS:
             data.pop(key, None)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown detector config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**data)
+        return from_known_fields(cls, data, "detector config keys")
 
 
 def _check_int(name: str, value: Any, minimum: int | None = None) -> None:

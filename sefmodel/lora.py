@@ -13,6 +13,7 @@ from typing import Any
 from peft import LoraConfig
 
 from .backbones.base import ViTBackbone
+from .fields import from_known_fields
 
 TARGET_GROUPS = ("attention", "mlp")
 
@@ -53,10 +54,7 @@ class LoraSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown lora settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**data)
+        return from_known_fields(cls, data, "lora settings")
 
     def block_indices(self, num_layers: int) -> list[int]:
         """Resolved, sorted, de-duplicated block indices in ``0 .. num_layers-1``."""

@@ -14,6 +14,7 @@ import tomllib
 
 from ..augment import AugmentConfig
 from ..data import DEFAULT_DOMAINS
+from ..fields import from_known_fields
 
 STAGE_NAMES = ("expert", "fusion", "mixed")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -138,12 +139,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(
-                f"unknown training config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**data)
+        return from_known_fields(cls, data, "training config keys")
 
     def save(self, folder: Path) -> None:
         (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
