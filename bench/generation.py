@@ -17,6 +17,7 @@ Usage: python bench/generation.py [--assets DIR] [--max-side 384] [--repeats 2]
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -34,10 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sefdata.assets import find_assets  # noqa: E402
-from sefdata.build import build  # noqa: E402
+from sefdata.build import build, psnr  # noqa: E402
 from sefdata.config import BuildConfig, native_bf16, resolve_dtype  # noqa: E402
 from sefdata.generators.sr import downsample, load_sr_model  # noqa: E402
 from sefdata.generators.taesd import load_taesd  # noqa: E402
+from sefmodel.data import iter_samples  # noqa: E402
 
 
 def require_assets(explicit: str | None) -> Path:
@@ -76,11 +78,6 @@ def per_image_loop(photos: list[Path], weights: Path, out: Path, max_side: int, 
 
 def fidelity(out: Path) -> dict[str, float]:
     """Mean PSNR (dB) of each fake field against its real over the build's shards."""
-    import io
-
-    from sefdata.build import psnr
-    from sefmodel.data import iter_samples
-
     scores: dict[str, list[float]] = {}
     for tar in sorted(out.glob("shard-*.tar")):
         for sample in iter_samples(str(tar)):

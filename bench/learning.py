@@ -102,17 +102,24 @@ def tile_photos(photos: list[Path], out: Path, tile: int, max_side: int) -> int:
     return count
 
 
-def score_check(detector: SEFDetector, shards: Path, domains: dict[str, list[str]]) -> dict[str, float]:
-    """Held-out APs with the public scoring API (centre crop), independent of the trainer's validation code."""
-    images, owner = [], []
+def load_split(shards: Path, fields: list[str]) -> dict[str, np.ndarray]:
+    """Every image of ``fields`` in a shard folder, uint8 (N, H, W, 3) per field, samples in the same order (tiles
+    are small: this fits)."""
+    out: dict[str, list[np.ndarray]] = {f: [] for f in fields}
     for url in resolve_shards([str(shards)]).urls:
         for sample in iter_samples(url):
-            for field, d in [("real", -1)] + [(f, i) for i, fields in enumerate(domains.values()) for f in fields]:
-                key = next(k for k in sample if k.split(".")[0] == field)
-                images.append(Image.open(io.BytesIO(sample[key])).convert("RGB"))
-                owner.append(d)
-    probs = detector.score(images, batch_size=64).probs.numpy()
-    owner = np.array(owner)
+            for f in fields:
+                key = next(k for k in sample if k.split(".")[0] == f)
+                out[f].append(np.asarray(Image.open(io.BytesIO(sample[key])).convert("RGB")))
+    return {f: np.stack(v) for f, v in out.items()}
+
+
+def score_check(detector: SEFDetector, images: dict[str, np.ndarray], domains: dict[str, list[str]]) -> dict:
+    """Held-out APs with the public scoring API (centre crop), independent of the trainer's validation code."""
+    groups = [("real", -1)] + [(f, i) for i, fields in enumerate(domains.values()) for f in fields]
+    pil = [Image.fromarray(a) for field, _ in groups for a in images[field]]
+    owner = np.concatenate([np.full(len(images[field]), d) for field, d in groups])
+    probs = detector.score(pil, batch_size=64).probs.numpy()
     labels = (owner >= 0).astype(int)
     out = {"ap": average_precision(probs, labels), "n": len(labels)}
     for i, name in enumerate(domains):
@@ -122,20 +129,9 @@ def score_check(detector: SEFDetector, shards: Path, domains: dict[str, list[str
     return out
 
 
-def _load_split(shards: Path, fields: list[str]) -> dict[str, np.ndarray]:
-    """Every image of ``fields`` in a shard folder, as float arrays in [0, 1] (tiles are small: this fits)."""
-    out: dict[str, list[np.ndarray]] = {f: [] for f in fields}
-    for url in resolve_shards([str(shards)]).urls:
-        for sample in iter_samples(url):
-            for f in fields:
-                key = next(k for k in sample if k.split(".")[0] == f)
-                out[f].append(np.asarray(Image.open(io.BytesIO(sample[key])).convert("RGB"), np.float32) / 255)
-    return {f: np.stack(v) for f, v in out.items()}
-
-
 def _spectrum(images: np.ndarray, bins: int = 16) -> np.ndarray:
     """Radial log power spectrum of the grey image, relative to its lowest band: (N, bins)."""
-    grey = images.mean(-1)
+    grey = images.astype(np.float32).mean(-1) / 255
     grey = grey - grey.mean(axis=(1, 2), keepdims=True)
     power = np.abs(np.fft.fftshift(np.fft.fft2(grey), axes=(1, 2))) ** 2
     n = grey.shape[1]
@@ -165,14 +161,12 @@ def _probe_ap(x_tr: np.ndarray, y_tr: np.ndarray, x_he: np.ndarray, y_he: np.nda
         return average_precision(probe(xh)[:, 0].numpy(), y_he)
 
 
-def spectral_probe(train: Path, heldout: Path, fakes: dict[str, str]) -> dict[str, float]:
+def spectral_probe(tr: dict[str, np.ndarray], he: dict[str, np.ndarray], fakes: dict[str, str]) -> dict[str, float]:
     """Control: how separable each family is on the same tiles with a 16-number spectrum and logistic regression.
 
     Not a detector of this toolkit; it tells whether the data carry a given artifact in a form simple enough to
     learn from a few hundred tiles, which separates "the trainer does not learn" from "there is little to learn".
     """
-    fields = ["real", *fakes.values()]
-    tr, he = _load_split(train, fields), _load_split(heldout, fields)
     out = {}
     for family, field in fakes.items():
         x_tr = np.concatenate([_spectrum(tr["real"]), _spectrum(tr[field])])
@@ -274,8 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
                 if m["split"] == "val"
             ]
         fused = SEFDetector.from_pretrained(runs["sef"].detector)
-        check = score_check(fused, work / "heldout", {"recon": ["taesd"], "sr": ["sr"]})
-        probe = spectral_probe(work / "train", work / "heldout", {"recon": "taesd", "sr": "sr"})
+        fields = ["real", "taesd", "sr"]
+        heldout = load_split(work / "heldout", fields)  # decoded once for both checks
+        check = score_check(fused, heldout, {"recon": ["taesd"], "sr": ["sr"]})
+        probe = spectral_probe(load_split(work / "train", fields), heldout, {"recon": "taesd", "sr": "sr"})
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
