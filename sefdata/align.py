@@ -29,6 +29,7 @@ class Aligned:
     pixels: np.ndarray  # H x W x 3 uint8, H and W multiples of the build's multiple
     resized_from: tuple[int, int] | None  # (w, h) before max_side downscaling, if it happened
     crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in the resized image
+    upright_size: tuple[int, int] = (0, 0)  # (w, h) of the upright source, before any resizing
 
 
 def common_multiple(multiples: list[int]) -> int:
@@ -46,6 +47,7 @@ def align(
 ) -> Aligned:
     """Resize/crop ``pixels`` (H x W x 3 uint8) by the rules in the module docstring."""
     h, w = pixels.shape[:2]
+    upright_size = (w, h)
     resized_from = None
     if max_side is not None and max(w, h) > max_side:
         scale = max_side / max(w, h)
@@ -67,4 +69,4 @@ def align(
     if min(cw, ch) < max(min_side, multiple):
         raise SkipSample("too_small", f"{w}x{h} aligns to {cw}x{ch}, below the minimum side {max(min_side, multiple)}")
     out = pixels[box[1] : box[3], box[0] : box[2]]
-    return Aligned(pixels=np.ascontiguousarray(out), resized_from=resized_from, crop_box=box)
+    return Aligned(pixels=np.ascontiguousarray(out), resized_from=resized_from, crop_box=box, upright_size=upright_size)

@@ -2,10 +2,13 @@
 
 Data flows through small stages, and a bad sample carries its reason to the stats instead of stopping the build::
 
-    list sources → cut into shards → per shard: read → decode → align → generate (batched) → encode → write
+    list sources (no image read) → plan shards → per shard of this rank: read → decode → align → generate (batched)
+    → encode → write
 
-Shard ``i`` holds inputs ``[i * shard_size, (i + 1) * shard_size)`` and belongs to rank ``i % world``; a shard whose
-stats file exists is done and skipped, so re-running the same command resumes (DESIGN.md §4).
+Shard ``i`` (:mod:`sefdata.plan`) belongs to rank ``i % world``, which alone reads its inputs; a shard whose stats
+file exists is done and skipped, so re-running the same command resumes, reading only the unfinished shards'
+inputs (DESIGN.md §4). A shard records the hash of everything that decides its bytes (the config and the runtime
+settings); a resume whose settings differ stops and names each difference, unless ``allow_mixed``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -28,14 +30,23 @@ import torch
 from tqdm.auto import tqdm
 
 from sefdata.align import Aligned, align, common_multiple
-from sefdata.config import BuildConfig, resolve_device, resolve_dtype, resolve_rank_world
+from sefdata.config import (
+    BuildConfig,
+    differences,
+    resolve_device,
+    resolve_dtype,
+    resolve_rank_world,
+    runtime_settings,
+    settings_hash,
+)
 from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
 from sefdata.errors import SefError, SkipSample
 from sefdata.generators import Generator, Runtime, create_generator, sample_seed
-from sefdata.imageio import DecodedImage, decode
+from sefdata.imageio import NOT_A_JPEG, DecodedImage, decode
 from sefdata.manifest import BUILD_FILE, write_manifest
+from sefdata.plan import plan_shards
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
-from sefdata.sources import SourceItem, iter_sources, read_item
+from sefdata.sources import SourceItem, iter_sources, read_item, want
 
 
 @dataclass(eq=False)
@@ -63,6 +74,7 @@ class BuildSummary:
     failed: Counter
     seconds: float
     manifest: Path | None  # written by this run, if every shard is done and this is rank 0
+    skipped: list[dict] = field(default_factory=list)  # every input this run left out, with its reason
 
     @property
     def images_per_second(self) -> float:
@@ -73,14 +85,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 images (inf if identical)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def _shards(items: Iterable[SourceItem], size: int) -> Iterator[tuple[int, list[SourceItem]]]:
-    it = iter(items)
-    index = 0
-    while group := list(islice(it, size)):
-        yield index, group
-        index += 1
 
 
 class Builder:
@@ -96,7 +100,12 @@ class Builder:
         self.policy = EncodingPolicy.parse(config.format)
         self.rank, self.world = resolve_rank_world(config.rank, config.world)
         self.out = Path(config.out)
-        self.config_hash = config.output_hash()
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.settings = {"config": config.output_dict(), "runtime": runtime_settings(
+            config.batch_size, self.device, self.dtype)}  # fmt: skip
+        self.recipe_hash = settings_hash(self.settings["config"])  # what is built
+        self.config_hash = settings_hash(self.settings)  # what is built and everything that decides its bytes
         self.progress = progress
         self._generators: list[tuple[str, Generator]] | None = None
         self._infos: dict[str, dict] = {}
@@ -115,20 +124,38 @@ class Builder:
             raise SefError(f"cannot create output folder {str(self.out)!r}: {e.strerror}") from None
         previous = self.out / BUILD_FILE
         if previous.is_file():
-            other = json.loads(previous.read_text()).get("config_hash")
-        else:
-            done = sorted(self.out.glob("shard-*.stats.json"))
-            other = json.loads(done[0].read_text()).get("config_hash") if done else None
-        if other is not None and other != self.config_hash:
+            self._check_settings(json.loads(previous.read_text()), str(previous.name))
+        for done in sorted(self.out.glob("shard-*.stats.json"))[:1]:
+            self._check_settings(json.loads(done.read_text()), done.name)
+
+    def _check_settings(self, other: dict, where: str) -> None:
+        """Stop unless ``other`` (a build.json or a shard's stats) was made by this build with these settings;
+        runtime settings may differ with ``allow_mixed``."""
+        if other.get("config_hash") == self.config_hash:
+            return
+        if "settings" not in other:  # written before settings were recorded: nothing to compare but the hash
             raise SefError(
-                f"{str(self.out)!r} holds shards of a different build (config {other}, this one {self.config_hash}); "
-                "use another --out, or delete the old shards to start over"
+                f"{str(self.out)!r} holds shards of a different build ({where}: config {other.get('config_hash')}, "
+                f"this one {self.config_hash}); use another --out, or delete the old shards to start over"
+            )
+        theirs = other["settings"]
+        changed = differences(theirs["config"], self.settings["config"])
+        if changed:
+            raise SefError(
+                f"{str(self.out)!r} holds shards of a different build ({where}; {'; '.join(changed)}); use "
+                "another --out, or delete the old shards to start over"
+            )
+        if not self.config.allow_mixed:
+            changed = differences(theirs["runtime"], self.settings["runtime"])
+            raise SefError(
+                f"{str(self.out)!r} holds shards made with other settings ({where}; {'; '.join(changed)}), so "
+                "this run's samples would not be byte-identical to theirs; resume with the same settings, or add "
+                "--allow-mixed to go on and record each shard's settings in manifest.json"
             )
 
     def generators(self) -> list[tuple[str, Generator]]:
         if self._generators is None:
-            device = resolve_device(self.config.device)
-            runtime = Runtime(device, resolve_dtype(self.config.dtype, device))
+            runtime = Runtime(self.device, self.dtype)
             self._generators = [(s.field, create_generator(s, runtime)) for s in self.specs]
             # once per build: model_info hashes the weight files, which per sample would cost more than encoding
             self._infos = {name: gen.info() for name, gen in self._generators}
@@ -163,7 +190,8 @@ class Builder:
                 raise SefError(
                     f"out of memory in generator {name!r} at batch size {len(todo)} of "
                     f"{batch[0].aligned.pixels.shape[1]}x{batch[0].aligned.pixels.shape[0]} images; lower "
-                    "--batch-size, use --dtype fp16/bf16, --max-side, or a smaller sr tile"
+                    "--batch-size (shards already written used this one: add --allow-mixed, or use a new --out), "
+                    "use --dtype fp16/bf16, --max-side, or a smaller sr tile"
                 ) from None
             except Exception:
                 for i in todo:  # find the culprit(s): one image at a time
@@ -208,6 +236,8 @@ class Builder:
                 **p.records.get(name, {}),
             }
         h, w = p.aligned.pixels.shape[:2]
+        # One schema for every sample: the same keys with the same types and no nulls, whatever the source, so that
+        # `datasets` (which infers the schema from a shard's first samples) loads any shard (README, "sample record")
         meta = {
             "key": p.item.key,
             "source": p.item.source,
@@ -215,9 +245,10 @@ class Builder:
             "source_format": p.decoded.format,
             "source_mode": p.decoded.mode,
             "source_size": list(p.decoded.size),
-            "jpeg": p.decoded.jpeg.describe() if p.decoded.jpeg else None,
-            "conversions": p.decoded.conversions,
-            "resized_from": list(p.aligned.resized_from) if p.aligned.resized_from else None,
+            "jpeg": p.decoded.jpeg.describe() if p.decoded.jpeg else dict(NOT_A_JPEG),
+            "conversions": ",".join(p.decoded.conversions),
+            "upright_size": list(p.aligned.upright_size),
+            "resized": p.aligned.resized_from is not None,
             "crop_box": list(p.aligned.crop_box),
             "size": [w, h],
             "encoding": p.encoding.describe(),
@@ -299,7 +330,10 @@ class Builder:
                 if bar is not None:
                     bar.update(len(chunk))
             flush(pending_write)
-            nbytes, sha = writer.commit()
+            if writer.count == 0:  # nothing to write: no empty tar, and no stats, so the shard is not done
+                writer.abort()
+            else:
+                nbytes, sha = writer.commit()
         except BaseException:
             for f in pending_prepare:
                 f.cancel()
@@ -314,8 +348,6 @@ class Builder:
             "written": writer.count,
             "failed": dict(sorted(failed.items())),
             "skipped": [entry for _, entry in sorted(skipped, key=lambda e: e[0])],
-            "bytes": nbytes,
-            "sha256": sha,
             "fields": ["real", *(n for n, _ in gens)],
             "generators": {n: self._infos[n] for n, _ in gens},
             "timings": {k: round(v, 4) for k, v in sorted(timings.items())}
@@ -324,8 +356,12 @@ class Builder:
             "world": self.world,
             "host": socket.gethostname(),
             "config_hash": self.config_hash,
+            "settings": self.settings,
+            "allow_mixed": self.config.allow_mixed,
         }
-        atomic_write_json(stats_path(self.out, index), stats)  # last: this marks the shard done
+        if writer.count:
+            stats |= {"bytes": nbytes, "sha256": sha, "encoding": ",".join(sorted(writer.encodings))}
+            atomic_write_json(stats_path(self.out, index), stats)  # last: this marks the shard done
         return stats
 
     def run(self) -> BuildSummary:
@@ -334,49 +370,59 @@ class Builder:
         items = iter_sources(self.config.sources, image_field=self.config.image_field, split=self.config.split)
         if self.config.limit is not None:
             items = islice(items, self.config.limit)
-        built, already, inputs, written, failed = [], 0, 0, 0, Counter()
-        num_shards = 0
+        plans = plan_shards(items, self.config.shard_size, by_encoding=self.policy.kind == "match")
+        if not plans:
+            raise SefError(f"no input images found in {', '.join(self.config.sources)}")
+        mine = [p for p in plans if p.index % self.world == self.rank]
+        built, already, inputs, written, failed, skipped, empty = [], 0, 0, 0, Counter(), [], []
         bar = tqdm(
-            total=self.config.limit, unit="img", desc=f"build rank {self.rank}/{self.world}", disable=not self.progress,
-            dynamic_ncols=True,
+            total=sum(len(p.items) for p in mine), unit="img", desc=f"build rank {self.rank}/{self.world}",
+            disable=not self.progress, dynamic_ncols=True,
         )  # fmt: skip
         with bar:
-            for index, group in _shards(items, self.config.shard_size):
-                num_shards = index + 1
-                if index % self.world != self.rank:
-                    continue
-                if is_done(self.out, index):
-                    stats = read_stats(self.out, index)
-                    if stats.get("config_hash") != self.config_hash:
-                        raise SefError(
-                            f"{stats_path(self.out, index).name} belongs to a different build; use another --out"
-                        )
+            for plan in mine:
+                if is_done(self.out, plan.index):
+                    stats = read_stats(self.out, plan.index)
+                    self._check_settings(stats, stats_path(self.out, plan.index).name)
                     already += 1
-                    bar.update(len(group))
+                    bar.update(len(plan.items))
                     continue
                 self.generators()  # load models before the first shard that needs them
-                stats = self.build_shard(index, group, bar)
-                built.append(index)
+                want(plan.items)  # a streamed dataset keeps exactly this shard's rows as they pass
+                stats = self.build_shard(plan.index, plan.items, bar)
                 inputs += stats["inputs"]
                 written += stats["written"]
                 failed.update(stats["failed"])
-                bar.set_postfix(shard=index, written=written, skipped=sum(failed.values()))
-        if num_shards == 0:
-            raise SefError(f"no input images found in {', '.join(self.config.sources)}")
-        self._write_build_file(num_shards)
+                skipped += stats["skipped"]
+                built.append(plan.index)
+                if not stats["written"]:
+                    empty.append(stats)
+                bar.set_postfix(shard=plan.index, written=written, skipped=sum(failed.values()))
+        self._write_build_file(plans)
+        if empty and written == 0 and not any(read_stats(self.out, p.index)["written"] for p in mine if is_done(
+                self.out, p.index)):  # fmt: skip
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
+            first = ", ".join(f"{e['source']} ({e['reason']})" for e in skipped[:3])
+            raise SefError(
+                f"every input was skipped ({reasons}; e.g. {first}), so no shard was written and the build is not "
+                "finished: fix or remove those inputs, or name other sources"
+            )
+        for stats in empty:  # a shard whose inputs were all skipped, in a build that has samples: done, no tar
+            atomic_write_json(stats_path(self.out, stats["shard"]), stats)
         manifest = None
-        if self.rank == 0 and all(is_done(self.out, i) for i in range(num_shards)):
+        if self.rank == 0 and all(is_done(self.out, p.index) for p in plans):
             write_manifest(self.out)
             manifest = self.out / "manifest.json"
         return BuildSummary(
-            out=self.out, num_shards=num_shards, built=built, already_done=already, inputs=inputs,
-            written=written, failed=failed, seconds=time.perf_counter() - started, manifest=manifest,
+            out=self.out, num_shards=len(plans), built=built, already_done=already, inputs=inputs,
+            written=written, failed=failed, seconds=time.perf_counter() - started, manifest=manifest, skipped=skipped,
         )  # fmt: skip
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _write_build_file(self, num_shards: int) -> None:
+    def _write_build_file(self, plans: list) -> None:
+        """``build.json``, a local file (never published): the config as given, with its paths, and the plan."""
         recipe = None
         if self.config.recipe:
             path = Path(self.config.recipe)
@@ -386,9 +432,10 @@ class Builder:
             {
                 "config": self.config.output_dict(),
                 "config_hash": self.config_hash,
+                "settings": self.settings,
                 "recipe": recipe,
                 "fields": ["real", *(s.field for s in self.specs)],
-                "num_shards": num_shards,
+                "num_shards": len(plans),
                 "shard_size": self.config.shard_size,
             },
         )

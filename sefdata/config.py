@@ -70,6 +70,13 @@ class BuildConfig:
     )
     split: str = field(default="train", metadata=_help("split of Hugging Face dataset sources"))
     recipe: str | None = field(default=None, metadata=_help("TOML recipe the values came from (recorded)"))
+    allow_mixed: bool = field(
+        default=False,
+        metadata=_help(
+            "resume a build whose finished shards were made with other runtime settings (batch size, precision, "
+            "device type, library versions), recording each shard's own in manifest.json"
+        ),
+    )
 
     def __post_init__(self) -> None:
         from sefdata.generators import GenSpec  # late: generators import heavy libraries
@@ -105,15 +112,49 @@ class BuildConfig:
         return [GenSpec.parse(g) for g in self.gen]
 
     def output_dict(self) -> dict:
-        """The fields that determine the output bytes (not where or how fast it runs)."""
-        skip = {"out", "batch_size", "workers", "device", "rank", "world", "recipe"}
+        """What to build: the fields that decide the samples (the runtime settings that change their bytes too are
+        :func:`runtime_settings`; where and how fast a build runs is in neither)."""
+        skip = {"out", "batch_size", "workers", "device", "rank", "world", "recipe", "allow_mixed"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-    def output_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.output_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Packages whose code computes or writes the output: another release may give other bytes.
+OUTPUT_PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transformers", "spandrel", "pillow", "numpy",
+                   "webdataset")  # fmt: skip
+
+
+def runtime_settings(batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """The settings besides the config that change a build's output bytes: floating-point results depend on the
+    batch size (measured: batch 1 vs 2 give other TAEF2 fakes in fp32 on a CPU), the precision and the kind of
+    device, and on the releases of the libraries that run the models and encode the files."""
+    from sefdata.manifest import package_versions
+
+    return {
+        "batch_size": batch_size,
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "versions": package_versions(OUTPUT_PACKAGES),
+    }
+
+
+def settings_hash(settings: dict) -> str:
+    """A short hash of a JSON-able dict (the config, or the config with the runtime settings)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two nested dicts (dotted keys)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
 
 
 def resolve_rank_world(

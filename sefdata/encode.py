@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sefdata.errors import SefError
-from sefdata.imageio import DecodedImage
+from sefdata.imageio import SUBSAMPLING_NAMES, DecodedImage
 
 POLICIES = ("match", "png", "jpeg:Q", "webp:Q")
 
@@ -59,15 +59,17 @@ class Encoding:
     options: tuple[tuple[str, object], ...]  # Pillow save kwargs, hashable
 
     def describe(self) -> dict:
-        out: dict = {"format": self.pil_format}
-        for k, v in self.options:
-            if k == "qtables":
-                out["qtables"] = [list(t) for t in v]  # type: ignore[union-attr]
-            elif k == "icc_profile":
-                out["icc_profile_bytes"] = len(v)  # type: ignore[arg-type]
-            else:
-                out[k] = v
-        return out
+        """The sample record's ``encoding``: the same keys and types for every encoding (``datasets`` infers one
+        schema from a shard's first samples): ``quality`` 0 where JPEG tables are the source's or the format is
+        lossless, ``subsampling`` "" where the format has none, ``icc_profile_bytes`` 0 without a profile."""
+        options = dict(self.options)
+        sampling = options.get("subsampling")
+        return {
+            "format": self.pil_format,
+            "quality": int(options.get("quality", 0)) if self.pil_format != "PNG" else 0,
+            "subsampling": SUBSAMPLING_NAMES.get(sampling, "") if sampling is not None else "",
+            "icc_profile_bytes": len(options.get("icc_profile") or b""),
+        }
 
 
 def encoding_for(policy: EncodingPolicy, source: DecodedImage) -> Encoding:

@@ -45,11 +45,16 @@ class JpegEncoding:
     quality: int  # IJG quality whose luminance table is closest (an estimate, for reporting)
 
     def describe(self) -> dict:
+        """The sample record's ``jpeg``; tables as ``"v,v,...;v,v,..."`` (natural order), so that the record of a
+        PNG source, :data:`NOT_A_JPEG`, has the same keys and types."""
         return {
             "subsampling": SUBSAMPLING_NAMES.get(self.subsampling, str(self.subsampling)),
             "quality_estimate": self.quality,
-            "qtables": [list(t) for t in self.qtables],
+            "qtables": ";".join(",".join(map(str, t)) for t in self.qtables),
         }
+
+
+NOT_A_JPEG = {"subsampling": "", "quality_estimate": 0, "qtables": ""}
 
 
 def ijg_table(quality: int) -> np.ndarray:
@@ -158,7 +163,7 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise SkipSample("corrupt", str(e)) from None
 
     fmt = img.format or "unknown"
-    jpeg = jpeg_encoding_of(img) if fmt == "JPEG" else None
+    jpeg = jpeg_encoding_of(img) if fmt in ("JPEG", "MPO") else None  # MPO: a camera JPEG with a second picture
     icc = img.info.get("icc_profile") or None
     if icc is not None and icc[16:20] != b"RGB ":  # a CMYK/gray profile would mis-describe RGB output
         icc = None

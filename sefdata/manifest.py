@@ -11,9 +11,11 @@ import platform
 import time
 from collections import Counter
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from sefdata.config import differences
 from sefdata.errors import SefError
+from sefdata.privacy import public_config, public_params
 from sefdata.shards import atomic_write_json, is_done, read_stats, stats_path, tar_path
 
 BUILD_FILE = "build.json"
@@ -22,14 +24,19 @@ PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transformers", 
             "numpy", "datasets", "huggingface_hub")  # fmt: skip
 
 
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed release of each package (None where it is not installed)."""
+    out: dict[str, str | None] = {}
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def versions() -> dict[str, str | None]:
+    return {"python": platform.python_version(), **package_versions(PACKAGES)}
 
 
 def read_build(out: Path) -> dict:
@@ -40,7 +47,10 @@ def read_build(out: Path) -> dict:
 
 
 def write_manifest(out: Path) -> dict:
-    """Merge every shard's stats into ``manifest.json``; all shards must be done."""
+    """Merge every shard's stats into ``manifest.json``; all shards must be done.
+
+    Published as it is, so it names no local path (:mod:`sefdata.privacy`). Shards made with other runtime settings
+    (a resume with ``--allow-mixed``) are listed under ``runs``, one entry per set of settings with its shards."""
     build = read_build(out)
     n = build["num_shards"]
     missing = [i for i in range(n) if not is_done(out, i)]
@@ -50,31 +60,55 @@ def write_manifest(out: Path) -> dict:
             "run the build again (every rank) to finish them"
         )
     shardlist, failed, generators = [], Counter(), None
+    runs: dict[str, dict] = {}
     inputs = written = 0
+    allow_mixed = False
     for i in range(n):
         stats = read_stats(out, i)
-        if stats["config_hash"] != build["config_hash"]:
-            raise SefError(f"{stats_path(out, i).name} belongs to another build (config hash differs)")
-        shardlist.append({
-            "url": tar_path(out, i).name, "nsamples": stats["written"], "filesize": stats["bytes"],
-            "sha256": stats["sha256"],
+        settings = stats.get("settings")
+        if settings is None or settings["config"] != build["settings"]["config"]:
+            raise SefError(f"{stats_path(out, i).name} belongs to another build (its config differs)")
+        allow_mixed |= stats.get("allow_mixed", False)
+        run = runs.setdefault(stats["config_hash"], {
+            "config_hash": stats["config_hash"], "runtime": settings["runtime"], "shards": [],
+            "generators": {name: {"runtime": info["runtime"], "model_dtype": info.get("model", {}).get("dtype")}
+                           for name, info in stats["generators"].items()},
         })  # fmt: skip
+        run["shards"].append(i)
+        if stats["written"]:  # a shard whose inputs were all skipped has no tar (its skips are counted below)
+            shardlist.append({
+                "url": tar_path(out, i).name, "nsamples": stats["written"], "filesize": stats["bytes"],
+                "sha256": stats["sha256"], "encoding": stats["encoding"], "config_hash": stats["config_hash"],
+            })  # fmt: skip
         inputs += stats["inputs"]
         written += stats["written"]
         failed.update(stats["failed"])
         generators = generators or stats.get("generators")
+    if len(runs) > 1 and not allow_mixed:
+        first, *others = runs.values()
+        changed = differences(first["runtime"], others[0]["runtime"])
+        raise SefError(
+            f"the shards of {str(out)!r} were made with different settings ({'; '.join(changed)}); run "
+            "`sefdata build` again with --allow-mixed to accept a mixed build, or rebuild those shards"
+        )
+    recipe = build.get("recipe")
     manifest = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
         "name": out.resolve().name,
         "shardlist": shardlist,
         "sef": {
-            "format_version": 1,
-            "config": build["config"],
-            "config_hash": build["config_hash"],
-            "recipe": build.get("recipe"),
+            "format_version": 2,
+            "config": public_config(build["config"]),
+            "config_hash": next(iter(runs)),
+            "mixed": len(runs) > 1,
+            "runs": list(runs.values()),
+            "recipe": {"name": PurePosixPath(recipe["path"]).name, "sha256": recipe["sha256"]} if recipe else None,
             "fields": build["fields"],
-            "generators": generators,
+            "generators": {
+                name: {**{k: v for k, v in info.items() if k != "runtime"}, "params": public_params(info["params"])}
+                for name, info in (generators or {}).items()
+            },
             "totals": {"inputs": inputs, "written": written, "failed": dict(sorted(failed.items()))},
             "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -75,10 +75,12 @@ class ShardWriter:
         self._file = open(self.tmp, "wb")  # noqa: SIM115 -- closed by commit() or abort()
         self._tar = TarWriter(self._file, encoder=False, mtime=0, user="sef", group="sef", mode=0o444)
         self.count = 0
+        self.encodings: set[str] = set()  # extensions of the samples' real images
 
     def write(self, sample: dict) -> None:
         self._tar.write(sample)
         self.count += 1
+        self.encodings.update(k.partition(".")[2] for k in sample if k.startswith("real."))
 
     def commit(self) -> tuple[int, str]:
         """Close, fsync and rename into place; returns (bytes, sha256) of the finished tar."""

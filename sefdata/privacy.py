@@ -1,0 +1,91 @@
+"""Nothing private leaks: what a build publishes names files, never where they lie on the building machine.
+
+Samples record sources relative to the source they came from (:mod:`sefdata.sources`); ``build.json`` and the shard
+stats, which stay local, keep the config as given. What goes into ``manifest.json`` and the dataset card passes
+through :func:`public_config` here, and ``publish`` refuses to stage any file in which :func:`local_paths` still
+finds an absolute path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+# an absolute POSIX path with at least two components, a home-relative path, or a Windows drive path
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])(?:/(?!/)[^\s/\"'`,;:]+/[^\s\"'`,;]+|~/[^\s\"'`,;]+|[A-Za-z]:\\[^\s\"'`,;]+)")
+
+
+def is_local_path(value: str) -> bool:
+    """Whether ``value`` is an absolute (or home-relative) file system path, not a URL or a Hub id."""
+    if "://" in value:
+        return False
+    return value.startswith("~") or PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive != ""
+
+
+def public_name(value: str) -> str:
+    """``value`` with a local absolute path reduced to its file or folder name (hashes identify the file)."""
+    return PurePosixPath(value.replace("\\", "/")).name if is_local_path(value) else value
+
+
+def public_spec(spec: str) -> str:
+    """A ``NAME:key=value,...`` generator spec with every local path parameter reduced to its name."""
+    name, sep, rest = spec.partition(":")
+    params = []
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        params.append(f"{key}{eq}{public_name(value)}" if eq else item)
+    return name + (sep + ",".join(params) if sep else "")
+
+
+def public_config(config: dict) -> dict:
+    """A build config as it may be published: sources and generator files named, not located."""
+    out = dict(config)
+    out["sources"] = [public_name(s) for s in config.get("sources", [])]
+    out["gen"] = [public_spec(g) for g in config.get("gen", [])]
+    return out
+
+
+def public_params(params: dict) -> dict:
+    """A generator's parameters with local paths reduced to names."""
+    return {k: public_name(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
+def local_paths(text: str) -> list[str]:
+    """The absolute local paths in ``text`` (JSON, Markdown, YAML), at most a few, for an error message."""
+    found = []
+    for match in _ABSOLUTE.finditer(text):
+        candidate = match.group(0)
+        if is_local_path(candidate) and candidate not in found:
+            found.append(candidate)
+    return found[:5]
+
+
+def json_local_paths(obj: object) -> list[str]:
+    """The absolute local paths among the strings of a JSON value."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            if is_local_path(value) and len(PurePosixPath(value).parts) > 1:
+                found.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(obj)
+    return found[:5]
+
+
+def file_local_paths(path: Path) -> list[str]:
+    """The absolute local paths in a staged text file (JSON is walked value by value; other text is scanned)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        try:
+            return json_local_paths(json.loads(text))
+        except ValueError:
+            pass
+    return local_paths(text)
