@@ -67,10 +67,12 @@ def build(
     limit: int | None = typer.Option(None, "--limit", help=_h("limit"), show_default=False),
     image_field: str | None = typer.Option(None, "--image-field", help=_h("image_field"), show_default=False),
     split: str | None = typer.Option(None, "--split", help=_h("split"), show_default=False),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help=_h("allow_mixed"), show_default=False),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Build aligned real/fake shards from real images: SOURCE... can be folders, image files, path lists (.txt),
     WebDataset tars or patterns, or Hugging Face datasets. Re-running the same command resumes."""
+    from sefdata.build import NothingWritten
     from sefdata.build import build as run_build
 
     with user_errors():
@@ -80,20 +82,22 @@ def build(
             "min_side": min_side, "max_pixels": max_pixels, "shard_size": shard_size, "batch_size": batch_size,
             "workers": workers,
             "device": device, "dtype": dtype, "seed": seed, "rank": rank, "world": world, "limit": limit,
-            "image_field": image_field, "split": split,
+            "image_field": image_field, "split": split, "allow_mixed": allow_mixed or None,
         }  # fmt: skip
         values.update({k: v for k, v in flags.items() if v is not None})
         config = BuildConfig(**values, out=str(out), recipe=str(recipe) if recipe else None)
-        summary = run_build(config, progress=progress)
+        try:
+            summary = run_build(config, progress=progress)
+        except NothingWritten as e:
+            _skip_table(e.failed)
+            raise
     typer.echo(
         f"built {len(summary.built)} shard(s), {summary.already_done} already done, of {summary.num_shards} "
         f"in {summary.out}: {summary.written} samples from {summary.inputs} inputs "
         f"({summary.images_per_second:.2f} img/s)"
     )
     if summary.failed:
-        typer.echo(f"skipped {sum(summary.failed.values())} input(s):")
-        for reason, count in sorted(summary.failed.items()):
-            typer.echo(f"  {count:6d}  {reason}: {SKIP_REASONS[reason]}")
+        _skip_table(summary.failed)
         typer.echo("  (each skipped source and why: 'skipped' in the shard-*.stats.json files)")
     if summary.manifest:
         typer.echo(f"manifest: {summary.manifest}")
@@ -102,6 +106,12 @@ def build(
             f"manifest: not yet; rank 0 writes it once all {summary.num_shards} shards are done "
             f"(or run `sefdata manifest {summary.out}` after every rank has finished)"
         )
+
+
+def _skip_table(failed) -> None:
+    typer.echo(f"skipped {sum(failed.values())} input(s):")
+    for reason, count in sorted(failed.items()):
+        typer.echo(f"  {count:6d}  {reason}: {SKIP_REASONS[reason]}")
 
 
 @app.command()

@@ -45,8 +45,17 @@ from sefdata.generators import Generator, Runtime, create_generator, sample_seed
 from sefdata.imageio import NOT_A_JPEG, DecodedImage, decode
 from sefdata.manifest import BUILD_FILE, write_manifest
 from sefdata.plan import plan_shards
+from sefdata.privacy import public_params
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
+
+
+class NothingWritten(SefError):
+    """Every input of this rank's shards was skipped: no shard is written, the build is not done."""
+
+    def __init__(self, failed: Counter, message: str) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 @dataclass(eq=False)
@@ -230,7 +239,7 @@ class Builder:
             gens[name] = {
                 "generator": gen.name,
                 "seed": sample_seed(self.config.seed, p.item.key, name),
-                "params": self._infos[name]["params"],
+                "params": public_params(self._infos[name]["params"]),
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "psnr_db": round(psnr(p.fakes[name], p.aligned.pixels), 3),
                 **p.records.get(name, {}),
@@ -403,9 +412,10 @@ class Builder:
                 self.out, p.index)):  # fmt: skip
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
             first = ", ".join(f"{e['source']} ({e['reason']})" for e in skipped[:3])
-            raise SefError(
+            raise NothingWritten(
+                failed,
                 f"every input was skipped ({reasons}; e.g. {first}), so no shard was written and the build is not "
-                "finished: fix or remove those inputs, or name other sources"
+                "finished: fix or remove those inputs, or name other sources",
             )
         for stats in empty:  # a shard whose inputs were all skipped, in a build that has samples: done, no tar
             atomic_write_json(stats_path(self.out, stats["shard"]), stats)
@@ -450,4 +460,4 @@ def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
         builder.close()
 
 
-__all__ = ["BuildSummary", "Builder", "build", "psnr"]
+__all__ = ["BuildSummary", "Builder", "NothingWritten", "build", "psnr"]

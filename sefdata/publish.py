@@ -8,9 +8,11 @@ The folder that is uploaded is staged first (and is all that ``--dry-run`` write
     preview.png       `sefdata preview` of the first samples
     data/shard-*.tar  the shards (hard links to the build's files where possible, else copies)
 
-A build with the ``match`` policy over a corpus of JPEGs *and* PNGs has samples of two encodings, and the webdataset
-loader of ``datasets`` needs one extension per field. Such a build is re-packed by encoding for the Hub, samples and
-bytes unchanged: ``data/jpg/shard-*.tar`` and ``data/png/shard-*.tar``, one ``configs`` entry (``jpg``, ``png``) each.
+A ``match`` build over JPEGs *and* PNGs keeps each shard to one encoding (:mod:`sefdata.plan`), and the webdataset
+loader of ``datasets`` needs one extension per field, so such a build is staged as ``data/jpg/shard-*.tar`` and
+``data/png/shard-*.tar`` (the same files), one ``configs`` entry (``jpg``, ``png``) each. The card declares the
+samples' features, so the Hub reads the schema instead of inferring it. Nothing that holds an absolute path of the
+building machine is staged: ``publish`` checks every staged text file and every sample record first.
 
 Uploading uses ``HfApi.upload_folder``, which commits large folders in several batches and resumes an interrupted
 upload when run again. The token comes from the usual Hub login or ``HF_TOKEN`` and is never printed.
@@ -32,7 +34,7 @@ from sefdata.errors import SefError
 from sefdata.hub import check_repo_id, staged_files, upload_folder
 from sefdata.manifest import MANIFEST_FILE
 from sefdata.preview import make_preview
-from sefdata.shards import SHARD_DIGITS
+from sefdata.privacy import file_local_paths, json_local_paths, public_params
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]  # fmt: skip
@@ -50,57 +52,62 @@ def size_category(n: int) -> str:
     return next((name for limit, name in SIZE_CATEGORIES if n < limit), "n>100M")
 
 
-def sample_encodings(shards: list[Path]) -> set[str]:
-    """The extensions of the ``real`` field across the build (reads tar headers only)."""
-    found = set()
-    for path in shards:
+def shard_encodings(manifest: dict, build_dir: Path) -> dict[str, list[Path]]:
+    """The build's shards by the encoding of their samples (one per shard since format_version 2)."""
+    by_encoding: dict[str, list[Path]] = defaultdict(list)
+    for entry in manifest["shardlist"]:
+        encoding = entry.get("encoding")
+        if encoding is None or "," in encoding:
+            raise SefError(
+                f"{entry['url']} was built before shards kept one encoding each (or mixes them): `datasets` "
+                "cannot load it as it is; rebuild into a new --out with this version"
+            )
+        by_encoding[encoding].append(build_dir / entry["url"])
+    return dict(by_encoding)
+
+
+def sample_features(shard: Path):
+    """The ``datasets`` features of a shard's samples: images for the image fields and, for ``json``, the schema
+    of its first sample's record, which every sample of a build shares (same keys and types, no nulls)."""
+    import datasets
+    import pyarrow as pa
+
+    with tarfile.open(shard) as tar:
+        first = None
+        fields = []
+        for member in tar:
+            key, _, field = member.name.partition(".")
+            if first is not None and key != first:
+                break
+            first = key
+            fields.append(field)
+            if field == "json":
+                record = json.loads(tar.extractfile(member).read())
+    features = datasets.Features.from_arrow_schema(pa.Table.from_pylist([{"json": record}]).schema)
+    for field in fields:
+        if field != "json":
+            features[field] = datasets.Image()
+    return datasets.Features({f: features[f] for f in fields})
+
+
+def _leaks(path: Path) -> list[str]:
+    """Absolute local paths in a staged file: text files are read whole, shards record by record."""
+    if path.suffix == ".tar":
+        found: list[str] = []
         with tarfile.open(path) as tar:
-            found.update(name.split(".", 1)[1].partition(".")[2] for name in tar.getnames() if ".real." in name)
-    return found
-
-
-def repack_by_encoding(shards: list[Path], out: Path, shard_size: int) -> dict[str, int]:
-    """Copy every sample, bytes unchanged, into ``out/<ext>/shard-*.tar`` by the encoding of its real."""
-    from webdataset import TarWriter
-
-    writers: dict[str, tuple[TarWriter, object]] = {}
-    counts: dict[str, int] = defaultdict(int)
-
-    def writer_for(ext: str) -> TarWriter:
-        index = counts[ext] // shard_size
-        current = writers.get(ext)
-        if current is None or current[1] != index:
-            if current is not None:
-                current[0].close()
-            (out / ext).mkdir(parents=True, exist_ok=True)
-            path = out / ext / f"shard-{index:0{SHARD_DIGITS}d}.tar"
-            writers[ext] = (TarWriter(str(path), encoder=False, mtime=0, user="sef", group="sef", mode=0o444), index)
-        return writers[ext][0]
-
-    for path in shards:
-        with tarfile.open(path) as tar:
-            sample: dict[str, bytes] = {}
-            for member in [*tar.getmembers(), None]:
-                key = member.name.split(".", 1)[0] if member else None
-                if sample and key != sample["__key__"]:
-                    ext = next(k for k in sample if k.startswith("real.")).partition(".")[2]
-                    writer_for(ext).write(sample)
-                    counts[ext] += 1
-                    sample = {}
-                if member is not None:
-                    sample["__key__"] = key
-                    sample[member.name.split(".", 1)[1]] = tar.extractfile(member).read()
-    for w, _ in writers.values():
-        w.close()
-    return dict(counts)
+            for member in tar:
+                if member.name.endswith(".json"):
+                    found += json_local_paths(json.loads(tar.extractfile(member).read()))
+        return found[:5]
+    if path.suffix in (".json", ".md", ".yaml", ".yml", ".txt"):
+        return file_local_paths(path)
+    return []
 
 
 def _generator_lines(generators: dict) -> list[str]:
     lines = []
     for field, info in sorted(generators.items()):
-        # local paths say nothing to readers and leak the builder's file system: keep the file name (sha256 is in model)
-        params = {k: Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v
-                  for k, v in info.get("params", {}).items() if v is not None}  # fmt: skip
+        params = {k: v for k, v in public_params(info.get("params", {})).items() if v is not None}
         model = {k: v for k, v in info.get("model", {}).items() if v is not None}
         lines.append(f"- `{field}` — generator `{info['generator']}`; parameters `{json.dumps(params)}`; "
                      f"model `{json.dumps(model)}`")  # fmt: skip
@@ -108,9 +115,14 @@ def _generator_lines(generators: dict) -> list[str]:
 
 
 def make_card(
-    manifest: dict, repo_id: str, license: str, layout: dict[str, int] | None, has_preview: bool
+    manifest: dict,
+    repo_id: str,
+    license: str,
+    layout: dict[str, int] | None,
+    has_preview: bool,
+    features: dict | None = None,
 ) -> DatasetCard:
-    """``layout``: samples per encoding when the shards were re-packed by encoding, else None."""
+    """``layout``: samples per encoding when the build has several, else None. ``features``: per config name."""
     sef = manifest["sef"]
     totals, config = sef["totals"], sef["config"]
     sources = [s for s in config["sources"] if s.count("/") == 1 and not Path(s).exists()]  # Hub dataset ids
@@ -125,6 +137,9 @@ def make_card(
         if layout is None
         else [{"config_name": ext, "data_files": [{"split": "train", "path": f"data/{ext}/shard-*.tar"}]}
               for ext in sorted(layout)],
+        # the schema, declared: the Hub and `datasets` read it instead of inferring it from the first samples
+        dataset_info=[{"config_name": name, "features": f._to_yaml_list()} for name, f in (features or {}).items()]
+        or None,
     )  # fmt: skip
     fields = sef["fields"]
     failed = ", ".join(f"{k}: {v}" for k, v in totals["failed"].items()) or "none"
@@ -189,19 +204,22 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
         raise SefError(f"shards listed in the manifest are missing: {', '.join(missing[:5])}")
+    by_encoding = shard_encodings(manifest, build_dir)
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "data").mkdir(parents=True)
     layout = None
-    if len(sample_encodings(shards)) > 1:
-        layout = repack_by_encoding(shards, staging / "data", manifest["sef"]["config"]["shard_size"])
-    else:
-        for path in shards:
-            target = staging / "data" / path.name
+    if len(by_encoding) > 1:  # one folder and config per encoding: `datasets` wants one extension per field
+        layout = {ext: sum(e["nsamples"] for e in manifest["shardlist"] if e["encoding"] == ext) for ext in by_encoding}
+    for ext, paths in by_encoding.items():
+        folder = staging / "data" / (ext if layout else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in paths:
             try:
-                os.link(path, target)  # no copy of possibly terabytes when staging on the same filesystem
+                os.link(path, folder / path.name)  # no copy of possibly terabytes when staging on the same filesystem
             except OSError:
-                shutil.copy2(path, target)
+                shutil.copy2(path, folder / path.name)
+    features = {(ext if layout else "default"): sample_features(paths[0]) for ext, paths in by_encoding.items()}
     shutil.copy2(manifest_path, staging / MANIFEST_FILE)
     warnings = []
     try:
@@ -210,14 +228,17 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
     except SefError as e:
         warnings.append(f"no preview: {e}")
         has_preview = False
-    if layout is not None:
-        warnings.append(
-            "the build mixes encodings (" + ", ".join(f"{n} {e}" for e, n in sorted(layout.items())) + "); the Hub "
-            "copy is re-packed into one config per encoding, since `datasets` needs one extension per field"
-        )
-    card = make_card(manifest, repo_id, license, layout, has_preview)
+    card = make_card(manifest, repo_id, license, layout, has_preview, features)
     card.save(staging / "README.md")
     files = staged_files(staging)
+    leaks = {name: found for name in files if (found := _leaks(staging / name))}
+    if leaks:
+        name, found = next(iter(leaks.items()))
+        raise SefError(
+            f"{name} (and {len(leaks) - 1} more staged file(s)) holds absolute paths of this machine, e.g. "
+            f"{found[0]!r}: nothing was uploaded; rebuild with this version, which records paths relative to "
+            "their source"
+        )
     return Staged(folder=staging, files=files, card=card, warnings=warnings)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from sefdata.errors import SefError
-from sefdata.manifest import MANIFEST_FILE, read_build
+from sefdata.manifest import BUILD_FILE, MANIFEST_FILE, read_build
 from sefdata.shards import file_sha256, is_done, read_stats, tar_path
 
 
@@ -95,10 +95,14 @@ def verify(folder: str | Path) -> VerifyReport:
         if not is_done(out, index):
             report.problems[path.name].append("unfinished: no stats file (re-run the build to finish it)")
             continue
+        stats = read_stats(out, index)
+        if stats["written"] == 0:  # every input was skipped: done, counted, and rightly without a tar
+            if path.is_file():
+                report.problems[path.name].append("a tar exists although its stats say no sample was written")
+            continue
         if not path.is_file():
             report.problems[path.name].append("missing tar although its stats file exists")
             continue
-        stats = read_stats(out, index)
         size, sha = path.stat().st_size, file_sha256(path)
         if (size, sha) != (stats["bytes"], stats["sha256"]):
             report.problems[path.name].append("bytes/sha256 differ from its stats file (modified or truncated)")
@@ -118,7 +122,14 @@ def verify(folder: str | Path) -> VerifyReport:
             report.problems[path.name].append(f"{len(samples)} samples, stats say {stats['written']}")
         for key, sample in samples.items():
             report.problems[path.name].extend(_check_sample(key, sample, fields))
+        encodings = {s.partition(".")[2] for sample in samples.values() for s in sample if s.startswith("real.")}
+        if len(encodings) > 1:
+            report.problems[path.name].append(
+                f"samples of several encodings ({', '.join(sorted(encodings))}): `datasets` cannot load it"
+            )
         report.samples += len(samples)
+    if report.samples == 0:
+        report.problems[BUILD_FILE].append("the build has no sample at all")
     report.problems = {k: v for k, v in report.problems.items() if v}
     return report
 
