@@ -407,7 +407,6 @@ class Builder:
                 if not stats["written"]:
                     empty.append(stats)
                 bar.set_postfix(shard=plan.index, written=written, skipped=sum(failed.values()))
-        self._write_build_file(plans)
         if empty and written == 0 and not any(read_stats(self.out, p.index)["written"] for p in mine if is_done(
                 self.out, p.index)):  # fmt: skip
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
@@ -419,6 +418,7 @@ class Builder:
             )
         for stats in empty:  # a shard whose inputs were all skipped, in a build that has samples: done, no tar
             atomic_write_json(stats_path(self.out, stats["shard"]), stats)
+        self._write_build_file(plans)
         manifest = None
         if self.rank == 0 and all(is_done(self.out, p.index) for p in plans):
             write_manifest(self.out)

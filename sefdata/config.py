@@ -114,7 +114,8 @@ class BuildConfig:
     def output_dict(self) -> dict:
         """What to build: the fields that decide the samples (the runtime settings that change their bytes too are
         :func:`runtime_settings`; where and how fast a build runs is in neither)."""
-        skip = {"out", "batch_size", "workers", "device", "rank", "world", "recipe", "allow_mixed"}
+        # batch size and precision are runtime settings (the precision as resolved: "auto" may mean fp32 or bf16)
+        skip = {"out", "batch_size", "workers", "device", "dtype", "rank", "world", "recipe", "allow_mixed"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def to_dict(self) -> dict:

@@ -69,6 +69,8 @@ def json_local_paths(obj: object) -> list[str]:
         if isinstance(value, str):
             if is_local_path(value) and len(PurePosixPath(value).parts) > 1:
                 found.append(value)
+            else:  # a path inside a longer text
+                found.extend(local_paths(value))
         elif isinstance(value, dict):
             for v in value.values():
                 walk(v)

@@ -134,10 +134,13 @@ def _read_range(url: str, offset: int, size: int) -> bytes:
 def _pick_image_field(fields: list[str], image_field: str | None) -> str | None:
     if image_field is not None:
         return image_field if image_field in fields else None
+    def is_image(field: str) -> bool:  # a field is "EXT" or "NAME.EXT" (WebDataset: the key's first dot splits)
+        return field.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+
     for k in fields:
-        if k.split(".")[0] == "real" and _ext(k) in IMAGE_EXTENSIONS:
+        if k.split(".")[0] == "real" and is_image(k):
             return k
-    return next((k for k in fields if _ext(k) in IMAGE_EXTENSIONS), None)
+    return next((k for k in fields if is_image(k)), None)
 
 
 def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
