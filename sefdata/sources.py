@@ -134,6 +134,7 @@ def _read_range(url: str, offset: int, size: int) -> bytes:
 def _pick_image_field(fields: list[str], image_field: str | None) -> str | None:
     if image_field is not None:
         return image_field if image_field in fields else None
+
     def is_image(field: str) -> bool:  # a field is "EXT" or "NAME.EXT" (WebDataset: the key's first dot splits)
         return field.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
 
