@@ -438,54 +438,50 @@ def _plots(results: dict, scores: list[_BenchScores], out: Path) -> dict[str, st
     benches = results["benchmarks"]
     names = list(benches)
     groups = [*names, "mean"] if len(names) > 1 else names
-    series = []
+    bars = {}
     for key in ("accuracy", "real_acc", "fake_acc", "ap", "auroc"):
         ys = [benches[n]["metrics"][key] for n in names]
         if len(names) > 1:
             ys.append(results["summary"]["mean"][key])
-        series.append(report.Series(HEADERS[key], [], ys))
-    path = out / "plots" / "benchmarks.png"
-    report.bar_chart("Metrics per benchmark (clean)", groups, series, "value").save(path)
+        bars[HEADERS[key]] = ys
+    figure = report.bar_chart("Metrics per benchmark (clean)", groups, bars, f"metric value {report.SHARE}")
+    report.save(figure, out / "plots" / "benchmarks.png")
     plots["benchmarks"] = "plots/benchmarks.png"
 
-    roc_data = {}
+    roc = []
     for s in scores:
         clean = s.conditions[CLEAN]
         ok = ~np.isnan(clean.probs)
         curve = M.roc_curve(s.labels[ok], clean.probs[ok]) if ok.any() else None
         if curve is not None:  # undefined without both classes
-            roc_data[s.bench.name] = curve
-    if roc_data:
-        roc = [report.Series(n, fpr.tolist(), tpr.tolist(), markers=False) for n, (fpr, tpr) in roc_data.items()]
-        path = out / "plots" / "roc.png"
-        report.line_chart(
-            "ROC curves (clean)", roc, "false positive rate (reals called generated)", "true positive rate",
-            x_range=(0, 1), x_ticks=[0, 0.2, 0.4, 0.6, 0.8, 1], diagonal=True, size=(640, 480),
-        ).save(path)  # fmt: skip
+            auroc = benches[s.bench.name]["metrics"]["auroc"]
+            roc.append(report.Series(f"{s.bench.name} (AUROC {auroc:.3f})", curve[0], curve[1]))
+    if roc:
+        panel = report.Panel(
+            "ROC curves (clean)", roc, "false positive rate (share of reals called generated)",
+            "true positive rate (share of generated images caught)", roc=True,
+        )  # fmt: skip
+        report.save(report.line_chart([panel], panel_size=(6.0, 5.6)), out / "plots" / "roc.png")
         plots["roc"] = "plots/roc.png"
 
     for name, curve in results["robustness"].items():
         xs = [pt["value"] for pt in curve["points"]]
         panels = []
         for metric in ("balanced_acc", "ap"):
-            lines = [
-                report.Series(n, xs, [pt["benchmarks"][n][metric] for pt in curve["points"]], width=1.5) for n in names
-            ]
+            lines = [report.Series(n, xs, [pt["benchmarks"][n][metric] for pt in curve["points"]]) for n in names]
             if len(names) > 1:
-                lines.append(report.Series("mean", xs, [pt["mean"][metric] for pt in curve["points"]], width=3.5,
-                                           color="#000000"))  # fmt: skip
+                lines.append(report.Series("mean", xs, [pt["mean"][metric] for pt in curve["points"]], "summary"))
             clean = curve.get("clean_mean", {}).get(metric)
             if clean is not None:
-                lines.append(report.Series("clean (mean)", [min(xs), max(xs)], [clean, clean], dashed=True,
-                                           markers=False, color="#888888", width=1.5))  # fmt: skip
+                lines.append(report.Series("clean (mean)", [min(xs), max(xs)], [clean, clean], "reference"))
             panels.append(
-                report.line_chart(
-                    f"{name}: {HEADERS[metric]}", lines, curve["x_label"], HEADERS[metric],
-                    reverse_x=curve["higher_is_milder"], x_ticks=sorted(set(xs)),
+                report.Panel(
+                    f"{name}: {HEADERS[metric]}", lines, curve["x_label"], f"{HEADERS[metric]} {report.SHARE}",
+                    x_ticks=sorted(set(xs)), reverse_x=curve["higher_is_milder"],
                 )
             )  # fmt: skip
-        path = out / "plots" / f"robustness_{name}.png"
-        report.side_by_side(panels).save(path)
+        figure = report.line_chart(panels, f"Robustness to {name} (reals and fakes perturbed alike; threshold 0.5)")
+        report.save(figure, out / "plots" / f"robustness_{name}.png")
         plots[f"robustness_{name}"] = f"plots/robustness_{name}.png"
     return plots
 
