@@ -116,7 +116,8 @@ def load_split(shards: Path, fields: list[str]) -> dict[str, np.ndarray]:
 
 
 def score_check(detector: SEFDetector, images: dict[str, np.ndarray], domains: dict[str, list[str]]) -> dict:
-    """Held-out APs with the public scoring API (centre crop), independent of the trainer's validation code."""
+    """Held-out metrics of images scored with the public scoring API (centre crop), independent of the trainer's
+    data stream; the metrics are the trainer's own (:func:`sefmodel.metrics.detection_metrics`)."""
     groups = [("real", -1)] + [(f, i) for i, fields in enumerate(domains.values()) for f in fields]
     pil = [Image.fromarray(a) for field, _ in groups for a in images[field]]
     owner = np.concatenate([np.full(len(images[field]), d) for field, d in groups])

@@ -412,14 +412,14 @@ def evaluate(
     results, per_condition = _results(
         detector, config, detector_source, scores, perturbations, calibration, global_threshold
     )  # fmt: skip
-    write_report(results, scores, per_condition, out, plots=config.plots)
+    _write_report(results, scores, per_condition, out, plots=config.plots)
     return results
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
 
 
-def write_report(
+def _write_report(
     results: dict[str, Any], scores: list[_BenchScores], per_condition: dict[str, dict[str, dict]], out: Path,
     plots: bool = True,
 ) -> None:  # fmt: skip
