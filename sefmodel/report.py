@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -40,7 +40,7 @@ class Series:
     label: str
     xs: Sequence[float]
     ys: Sequence[float | None]
-    role: str = "data"
+    role: Literal["data", "summary", "reference"] = "data"
 
 
 @dataclass
