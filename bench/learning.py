@@ -51,7 +51,8 @@ from sefdata.config import BuildConfig
 from sefmodel import SEFDetector
 from sefmodel.augment import AugmentConfig
 from sefmodel.data import iter_samples, resolve_shards
-from sefmodel.train import TrainConfig, average_precision, train
+from sefmodel.metrics import average_precision, detection_metrics
+from sefmodel.train import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -115,18 +116,13 @@ def load_split(shards: Path, fields: list[str]) -> dict[str, np.ndarray]:
 
 
 def score_check(detector: SEFDetector, images: dict[str, np.ndarray], domains: dict[str, list[str]]) -> dict:
-    """Held-out APs with the public scoring API (centre crop), independent of the trainer's validation code."""
+    """Held-out metrics of images scored with the public scoring API (centre crop), independent of the trainer's
+    data stream; the metrics are the trainer's own (:func:`sefmodel.metrics.detection_metrics`)."""
     groups = [("real", -1)] + [(f, i) for i, fields in enumerate(domains.values()) for f in fields]
     pil = [Image.fromarray(a) for field, _ in groups for a in images[field]]
     owner = np.concatenate([np.full(len(images[field]), d) for field, d in groups])
     probs = detector.score(pil, batch_size=64).probs.numpy()
-    labels = (owner >= 0).astype(int)
-    out = {"ap": average_precision(probs, labels), "n": len(labels)}
-    for i, name in enumerate(domains):
-        keep = (owner == -1) | (owner == i)
-        out[f"ap/{name}"] = average_precision(probs[keep], labels[keep])
-    out["map"] = float(np.mean([out[f"ap/{name}"] for name in domains]))
-    return out
+    return detection_metrics((owner >= 0).astype(int), probs, owner, list(domains))
 
 
 def _spectrum(images: np.ndarray, bins: int = 16) -> np.ndarray:
@@ -158,7 +154,7 @@ def _probe_ap(x_tr: np.ndarray, y_tr: np.ndarray, x_he: np.ndarray, y_he: np.nda
 
     opt.step(closure)
     with torch.no_grad():
-        return average_precision(probe(xh)[:, 0].numpy(), y_he)
+        return average_precision(y_he, probe(xh)[:, 0].numpy())
 
 
 def spectral_probe(tr: dict[str, np.ndarray], he: dict[str, np.ndarray], fakes: dict[str, str]) -> dict[str, float]:
@@ -318,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, metrics in final.items():
         per = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("ap/"))
-        print(f"{name}: held-out {per}, pooled AP {metrics['ap']:.3f}, acc {metrics['acc']:.3f}")
+        print(f"{name}: held-out {per}, pooled AP {metrics['ap']:.3f}, acc {metrics['accuracy']:.3f}")
     print(f"score() cross-check on the fused detector: mean per-family AP {check['map']:.3f} ({check['n']} images)")
     print(f"control, spectrum probe held-out AP: {', '.join(f'{k} {v:.3f}' for k, v in probe.items())}")
     print(f"heldout_ap: {ap:.4f} (fused SEF detector, mean per-family AP on unseen photos; target >= 0.9)")

@@ -218,7 +218,8 @@ def train(
     line = f"trained {config.stage} for {result.step} steps; detector: {result.detector}"
     if result.val:
         v = result.val
-        line += f"; held-out AP {v['ap']:.4f}, acc {v['acc']:.4f} (real {v['real_acc']:.4f}, fake {v['fake_acc']:.4f})"
+        line += (f"; held-out AP {_f(v['ap'], 4)}, acc {_f(v['accuracy'], 4)} (real {_f(v['real_acc'], 4)}, "
+                 f"fake {_f(v['fake_acc'], 4)})")  # fmt: skip
     typer.echo(line)
 
 
@@ -306,8 +307,8 @@ def eval_(
     typer.echo(f"report: {out / 'results.md'}  (results.json, results.csv, scores.csv, plots/)")
 
 
-def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 @app.command(no_args_is_help=True, epilog=PREDICT_EXIT)

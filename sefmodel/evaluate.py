@@ -112,11 +112,24 @@ def _fake_quality(config: EvalConfig, bench: ResolvedBenchmark) -> int | None:
     return int(config.fake_jpeg)
 
 
+# ---- scoring -------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class _Scored:
     probs: np.ndarray  # (N,) NaN where the image failed
     gates: np.ndarray | None  # (N, E)
     errors: dict[int, str]
+
+
+@dataclass
+class _BenchScores:
+    """Every image of one benchmark scored under every condition (clean first, then each perturbation)."""
+
+    bench: ResolvedBenchmark
+    labels: np.ndarray  # (N,) 0 real, 1 generated
+    fake_quality: int | None
+    conditions: dict[str, _Scored]  # CLEAN or a perturbation's label -> scores
 
 
 def _score_items(
@@ -160,6 +173,65 @@ def _score_items(
     return _Scored(probs, gates, errors)
 
 
+def _score_bench(
+    detector: SEFDetector,
+    bench: ResolvedBenchmark,
+    perturbations: list[PerturbSpec],
+    config: EvalConfig,
+    progress: bool,
+    log,
+) -> _BenchScores:
+    real, fake = bench.counts()
+    quality = _fake_quality(config, bench)
+    log(f"{bench.name}: {real} real + {fake} generated images from {bench.source}")
+    for warning in bench.warnings:
+        log(f"  warning: {warning}")
+    conditions = {}
+    for condition in [None, *perturbations]:
+        cname = CLEAN if condition is None else condition.label
+        scored = _score_items(detector, bench.items, quality, condition, config, f"{bench.name} {cname}", progress)
+        if condition is None and scored.errors:
+            first = min(scored.errors)
+            example = {"key": bench.items[first].key, "error": scored.errors[first]}
+            log(f"  {len(scored.errors)} image(s) could not be read, e.g. {example}")
+        conditions[cname] = scored
+    return _BenchScores(bench, np.array([it.label for it in bench.items]), quality, conditions)
+
+
+def _calibrate(detector: SEFDetector, config: EvalConfig, progress: bool, log) -> tuple[dict[str, Any], float | None]:
+    """The ``protocol.calibration`` record and, with a held-out ``calibrate`` set, the one threshold it fits."""
+    if config.calibrate:
+        cal = resolve_bench_arg(config.calibrate)
+        labels = np.array([it.label for it in cal.items])
+        scored = _score_items(detector, cal.items, _fake_quality(config, cal), None, config, "calibrate", progress)
+        ok = ~np.isnan(scored.probs)
+        try:
+            threshold = M.calibrate_threshold(labels[ok], scored.probs[ok])
+        except ValueError as e:
+            raise SefError(f"calibration set {cal.name}: {e}") from None
+        log(f"calibrated threshold {threshold:.4f} on {cal.name} ({ok.sum()} images)")
+        return {
+            "method": "held-out set",
+            "set": cal.name,
+            "source": cal.source,
+            "n_real": int((labels[ok] == 0).sum()),
+            "n_fake": int((labels[ok] == 1).sum()),
+            "threshold": threshold,
+            "rule": "maximises balanced accuracy on the held-out set",
+        }, threshold
+    if config.calib_fraction > 0:
+        return {
+            "method": "per-benchmark split",
+            "fraction": config.calib_fraction,
+            "rule": "each benchmark's threshold maximises balanced accuracy on the images whose sha256(key) falls "
+            "in the first `fraction` of the hash range; acc_cal is measured on the other images",
+        }, None
+    return {"method": "none"}, None
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+
+
 def _metrics(labels: np.ndarray, probs: np.ndarray, threshold_cal: float | None, cal_mask: np.ndarray | None) -> dict:
     ok = ~np.isnan(probs)
     out: dict[str, Any] = M.compute(labels[ok], probs[ok])
@@ -178,177 +250,113 @@ def _subset_masks(bench: ResolvedBenchmark) -> dict[str, np.ndarray]:
     return {s: np.array([it.in_subset(s) for it in bench.items]) for s in subsets}
 
 
-def evaluate(
+def _bench_results(
+    scores: _BenchScores, config: EvalConfig, global_threshold: float | None, experts: list[str]
+) -> tuple[dict[str, Any], dict[str, dict]]:
+    """One benchmark's ``results.json`` entry (clean metrics, subsets, calibration, failures, gate weights) and
+    its overall metrics under every condition."""
+    bench, labels = scores.bench, scores.labels
+    definition = bench.definition if bench.definition is not PLAIN else None
+    entry: dict[str, Any] = {
+        "source": bench.source,
+        "definition": definition.name if definition else None,
+        "title": definition.title if definition else bench.name,
+        "licence": definition.licence if definition else None,
+        "fake_jpeg_quality": scores.fake_quality,
+        "n_images": len(bench.items),
+        "unmatched_files": len(bench.unmatched),
+        "ignored_files": bench.ignored,
+        "warnings": list(bench.warnings),
+    }
+    clean = scores.conditions[CLEAN]
+    ok = ~np.isnan(clean.probs)
+    threshold, cal_mask = global_threshold, None
+    if threshold is None and config.calib_fraction > 0:
+        cal_mask = np.array([_in_calibration_split(it.key, config.calib_fraction) for it in bench.items])
+        fit = ok & cal_mask
+        try:
+            threshold = M.calibrate_threshold(labels[fit], clean.probs[fit])
+        except ValueError:
+            entry["warnings"].append("calibration split lacks real or generated images: acc_cal is n/a")
+    entry["threshold_cal"] = threshold
+    entry["metrics"] = _metrics(labels, clean.probs, threshold, cal_mask)
+    entry["subsets"] = {
+        s: _metrics(labels[m], clean.probs[m], threshold, None if cal_mask is None else cal_mask[m])
+        for s, m in _subset_masks(bench).items()
+    }
+    entry["failed"] = len(clean.errors)
+    entry["errors"] = [{"key": bench.items[i].key, "error": e} for i, e in sorted(clean.errors.items())][:50]
+    if clean.gates is not None:
+        entry["gate_weights"] = {}
+        for cls, lab in (("real", 0), ("fake", 1)):
+            rows = clean.gates[(labels == lab) & ok]
+            entry["gate_weights"][cls] = (
+                {n: float(rows[:, j].mean()) for j, n in enumerate(experts)} if len(rows) else None
+            )
+    # perturbed conditions: the fixed 0.5 threshold (and AP/AUROC), no calibrated accuracy
+    by_condition = {
+        cname: entry["metrics"] if cname == CLEAN else _metrics(labels, scored.probs, None, None)
+        for cname, scored in scores.conditions.items()
+    }
+    return entry, by_condition
+
+
+def _results(
     detector: SEFDetector,
     config: EvalConfig,
-    out: str | Path,
-    *,
-    detector_source: str = "",
-    progress: bool = False,
-    log=print,
-) -> dict[str, Any]:
-    """Run the evaluation and write every output into ``out``; returns the ``results.json`` content."""
-    out = Path(out)
-    perturbations = parse_perturbations(config.perturb)
-    benches = [resolve_bench_arg(arg) for arg in config.benches]
-    names = [b.name for b in benches]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SefError(f"benchmark name {duplicates[0]!r} given twice; rename one with NAME=PATH")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "plots").mkdir(exist_ok=True)
-    except OSError as e:
-        raise SefError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    detector_source: str,
+    scores: list[_BenchScores],
+    perturbations: list[PerturbSpec],
+    calibration: dict[str, Any],
+    global_threshold: float | None,
+) -> tuple[dict[str, Any], dict[str, dict[str, dict]]]:
+    """The ``results.json`` content (without ``plots`` and ``model-index``, which the report adds) and the
+    overall metrics of every benchmark under every condition (condition -> benchmark -> metrics)."""
+    benchmarks: dict[str, Any] = {}
+    per_condition: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bench_scores in scores:
+        name = bench_scores.bench.name
+        benchmarks[name], by_condition = _bench_results(bench_scores, config, global_threshold, detector.expert_names)
+        for cname, metrics in by_condition.items():
+            per_condition[cname][name] = metrics
 
-    calibration: dict[str, Any] = {"method": "none"}
-    global_threshold = None
-    if config.calibrate:
-        cal = resolve_bench_arg(config.calibrate)
-        labels = np.array([it.label for it in cal.items])
-        scored = _score_items(detector, cal.items, _fake_quality(config, cal), None, config, "calibrate", progress)
-        ok = ~np.isnan(scored.probs)
-        try:
-            global_threshold = M.calibrate_threshold(labels[ok], scored.probs[ok])
-        except ValueError as e:
-            raise SefError(f"calibration set {cal.name}: {e}") from None
-        calibration = {
-            "method": "held-out set",
-            "set": cal.name,
-            "source": cal.source,
-            "n_real": int((labels[ok] == 0).sum()),
-            "n_fake": int((labels[ok] == 1).sum()),
-            "threshold": global_threshold,
-            "rule": "maximises balanced accuracy on the held-out set",
-        }
-        log(f"calibrated threshold {global_threshold:.4f} on {cal.name} ({ok.sum()} images)")
-    elif config.calib_fraction > 0:
-        calibration = {
-            "method": "per-benchmark split",
-            "fraction": config.calib_fraction,
-            "rule": "each benchmark's threshold maximises balanced accuracy on the images whose sha256(key) falls "
-            "in the first `fraction` of the hash range; acc_cal is measured on the other images",
-        }
-
-    conditions: list[PerturbSpec | None] = [None, *perturbations]
-    results: dict[str, Any] = {"benchmarks": {}}
-    score_rows: list[list[Any]] = []
-    per_condition: dict[str, dict[str, dict]] = defaultdict(dict)  # condition -> bench -> metrics
-    roc_data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    experts = detector.expert_names
-    for bench in benches:
-        real, fake = bench.counts()
-        quality = _fake_quality(config, bench)
-        log(f"{bench.name}: {real} real + {fake} generated images from {bench.source}")
-        for warning in bench.warnings:
-            log(f"  warning: {warning}")
-        labels = np.array([it.label for it in bench.items])
-        masks = _subset_masks(bench)
-        definition = bench.definition if bench.definition is not PLAIN else None
-        entry: dict[str, Any] = {
-            "source": bench.source,
-            "definition": definition.name if definition else None,
-            "title": definition.title if definition else bench.name,
-            "licence": definition.licence if definition else None,
-            "fake_jpeg_quality": quality,
-            "n_images": len(bench.items),
-            "unmatched_files": len(bench.unmatched),
-            "ignored_files": bench.ignored,
-            "warnings": list(bench.warnings),
-        }
-        for condition in conditions:
-            cname = CLEAN if condition is None else condition.label
-            scored = _score_items(detector, bench.items, quality, condition, config, f"{bench.name} {cname}", progress)
-            cal_mask = None
-            threshold = global_threshold
-            ok = ~np.isnan(scored.probs)
-            if condition is None and threshold is None and config.calib_fraction > 0:
-                cal_mask = np.array([_in_calibration_split(it.key, config.calib_fraction) for it in bench.items])
-                fit = ok & cal_mask
-                try:
-                    threshold = M.calibrate_threshold(labels[fit], scored.probs[fit])
-                except ValueError:
-                    threshold = None
-                    entry["warnings"].append("calibration split lacks real or generated images: acc_cal is n/a")
-            if condition is not None:
-                threshold = cal_mask = None  # curves use the fixed 0.5 threshold (and AP/AUROC)
-            overall = _metrics(labels, scored.probs, threshold, cal_mask)
-            per_condition[cname][bench.name] = overall
-            if condition is None:
-                entry["threshold_cal"] = threshold
-                entry["metrics"] = overall
-                entry["subsets"] = {
-                    s: _metrics(labels[m], scored.probs[m], threshold, None if cal_mask is None else cal_mask[m])
-                    for s, m in masks.items()
-                }
-                entry["failed"] = len(scored.errors)
-                entry["errors"] = [{"key": bench.items[i].key, "error": e} for i, e in sorted(scored.errors.items())][
-                    :50
-                ]
-                if scored.errors:
-                    log(f"  {len(scored.errors)} image(s) could not be read, e.g. {entry['errors'][0]}")
-                if ok.any():
-                    roc_data[bench.name] = M.roc_curve(labels[ok], scored.probs[ok])
-                if scored.gates is not None:
-                    entry["gate_weights"] = {}
-                    for cls, lab in (("real", 0), ("fake", 1)):
-                        rows_ = scored.gates[(labels == lab) & ok]
-                        entry["gate_weights"][cls] = (
-                            {n: float(rows_[:, j].mean()) for j, n in enumerate(experts)} if len(rows_) else None
-                        )
-            for i, item in enumerate(bench.items):
-                gates = scored.gates[i].tolist() if scored.gates is not None else []
-                prob = None if np.isnan(scored.probs[i]) else round(float(scored.probs[i]), 6)
-                score_rows.append(
-                    [bench.name, item.subset, item.key, item.label, cname, prob, *[round(g, 6) for g in gates],
-                     scored.errors.get(i, "")]
-                )  # fmt: skip
-        results["benchmarks"][bench.name] = entry
-
-    rows = [b["metrics"] for b in results["benchmarks"].values()]
+    rows = [b["metrics"] for b in benchmarks.values()]
     mean, worst = M.mean_and_worst(rows, TABLE_METRICS)
     worst_of = {
         k: min(
-            (n for n, b in results["benchmarks"].items() if b["metrics"][k] is not None),
-            key=lambda n: results["benchmarks"][n]["metrics"][k],
+            (n for n, b in benchmarks.items() if b["metrics"][k] is not None),
+            key=lambda n: benchmarks[n]["metrics"][k],
             default=None,
         )
         for k in TABLE_METRICS
     }
-    results["summary"] = {"mean": mean, "worst": worst, "worst_benchmark": worst_of, "benchmarks": len(rows)}
-    results["robustness"] = _robustness(perturbations, per_condition)
-    results["protocol"] = {
-        "decision": "an image is called generated when prob > threshold",
-        "threshold": 0.5,
-        "calibration": calibration,
-        "fake_jpeg": config.fake_jpeg,
-        "crop": config.crop or detector.config.crop,
-        "perturbations": [p.label for p in perturbations],
-        "perturbations_apply_to": "real and generated images alike, after the format-bias JPEG of fakes",
-        "subsets": "a subset's fakes are paired with its own reals and with reals shared by all subsets",
-    }
-    results = {
+    return {
         "format": RESULTS_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "detector": {
             "source": detector_source,
             "backbone": detector.config.backbone,
             "backbone_id": detector.config.backbone_id,
-            "experts": experts,
+            "experts": detector.expert_names,
             "fusion": detector.config.fusion,
             "image_size": detector.image_size,
         },
         "config": asdict(config),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
-        **results,
-    }
-    results["plots"] = _plots(results, roc_data, out) if config.plots else {}
-    results["model-index"] = model_index(results, detector_source or "sef-detector")
-    _write_scores_csv(out / "scores.csv", score_rows, experts if detector.config.fusion == "sef" else [])
-    _write_results_csv(out / "results.csv", results, per_condition)
-    (out / "results.md").write_text(markdown(results), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return results
+        "benchmarks": benchmarks,
+        "summary": {"mean": mean, "worst": worst, "worst_benchmark": worst_of, "benchmarks": len(rows)},
+        "robustness": _robustness(perturbations, per_condition),
+        "protocol": {
+            "decision": "an image is called generated when prob > threshold",
+            "threshold": 0.5,
+            "calibration": calibration,
+            "fake_jpeg": config.fake_jpeg,
+            "crop": config.crop or detector.config.crop,
+            "perturbations": [p.label for p in perturbations],
+            "perturbations_apply_to": "real and generated images alike, after the format-bias JPEG of fakes",
+            "subsets": "a subset's fakes are paired with its own reals and with reals shared by all subsets",
+        },
+    }, per_condition
 
 
 def _robustness(perturbations: list[PerturbSpec], per_condition: dict[str, dict[str, dict]]) -> dict[str, Any]:
@@ -370,55 +378,110 @@ def _robustness(perturbations: list[PerturbSpec], per_condition: dict[str, dict[
     return curves
 
 
-# ---- outputs -------------------------------------------------------------------------------------------------
+# ---- the run -------------------------------------------------------------------------------------------------
 
 
-def _plots(results: dict, roc_data: dict, out: Path) -> dict[str, str]:
+def evaluate(
+    detector: SEFDetector,
+    config: EvalConfig,
+    out: str | Path,
+    *,
+    detector_source: str = "",
+    progress: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Run the evaluation and write every output into ``out``; returns the ``results.json`` content.
+
+    Three steps: scoring (every image of every benchmark under every condition), metrics (the results) and the
+    report (tables, JSON, plots)."""
+    out = Path(out)
+    perturbations = parse_perturbations(config.perturb)
+    benches = [resolve_bench_arg(arg) for arg in config.benches]
+    names = [b.name for b in benches]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SefError(f"benchmark name {duplicates[0]!r} given twice; rename one with NAME=PATH")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plots").mkdir(exist_ok=True)
+    except OSError as e:
+        raise SefError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+
+    calibration, global_threshold = _calibrate(detector, config, progress, log)
+    scores = [_score_bench(detector, bench, perturbations, config, progress, log) for bench in benches]
+    results, per_condition = _results(
+        detector, config, detector_source, scores, perturbations, calibration, global_threshold
+    )  # fmt: skip
+    _write_report(results, scores, per_condition, out, plots=config.plots)
+    return results
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+
+
+def _write_report(
+    results: dict[str, Any], scores: list[_BenchScores], per_condition: dict[str, dict[str, dict]], out: Path,
+    plots: bool = True,
+) -> None:  # fmt: skip
+    """Add ``plots`` and ``model-index`` to ``results`` and write every file of the report into ``out``."""
+    results["plots"] = _plots(results, scores, out) if plots else {}
+    results["model-index"] = model_index(results, results["detector"]["source"] or "sef-detector")
+    experts = results["detector"]["experts"] if results["detector"]["fusion"] == "sef" else []
+    _write_scores_csv(out / "scores.csv", scores, experts)
+    _write_results_csv(out / "results.csv", results, per_condition)
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _plots(results: dict, scores: list[_BenchScores], out: Path) -> dict[str, str]:
     plots: dict[str, str] = {}
     benches = results["benchmarks"]
     names = list(benches)
     groups = [*names, "mean"] if len(names) > 1 else names
-    series = []
+    bars = {}
     for key in ("accuracy", "real_acc", "fake_acc", "ap", "auroc"):
         ys = [benches[n]["metrics"][key] for n in names]
         if len(names) > 1:
             ys.append(results["summary"]["mean"][key])
-        series.append(report.Series(HEADERS[key], [], ys))
-    path = out / "plots" / "benchmarks.png"
-    report.bar_chart("Metrics per benchmark (clean)", groups, series, "value").save(path)
+        bars[HEADERS[key]] = ys
+    figure = report.bar_chart("Metrics per benchmark (clean)", groups, bars, f"metric value {report.SHARE}")
+    report.save(figure, out / "plots" / "benchmarks.png")
     plots["benchmarks"] = "plots/benchmarks.png"
 
-    if roc_data:
-        roc = [report.Series(n, fpr.tolist(), tpr.tolist(), markers=False) for n, (fpr, tpr) in roc_data.items()]
-        path = out / "plots" / "roc.png"
-        report.line_chart(
-            "ROC curves (clean)", roc, "false positive rate (reals called generated)", "true positive rate",
-            x_range=(0, 1), x_ticks=[0, 0.2, 0.4, 0.6, 0.8, 1], diagonal=True, size=(640, 480),
-        ).save(path)  # fmt: skip
+    roc = []
+    for s in scores:
+        clean = s.conditions[CLEAN]
+        ok = ~np.isnan(clean.probs)
+        curve = M.roc_curve(s.labels[ok], clean.probs[ok]) if ok.any() else None
+        if curve is not None:  # undefined without both classes
+            auroc = benches[s.bench.name]["metrics"]["auroc"]
+            roc.append(report.Series(f"{s.bench.name} (AUROC {auroc:.3f})", curve[0], curve[1]))
+    if roc:
+        panel = report.Panel(
+            "ROC curves (clean)", roc, "false positive rate (share of reals called generated)",
+            "true positive rate (share of generated images caught)", roc=True,
+        )  # fmt: skip
+        report.save(report.line_chart([panel], panel_size=(6.0, 5.6)), out / "plots" / "roc.png")
         plots["roc"] = "plots/roc.png"
 
     for name, curve in results["robustness"].items():
         xs = [pt["value"] for pt in curve["points"]]
         panels = []
         for metric in ("balanced_acc", "ap"):
-            lines = [
-                report.Series(n, xs, [pt["benchmarks"][n][metric] for pt in curve["points"]], width=1.5) for n in names
-            ]
+            lines = [report.Series(n, xs, [pt["benchmarks"][n][metric] for pt in curve["points"]]) for n in names]
             if len(names) > 1:
-                lines.append(report.Series("mean", xs, [pt["mean"][metric] for pt in curve["points"]], width=3.5,
-                                           color="#000000"))  # fmt: skip
+                lines.append(report.Series("mean", xs, [pt["mean"][metric] for pt in curve["points"]], "summary"))
             clean = curve.get("clean_mean", {}).get(metric)
             if clean is not None:
-                lines.append(report.Series("clean (mean)", [min(xs), max(xs)], [clean, clean], dashed=True,
-                                           markers=False, color="#888888", width=1.5))  # fmt: skip
+                lines.append(report.Series("clean (mean)", [min(xs), max(xs)], [clean, clean], "reference"))
             panels.append(
-                report.line_chart(
-                    f"{name}: {HEADERS[metric]}", lines, curve["x_label"], HEADERS[metric],
-                    reverse_x=curve["higher_is_milder"], x_ticks=sorted(set(xs)),
+                report.Panel(
+                    f"{name}: {HEADERS[metric]}", lines, curve["x_label"], f"{HEADERS[metric]} {report.SHARE}",
+                    x_ticks=sorted(set(xs)), reverse_x=curve["higher_is_milder"],
                 )
             )  # fmt: skip
-        path = out / "plots" / f"robustness_{name}.png"
-        report.side_by_side(panels).save(path)
+        figure = report.line_chart(panels, f"Robustness to {name} (reals and fakes perturbed alike; threshold 0.5)")
+        report.save(figure, out / "plots" / f"robustness_{name}.png")
         plots[f"robustness_{name}"] = f"plots/robustness_{name}.png"
     return plots
 
@@ -452,13 +515,18 @@ def model_index(results: dict, model_name: str) -> list[dict]:
     return [{"name": model_name, "results": out}]
 
 
-def _write_scores_csv(path: Path, rows: list[list[Any]], experts: list[str]) -> None:
+def _write_scores_csv(path: Path, scores: list[_BenchScores], experts: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["benchmark", "subset", "key", "label", "condition", "prob", *[f"gate_{e}" for e in experts],
                          "error"])  # fmt: skip
-        for row in rows:
-            writer.writerow(["" if v is None else v for v in row])
+        for s in scores:
+            for cname, scored in s.conditions.items():
+                for i, item in enumerate(s.bench.items):
+                    prob = "" if np.isnan(scored.probs[i]) else round(float(scored.probs[i]), 6)
+                    gates = [round(g, 6) for g in scored.gates[i].tolist()] if scored.gates is not None else []
+                    writer.writerow([s.bench.name, item.subset, item.key, item.label, cname, prob, *gates,
+                                     scored.errors.get(i, "")])  # fmt: skip
 
 
 def _write_results_csv(path: Path, results: dict, per_condition: dict) -> None:

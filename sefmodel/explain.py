@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .detector import SEFDetector
 from .preprocess import crop_boxes, to_rgb
-from .report import _font
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 
 @dataclass
@@ -126,57 +131,84 @@ def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None
     return Explanation(crop, maps, expert_probs, prob, gate_weights)
 
 
-def _colormap(heat: np.ndarray) -> np.ndarray:
-    """[0, 1] -> RGB uint8, a perceptually ordered blue-green-yellow-red ramp."""
-    stops = np.array(
-        [[0.0, 0, 0, 130], [0.35, 0, 160, 220], [0.6, 120, 220, 80], [0.8, 250, 220, 0], [1.0, 220, 20, 0]]
-    )
-    channels = [np.interp(heat, stops[:, 0], stops[:, c]) for c in (1, 2, 3)]
-    return np.stack(channels, axis=-1).astype(np.uint8)
+HEATMAP_CMAP = "turbo"
+"""Colour map of the heatmaps (any matplotlib name): low relevance blue, the peak red, as Grad-CAM figures are
+usually read."""
 
 
-def overlay(crop: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The heatmap upsampled (bilinear) to the crop and blended over it."""
-    size = crop.size
-    up = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)) / 255.0
-    colored = _colormap(up).astype(np.float32)
-    base = np.asarray(crop.convert("RGB"), dtype=np.float32)
-    return Image.fromarray(np.clip(base * (1 - alpha) + colored * alpha, 0, 255).astype(np.uint8))
+def overlay(ax: Axes, crop: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> AxesImage:
+    """Draw ``crop`` on ``ax`` with ``heat`` ((G, G) in [0, 1]) stretched over it, interpolated bilinearly and
+    blended at ``alpha``; returns the heatmap's image (for a colour bar)."""
+    ax.imshow(crop)
+    width, height = crop.size
+    return ax.imshow(
+        heat, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear",
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),  # pixel edges of the crop: the map covers it exactly
+    )  # fmt: skip
 
 
-def figure(explanation: Explanation, title: str = "", tile: int = 256) -> Image.Image:
-    """Crop | one heatmap per expert (with its gate weight and own probability) | fused; a gate-weight bar
-    under each expert's tile."""
+def figure(explanation: Explanation, title: str = "") -> Figure:
+    """Input crop | one heatmap per expert (titled with its own P(generated) and gate weight) | the fused score's
+    heatmap, one colour bar for the maps, and a bar chart of each expert's gate weight and own P(generated)."""
+    from .report import SHARE, new_figure
+
     ex = explanation
-    panels = [("input crop", ex.crop, None)]
-    for name in ex.expert_probs:
+    heat_panels = []
+    for name, prob in ex.expert_probs.items():
         weight = ex.gate_weights.get(name) if ex.gate_weights else None
-        caption = f"{name}: p={ex.expert_probs[name]:.2f}" + (f", gate {weight:.2f}" if weight is not None else "")
-        panels.append((caption, overlay(ex.crop, ex.maps[name]), weight))
+        heat_panels.append(
+            (name, f"expert {name}\np={prob:.2f}" + (f", gate {weight:.2f}" if weight is not None else ""))
+        )
     if "fused" in ex.maps:
-        panels.append((f"fused: p={ex.prob:.2f}", overlay(ex.crop, ex.maps["fused"]), None))
-    head, foot, pad = 46, 44, 10
-    width = len(panels) * (tile + pad) + pad
-    out = Image.new("RGB", (width, head + tile + foot), "white")
-    draw = ImageDraw.Draw(out)
-    draw.text((pad, 6), title or "Grad-CAM per expert", font=_font(9), fill="#222222")
-    draw.text((pad, 26), f"P(generated) = {ex.prob:.3f}", font=_font(7), fill="#444444")
-    for i, (caption, img, weight) in enumerate(panels):
-        x = pad + i * (tile + pad)
-        resample = Image.Resampling.NEAREST if img.width < tile else Image.Resampling.LANCZOS
-        out.paste(img.resize((tile, tile), resample), (x, head))
-        draw.text((x, head + tile + 4), caption, font=_font(7), fill="#222222")
-        if weight is not None:  # gate weight as a bar, full width = 1
-            y = head + tile + 24
-            draw.rectangle([x, y, x + tile, y + 12], outline="#999999")
-            draw.rectangle([x, y, x + round(tile * weight), y + 12], fill="#1f77b4")
-    return out
+        heat_panels.append(("fused", f"fused score\np={ex.prob:.2f}"))
+    n = 1 + len(heat_panels)
+    fig = new_figure(2.7 * n + 4.6, 3.6)
+    grid = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [1.5])
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(ex.crop)
+    ax.set_title(f"input crop\n{ex.crop.width}x{ex.crop.height} px")
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    heat_axes, image = [], None
+    for i, (name, caption) in enumerate(heat_panels, start=1):
+        ax = fig.add_subplot(grid[0, i])
+        image = overlay(ax, ex.crop, ex.maps[name])
+        ax.set_title(caption)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        heat_axes.append(ax)
+    if image is not None:
+        fig.colorbar(image, ax=heat_axes, location="right", shrink=0.9, fraction=0.03,
+                     label="Grad-CAM relevance\n(0 = none, 1 = the map's peak)")  # fmt: skip
+
+    ax = fig.add_subplot(grid[0, n])
+    experts = list(ex.expert_probs)
+    ys = np.arange(len(experts))
+    bars = {"own P(generated)": [ex.expert_probs[e] for e in experts]}
+    if ex.gate_weights:
+        bars = {"gate weight": [ex.gate_weights.get(e, 0.0) for e in experts], **bars}
+    height = 0.8 / len(bars)
+    for j, (label, values) in enumerate(bars.items()):
+        drawn = ax.barh(ys - 0.4 + height * (j + 0.5), values, height * 0.9, label=label, color=f"C{j}")
+        ax.bar_label(drawn, fmt="%.2f", padding=2, fontsize=8)
+    ax.axvline(0.5, color="0.5", linewidth=1, linestyle=":", label="decision threshold")
+    ax.set_yticks(ys, experts)
+    ax.invert_yaxis()  # experts top to bottom in the order of the heatmaps
+    ax.set_xlim(0, 1.15)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
+    ax.set_xlabel(f"value {SHARE}")
+    ax.set_ylabel("expert")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.02), fontsize="small", frameon=False, borderaxespad=0)
+    fig.suptitle(f"{title or 'Grad-CAM per expert'}  (detector: P(generated) = {ex.prob:.3f})")
+    return fig
 
 
 def explain_file(detector: SEFDetector, path: str | Path, out: str | Path, layer: int | None = None) -> Explanation:
-    """Explain one image file and write the figure to ``out`` (PNG)."""
+    """Explain one image file and write the figure to ``out`` (PNG, or any format matplotlib knows by suffix)."""
+    from .report import save
+
     with Image.open(path) as image:
         image.load()
         explanation = grad_cam(detector, image, layer)
-    figure(explanation, title=f"{Path(path).name}: Grad-CAM per expert").save(out)
+    save(figure(explanation, title=f"{Path(path).name}: Grad-CAM per expert"), out)
     return explanation

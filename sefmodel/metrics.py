@@ -1,16 +1,21 @@
-"""Detection metrics on score lists, in numpy (no scikit-learn).
+"""Detection metrics on score lists, on scikit-learn: the one implementation behind ``sefmodel eval`` and the
+trainer's validation.
 
-Conventions, used everywhere in ``sefmodel eval``:
+Conventions, used everywhere:
 
 * ``labels``: 1 = generated (fake, the positive class), 0 = real. ``scores``: P(generated) in [0, 1] (any monotone
-  score works for AP and AUROC).
-* An image is called generated when ``score > threshold`` (strictly), as in the CNNDetection / UnivFD evaluation
-  code the field's numbers come from; at 0.5 a score of exactly 0.5 counts as real.
+  score works for AP and AUROC). Every function takes ``(labels, scores)`` in that order, as scikit-learn does.
+* An image is called generated when ``score > threshold`` (strictly; :func:`is_generated`), as in the
+  CNNDetection / UnivFD evaluation code the field's numbers come from; at 0.5 a score of exactly 0.5 counts as real.
 * ``accuracy`` pools every image; ``real_acc`` and ``fake_acc`` are the per-class accuracies and ``balanced_acc``
   their mean (the figure that does not move when a benchmark has more fakes than reals).
-* ``ap`` is average precision as scikit-learn defines it (step-wise precision-recall area, no interpolation, one
-  point per distinct score). ``auroc`` is the Mann-Whitney probability that a random fake outscores a random
-  real, ties counting one half. Both are ``None`` when one class is missing: they are undefined, not 0.
+* ``ap`` is scikit-learn's ``average_precision_score`` (step-wise precision-recall area, no interpolation, one
+  point per distinct score); ``auroc`` is ``roc_auc_score`` (ties count one half).
+* A metric that is undefined (AP and AUROC with one class missing, a per-class accuracy without that class) is
+  ``None``, never NaN or 0: ``None`` is what JSON, CSV and the Markdown tables can carry (``null``, empty, ``n/a``).
+
+scikit-learn is imported inside the functions that use it, so code that only needs :func:`is_generated` (scoring
+files with ``sefmodel predict``) does not pay for importing it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,15 @@ import numpy as np
 METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc")
 """Metric names in reporting order (``acc_cal`` and the counts are added by the evaluation)."""
 
+ArrayLike = Sequence[float] | np.ndarray
 
-def _arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+def is_generated(scores: ArrayLike | float, threshold: float = 0.5) -> np.ndarray | bool:
+    """The decision rule: an image is called generated when its score is strictly above ``threshold``."""
+    return np.asarray(scores) > threshold
+
+
+def _arrays(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -35,96 +47,86 @@ def _arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     return y, s
 
 
-def accuracies(labels, scores, threshold: float = 0.5) -> dict[str, float | None]:
+def _both_classes(y: np.ndarray) -> bool:
+    return bool((y == 1).any() and (y == 0).any())
+
+
+def accuracies(labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5) -> dict[str, float | None]:
     """``accuracy``, ``real_acc``, ``fake_acc``, ``balanced_acc`` at ``threshold`` (None where a class is absent)."""
+    from sklearn.metrics import confusion_matrix
+
     y, s = _arrays(labels, scores)
-    pred = s > threshold
-    correct = pred == (y == 1)
-    real, fake = y == 0, y == 1
-    real_acc = float(correct[real].mean()) if real.any() else None
-    fake_acc = float(correct[fake].mean()) if fake.any() else None
+    if not y.size:
+        return dict.fromkeys(("accuracy", "real_acc", "fake_acc", "balanced_acc"))
+    # rows: true real, true generated; columns: called real, called generated
+    (tn, fp), (fn, tp) = confusion_matrix(y, is_generated(s, threshold).astype(np.int64), labels=[0, 1])
+    real_acc = float(tn / (tn + fp)) if tn + fp else None
+    fake_acc = float(tp / (tp + fn)) if tp + fn else None
     balanced = (real_acc + fake_acc) / 2 if real_acc is not None and fake_acc is not None else None
     return {
-        "accuracy": float(correct.mean()) if y.size else None,
+        "accuracy": float((tn + tp) / y.size),
         "real_acc": real_acc,
         "fake_acc": fake_acc,
         "balanced_acc": balanced,
     }
 
 
-def average_precision(labels, scores) -> float | None:
-    """AP = sum over distinct score thresholds of (R_n - R_{n-1}) * P_n, thresholds from high to low."""
+def average_precision(labels: ArrayLike, scores: ArrayLike) -> float | None:
+    """scikit-learn's average precision; None unless both classes are present."""
+    from sklearn.metrics import average_precision_score
+
     y, s = _arrays(labels, scores)
-    if not (y == 1).any() or not (y == 0).any():
+    return float(average_precision_score(y, s)) if _both_classes(y) else None
+
+
+def auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``); None unless both classes are present."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _arrays(labels, scores)
+    return float(roc_auc_score(y, s)) if _both_classes(y) else None
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """False- and true-positive rates, both from 0 to 1 (scikit-learn's ``roc_curve``, collinear points dropped),
+    for plotting; None unless both classes are present."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    y, s = _arrays(labels, scores)
+    if not _both_classes(y):
         return None
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]  # last index of each run of equal scores
-    tps = np.cumsum(y)[last]
-    fps = last + 1 - tps
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    fpr, tpr, _ = sk_roc_curve(y, s)
+    return fpr, tpr
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_vals = values[order]
-    starts = np.r_[0, np.nonzero(np.diff(sorted_vals))[0] + 1]
-    ends = np.r_[starts[1:], values.size]
-    ranks = np.empty(values.size, dtype=np.float64)
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + 1 + end) / 2  # mean of ranks start+1 .. end
-    return ranks
-
-
-def auroc(labels, scores) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U / (n_fake * n_real), ties count 1/2)."""
-    y, s = _arrays(labels, scores)
-    n_fake, n_real = int((y == 1).sum()), int((y == 0).sum())
-    if not n_fake or not n_real:
-        return None
-    ranks = _average_ranks(s)
-    u = ranks[y == 1].sum() - n_fake * (n_fake + 1) / 2
-    return float(u / (n_fake * n_real))
-
-
-def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates (both from 0 to 1) at every distinct threshold, for plotting."""
-    y, s = _arrays(labels, scores)
-    n_fake, n_real = int((y == 1).sum()), int((y == 0).sum())
-    if not n_fake or not n_real:
-        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]
-    tps = np.cumsum(y)[last]
-    fps = last + 1 - tps
-    return np.r_[0.0, fps / n_real], np.r_[0.0, tps / n_fake]
-
-
-def calibrate_threshold(labels, scores) -> float:
+def calibrate_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     """The threshold that maximises balanced accuracy on a held-out set (``score > t`` is generated).
 
     Candidates are 0.5 and the midpoints between consecutive distinct scores (plus one just below the lowest and
     one just above the highest), so ties never sit on the threshold. Among equally good thresholds the one
     closest to 0.5 wins (a stable, unsurprising choice). Needs both classes.
+
+    The rates come from scikit-learn's ``roc_curve`` at every distinct score ``d`` (``score >= d``), which calls
+    the same images generated as ``score > t`` for ``t`` between ``d`` and the next lower distinct score; that
+    makes the search O(n log n) however many distinct scores there are.
     """
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y, s = _arrays(labels, scores)
-    if not (y == 1).any() or not (y == 0).any():
+    if not _both_classes(y):
         raise ValueError("threshold calibration needs both real and generated images")
-    distinct = np.unique(s)
-    candidates = np.r_[0.5, (distinct[:-1] + distinct[1:]) / 2, distinct[0] - 1e-6, distinct[-1] + 1e-6]
-    pred = s[None, :] > candidates[:, None]
-    real_acc = (~pred[:, y == 0]).mean(axis=1)
-    fake_acc = pred[:, y == 1].mean(axis=1)
-    balanced = (real_acc + fake_acc) / 2
+    fpr, tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    distinct = np.unique(s)[::-1]  # high to low, as roc_curve's thresholds after its leading "nothing called" point
+    below = np.r_[distinct[1:], distinct[-1] - 2e-6]
+    candidates = np.r_[distinct[0] + 1e-6, (distinct + below) / 2]  # aligned with fpr / tpr
+    balanced = (tpr + 1 - fpr) / 2
+    at_half = accuracies(y, s, 0.5)["balanced_acc"]
+    candidates, balanced = np.r_[0.5, candidates[::-1]], np.r_[at_half, balanced[::-1]]  # low to high after 0.5
     best = np.flatnonzero(np.isclose(balanced, balanced.max(), rtol=0, atol=1e-12))
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
-def compute(labels, scores, threshold: float = 0.5) -> dict[str, float | int | None]:
+def compute(labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5) -> dict[str, float | int | None]:
     """Every metric of :data:`METRICS` at ``threshold`` plus ``n_real`` and ``n_fake``."""
     y, s = _arrays(labels, scores)
     out: dict[str, float | int | None] = dict(accuracies(y, s, threshold))
@@ -132,6 +134,38 @@ def compute(labels, scores, threshold: float = 0.5) -> dict[str, float | int | N
     out["auroc"] = auroc(y, s)
     out["n_real"] = int((y == 0).sum())
     out["n_fake"] = int((y == 1).sum())
+    return out
+
+
+def detection_metrics(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    domain: ArrayLike | None = None,
+    domains: Sequence[str] | None = None,
+) -> dict[str, float | int | None]:
+    """:func:`compute` at 0.5 plus ``n``; with ``domain`` (per image: the index of its fake domain, -1 for reals)
+    and ``domains`` (names by index) also ``ap/<name>`` (the reals vs that domain's fakes), ``fake_acc/<name>`` and
+    ``map``, the mean of the per-domain APs (None if any is undefined). This is the trainer's validation.
+
+    ``ap`` pools every image, so its chance level is the fraction of fakes (2/3 when each real comes with two
+    fakes); each ``ap/<name>`` compares equal numbers of reals and fakes (chance 0.5), as do ``map``'s terms."""
+    y, s = _arrays(labels, scores)
+    out = compute(y, s)
+    out["n"] = int(y.size)
+    if domain is None or domains is None:
+        return out
+    domain = np.asarray(domain).ravel()
+    real = y == 0
+    per_domain = []
+    for i, name in enumerate(domains):
+        mine = domain == i
+        if mine.any():
+            keep = real | mine
+            out[f"ap/{name}"] = average_precision(y[keep], s[keep])
+            out[f"fake_acc/{name}"] = accuracies(y[mine], s[mine])["fake_acc"]
+            per_domain.append(out[f"ap/{name}"])
+    if per_domain:
+        out["map"] = float(np.mean(per_domain)) if None not in per_domain else None
     return out
 
 

@@ -23,6 +23,7 @@ from sefdata.errors import SefError
 from .benchmarks import IMAGE_EXTENSIONS
 from .config import DetectorConfig
 from .detector import SEFDetector
+from .metrics import is_generated
 from .serialization import CONFIG_NAME, UnsafeCheckpointError
 
 RUN_DETECTOR_SUBFOLDER = "detector"
@@ -218,7 +219,7 @@ def predict_files(
         record: dict[str, Any] = {
             "path": result.key,
             "prob": round(result.prob, 6),
-            "label": "generated" if result.prob > threshold else "real",
+            "label": "generated" if is_generated(result.prob, threshold) else "real",
             "num_crops": result.num_crops,
         }
         if result.gate_weights is not None:

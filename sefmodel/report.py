@@ -1,245 +1,179 @@
-"""PNG charts drawn with Pillow alone (no plotting dependency) and the Markdown tables of an evaluation.
+"""Charts of an evaluation, drawn with matplotlib, and the Markdown table helpers of its report.
 
-Charts are drawn at twice their size and downsampled with a Lanczos filter, which anti-aliases lines and text.
-Three kinds are enough for an evaluation report: grouped bars (metrics per benchmark), line charts (robustness
-curves, ROC curves) and side-by-side panels of either.
+Two kinds of chart cover an evaluation: grouped bars (metrics per benchmark) and panels of lines (ROC curves,
+robustness curves). Lines cycle colour, marker and dash pattern together, so curves that lie on top of each other
+stay distinguishable, also in grey-scale print.
+
+matplotlib is imported inside the chart functions (``sefmodel`` commands that draw nothing never load it), and the
+figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg backend without pyplot: no global
+backend switch, no figure registry to leak, safe in threads and notebooks. Restyle with matplotlib's own
+``rcParams`` or ``matplotlib.style.context(...)`` around the call.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from PIL import Image, ImageDraw, ImageFont
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
-SCALE = 2  # supersampling factor
-_GRID = "#dddddd"
-_AXIS = "#333333"
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size * SCALE)
-    except TypeError:  # Pillow built without FreeType: a fixed bitmap font, still legible
-        return ImageFont.load_default()
+DPI = 120
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DASHES = ("-", "--", "-.", ":")
+SHARE = "(share, 0-1)"
+"""Unit of every metric plotted here: accuracies, AP and AUROC are shares between 0 and 1."""
 
 
 @dataclass
 class Series:
-    """One line (or one bar colour): ``ys[i]`` at ``xs[i]``; None values leave a gap."""
+    """One line: ``ys[i]`` at ``xs[i]``; None values leave a gap.
+
+    ``role``: ``"data"`` (cycled colour, marker and dash), ``"summary"`` (thick black, e.g. the mean over
+    benchmarks) or ``"reference"`` (thin grey dashes without markers, e.g. the clean mean).
+    """
 
     label: str
     xs: Sequence[float]
     ys: Sequence[float | None]
-    width: float = 2.0
-    dashed: bool = False
-    markers: bool = True
-    color: str | None = None
+    role: Literal["data", "summary", "reference"] = "data"
 
 
-class _Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.image = Image.new("RGB", (width * SCALE, height * SCALE), "white")
-        self.draw = ImageDraw.Draw(self.image)
+@dataclass
+class Panel:
+    """One axes of a line chart."""
 
-    def text(self, xy, text, size=12, anchor="la", fill=_AXIS, angle: float = 0.0) -> None:
-        x, y = xy[0] * SCALE, xy[1] * SCALE
-        font = _font(size)
-        if not angle:
-            self.draw.text((x, y), text, font=font, fill=fill, anchor=anchor)
-            return
-        box = self.draw.textbbox((0, 0), text, font=font, anchor="lt")
-        tile = Image.new("L", (box[2] + 4, box[3] + 4), 0)
-        ImageDraw.Draw(tile).text((2, 2), text, font=font, fill=255, anchor="lt")
-        tile = tile.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC)
-        # anchor "rt"-like: the rotated label ends at (x, y)
-        self.image.paste(Image.new("RGB", tile.size, fill), (int(x - tile.width), int(y)), tile)
-
-    def text_width(self, text: str, size: int = 12) -> float:
-        box = self.draw.textbbox((0, 0), text, font=_font(size))
-        return (box[2] - box[0]) / SCALE
-
-    def line(self, points, fill, width=1.0, dashed=False) -> None:
-        pts = [(x * SCALE, y * SCALE) for x, y in points]
-        w = max(1, round(width * SCALE))
-        if not dashed:
-            self.draw.line(pts, fill=fill, width=w, joint="curve")
-            return
-        dash = 6 * SCALE
-        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
-            length = math.hypot(x1 - x0, y1 - y0)
-            steps = max(1, int(length // dash))
-            for k in range(0, steps, 2):
-                a, b = k / steps, min(1.0, (k + 1) / steps)
-                self.draw.line([(x0 + (x1 - x0) * a, y0 + (y1 - y0) * a), (x0 + (x1 - x0) * b, y0 + (y1 - y0) * b)],
-                               fill=fill, width=w)  # fmt: skip
-
-    def rect(self, box, fill, outline=None) -> None:
-        self.draw.rectangle([v * SCALE for v in box], fill=fill, outline=outline, width=SCALE)
-
-    def dot(self, xy, fill, radius=3.0) -> None:
-        x, y, r = xy[0] * SCALE, xy[1] * SCALE, radius * SCALE
-        self.draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-
-    def result(self) -> Image.Image:
-        return self.image.resize((self.width, self.height), Image.Resampling.LANCZOS)
+    title: str
+    series: Sequence[Series]
+    x_label: str
+    y_label: str
+    x_ticks: Sequence[float] | None = None
+    reverse_x: bool = False
+    """High x values on the left (e.g. JPEG quality: the mildest setting first)."""
+    roc: bool = False
+    """A ROC plot: both axes 0-1, square, with the chance diagonal."""
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    span = hi - lo
-    if span <= 0:
-        return [lo]
-    raw = span / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+def new_figure(width: float, height: float) -> Figure:
+    """A figure (inches) with constrained layout, rendered off-screen by Agg when saved."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _fmt_tick(v: float) -> str:
-    return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+def save(figure: Figure, path: str | Path) -> None:
+    """Write ``figure`` to ``path`` (format from the suffix, e.g. PNG) on a white background."""
+    figure.savefig(path, dpi=DPI, facecolor="white")
 
 
-class _Axes:
-    """Plot area with y grid, ticks, title and a legend column on the right."""
-
-    def __init__(self, canvas, box, title, x_label, y_label, y_range, legend: list[tuple], bottom_pad: float = 0):
-        self.c = canvas
-        left, top, right, bottom = box
-        legend_w = 0
-        if legend:
-            legend_w = max(canvas.text_width(label, 11) for label, _, _ in legend) + 40
-        self.x0, self.y0 = left + 56, top + 34
-        self.x1, self.y1 = right - 12 - legend_w, bottom - 46 - bottom_pad
-        self.y_lo, self.y_hi = y_range
-        canvas.text(((self.x0 + self.x1) / 2, top + 8), title, 14, "mt")
-        canvas.text(((self.x0 + self.x1) / 2, bottom - 6), x_label, 12, "md")
-        canvas.text((self.x0 - 44, self.y0 - 18), y_label, 11, "la")
-        for t in _ticks(self.y_lo, self.y_hi):
-            y = self.y(t)
-            canvas.line([(self.x0, y), (self.x1, y)], _GRID, 1)
-            canvas.text((self.x0 - 6, y), _fmt_tick(t), 11, "rm")
-        canvas.line([(self.x0, self.y0), (self.x0, self.y1), (self.x1, self.y1)], _AXIS, 1.2)
-        for i, (label, color, dashed) in enumerate(legend):
-            lx, ly = self.x1 + 16, self.y0 + 6 + i * 20
-            canvas.line([(lx, ly), (lx + 18, ly)], color, 3, dashed=dashed)
-            canvas.text((lx + 24, ly), label, 11, "lm")
-
-    def y(self, v: float) -> float:
-        v = min(max(v, self.y_lo), self.y_hi)
-        return self.y1 - (v - self.y_lo) / (self.y_hi - self.y_lo) * (self.y1 - self.y0)
+def _values(ys: Sequence[float | None]) -> list[float]:
+    return [math.nan if y is None else float(y) for y in ys]
 
 
-def _color(i: int, series: Series) -> str:
-    return series.color or PALETTE[i % len(PALETTE)]
+def _style(index: int, series: Series) -> dict:
+    if series.role == "summary":
+        return {"color": "black", "linewidth": 2.8, "marker": "o", "markersize": 6, "linestyle": "-", "zorder": 3}
+    if series.role == "reference":
+        return {"color": "0.45", "linewidth": 1.4, "linestyle": (0, (5, 3)), "marker": None, "zorder": 1}
+    return {
+        "color": f"C{index % 10}",
+        "marker": MARKERS[index % len(MARKERS)],
+        "linestyle": DASHES[index % len(DASHES)],
+        "linewidth": 1.6,
+        "markersize": 5,
+        "zorder": 2,
+        # long curves (ROC) get a marker every tenth of the axes diagonal instead of at every point
+        **({"markevery": 0.1} if len(series.xs) > 15 else {}),
+    }
+
+
+def _share_axis(ax: Axes, axis: str = "y") -> None:
+    ticks = [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    if axis == "y":
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_yticks(ticks)
+    else:
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xticks(ticks)
+
+
+def _draw_panel(ax: Axes, panel: Panel) -> None:
+    data = 0
+    for series in panel.series:
+        style = _style(data, series)
+        data += series.role == "data"
+        ax.plot(series.xs, _values(series.ys), label=series.label, **style)
+    if panel.roc:
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=1, linestyle=":", label="chance", zorder=0)
+        _share_axis(ax, "x")
+        ax.set_aspect("equal")
+    if panel.x_ticks is not None:
+        ax.set_xticks(list(panel.x_ticks), [f"{t:g}" for t in panel.x_ticks])
+    if panel.reverse_x:
+        ax.invert_xaxis()
+    _share_axis(ax, "y")
+    ax.grid(True, color="0.9", linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.set_title(panel.title)
+    ax.set_xlabel(panel.x_label)
+    ax.set_ylabel(panel.y_label)
+    if panel.roc:  # the corner a useful detector's curve stays away from, as scikit-learn's RocCurveDisplay does
+        ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False, fontsize="small")
 
 
 def line_chart(
-    title: str,
-    series: Sequence[Series],
-    x_label: str,
-    y_label: str,
-    y_range: tuple[float, float] = (0.0, 1.0),
-    x_range: tuple[float, float] | None = None,
-    x_ticks: Sequence[float] | None = None,
-    reverse_x: bool = False,
-    diagonal: bool = False,
-    size: tuple[int, int] = (640, 420),
-) -> Image.Image:
-    """Lines over numeric x; ``reverse_x`` puts high values on the left (e.g. JPEG quality, mildest first);
-    ``diagonal`` draws the chance line of a ROC plot."""
-    canvas = _Canvas(*size)
-    legend = [(s.label, _color(i, s), s.dashed) for i, s in enumerate(series)]
-    ax = _Axes(canvas, (0, 0, *size), title, x_label, y_label, y_range, legend)
-    xs_all = [x for s in series for x in s.xs]
-    lo, hi = x_range or ((min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0))
-    if hi == lo:
-        lo, hi = lo - 1, hi + 1
-    pad = 0.0 if x_range else (hi - lo) * 0.05
-
-    def px(x: float) -> float:
-        t = (x - (lo - pad)) / ((hi + pad) - (lo - pad))
-        return ax.x0 + ((1 - t) if reverse_x else t) * (ax.x1 - ax.x0)
-
-    for t in x_ticks if x_ticks is not None else _ticks(lo, hi):
-        canvas.line([(px(t), ax.y1), (px(t), ax.y1 + 4)], _AXIS, 1)
-        canvas.text((px(t), ax.y1 + 7), _fmt_tick(t), 11, "mt")
-    if diagonal:
-        canvas.line([(px(lo), ax.y(y_range[0])), (px(hi), ax.y(y_range[1]))], "#aaaaaa", 1, dashed=True)
-    for i, s in enumerate(series):
-        color = _color(i, s)
-        run: list[tuple[float, float]] = []
-        points = [(px(x), ax.y(y)) if y is not None else None for x, y in zip(s.xs, s.ys, strict=True)]
-        for p in [*points, None]:
-            if p is None:
-                if len(run) > 1:
-                    canvas.line(run, color, s.width, s.dashed)
-                run = []
-            else:
-                run.append(p)
-        if s.markers:
-            for p in points:
-                if p is not None:
-                    canvas.dot(p, color, 2.5 + s.width / 2)
-    return canvas.result()
+    panels: Sequence[Panel], title: str | None = None, panel_size: tuple[float, float] = (6.4, 4.2)
+) -> Figure:
+    """Panels side by side, each with its own legend on its right."""
+    width, height = panel_size
+    fig = new_figure(width * len(panels), height)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        _draw_panel(ax, panel)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
-def bar_chart(
-    title: str,
-    groups: Sequence[str],
-    series: Sequence[Series],
-    y_label: str,
-    y_range: tuple[float, float] = (0.0, 1.0),
-    size: tuple[int, int] | None = None,
-) -> Image.Image:
-    """Grouped bars: one group per x category, one bar per series (``series[j].ys[i]`` is group i's value);
-    values are printed above bars when there is room."""
-    width = size[0] if size else max(640, 120 + len(groups) * (28 * len(series) + 30) + 160)
-    height = size[1] if size else 460
-    legend = [(s.label, _color(i, s), False) for i, s in enumerate(series)]
-    probe = _Canvas(1, 1)
-    long_labels = max((probe.text_width(g, 11) for g in groups), default=0)
-    legend_w = max((probe.text_width(label, 11) for label, _, _ in legend), default=0) + 40
-    slot = (width - 68 - legend_w) / max(1, len(groups))
-    bottom_extra = int(min(150, long_labels * 0.6 + 10)) if long_labels > slot - 6 else 0
-    canvas = _Canvas(width, height + bottom_extra)
-    ax = _Axes(canvas, (0, 0, width, height + bottom_extra), title, "", y_label, y_range, legend, bottom_extra)
-    slot = (ax.x1 - ax.x0) / max(1, len(groups))
-    bar_w = min(28.0, (slot - 12) / max(1, len(series)))
-    show_values = bar_w >= 22
-    for gi, group in enumerate(groups):
-        center = ax.x0 + slot * (gi + 0.5)
-        start = center - bar_w * len(series) / 2
-        for si, s in enumerate(series):
-            value = s.ys[gi]
-            if value is None:
-                canvas.text((start + bar_w * (si + 0.5), ax.y1 - 4), "n/a", 9, "md", fill="#999999")
-                continue
-            x = start + bar_w * si
-            canvas.rect((x + 1, ax.y(value), x + bar_w - 1, ax.y1), _color(si, s))
-            if show_values:
-                canvas.text((x + bar_w / 2, ax.y(value) - 2), f"{value:.2f}".lstrip("0"), 9, "md")
-        if bottom_extra:
-            canvas.text((center + 4, ax.y1 + 6), group, 11, fill=_AXIS, angle=35)
-        else:
-            canvas.text((center, ax.y1 + 7), group, 11, "mt")
-    return canvas.result()
+def bar_chart(title: str, groups: Sequence[str], series: dict[str, Sequence[float | None]], y_label: str) -> Figure:
+    """Grouped bars: one group per x category, one bar per entry of ``series`` (``series[name][i]`` is group i's
+    value, None drawn as "n/a"); values are printed above the bars while there is room."""
+    import numpy as np
 
-
-def side_by_side(images: Sequence[Image.Image], gap: int = 8) -> Image.Image:
-    height = max(im.height for im in images)
-    out = Image.new("RGB", (sum(im.width for im in images) + gap * (len(images) - 1), height), "white")
-    x = 0
-    for im in images:
-        out.paste(im, (x, 0))
-        x += im.width + gap
-    return out
+    n = len(series)
+    slot = 0.42 * n + 0.5  # inches per group
+    fig = new_figure(max(6.4, 2.2 + len(groups) * slot), 4.6)
+    ax = fig.subplots()
+    width = 0.8 / max(1, n)
+    centers = np.arange(len(groups))
+    show_values = len(groups) * n <= 40
+    for j, (name, ys) in enumerate(series.items()):
+        xs = centers - 0.4 + width * (j + 0.5)
+        values = _values(ys)
+        bars = ax.bar(xs, np.nan_to_num(values, nan=0.0), width * 0.92, label=name, color=f"C{j % 10}")
+        if show_values:
+            labels = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in values]
+            ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
+    ax.set_xticks(centers, list(groups))
+    if max((len(g) for g in groups), default=0) * 0.08 > slot:  # ~0.08 inch per character at the default size
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    _share_axis(ax, "y")
+    ax.set_ylim(0, 1.12)  # room for the value labels above a bar at 1
+    ax.grid(True, axis="y", color="0.9", linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    ax.set_xlabel("benchmark")
+    ax.set_ylabel(y_label)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False, fontsize="small")
+    return fig
 
 
 # ---- Markdown ------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from sefmodel.data import (
     resolve_domains,
     resolve_shards,
 )
-from sefmodel.train.metrics import average_precision, detection_metrics
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -148,19 +147,6 @@ def test_eval_stream_scores_every_sample_once_over_ranks_with_all_fakes(tmp_path
         counts.append(len(labels))
         assert (labels == 0).sum() * 2 == (labels == 1).sum()  # each real with both fakes
     assert sum(counts) == 5 * 3
-
-
-def test_average_precision_against_hand_computed_values():
-    # ranked: + - + -  -> precision at the positives 1/1 and 2/3
-    assert average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
-    assert average_precision(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
-    # a tie between a positive and a negative counts as one threshold: precision 1/2 there
-    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
-    m = detection_metrics(np.array([0.2, 0.7, 0.9, 0.4]), np.array([0, 0, 1, 1]), np.array([-1, -1, 0, 1]), ["a", "b"])
-    assert (m["acc"], m["real_acc"], m["fake_acc"]) == (0.5, 0.5, 0.5)
-    assert (
-        m["fake_acc/a"] == 1.0 and m["fake_acc/b"] == 0.0 and m["ap/a"] == 1.0 and m["ap/b"] == 0.5
-    )  # 0.7 real, 0.4 fake, 0.2 real
 
 
 def test_manifest_fields_are_what_the_build_wrote(shards):

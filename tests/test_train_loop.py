@@ -44,7 +44,7 @@ def test_expert_run_writes_a_complete_run_folder(expert_runs, shards):
     assert [m["step"] for m in lines if m["split"] == "train"] == [1, 2, 3, 4]
     val = [m for m in lines if m["split"] == "val"]
     assert [m["step"] for m in val] == [2, 4]
-    assert {"ap", "acc", "real_acc", "fake_acc", "ap/recon"} <= set(val[-1])
+    assert {"ap", "auroc", "accuracy", "real_acc", "fake_acc", "ap/recon", "map"} <= set(val[-1])
     assert val[-1]["n"] == 6 * 2  # 6 held-out samples: each real and its one recon fake
     detector = SEFDetector.from_pretrained(run / "detector")
     assert detector.expert_names == ["recon"] and detector.config.fusion == "single"

@@ -4,7 +4,6 @@
 """
 
 from .config import TrainConfig, load_toml
-from .metrics import average_precision, detection_metrics
 from .tasks import Task, get_task, register_task
 from .trainer import Trainer, TrainResult, train
 
@@ -13,8 +12,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "average_precision",
-    "detection_metrics",
     "get_task",
     "load_toml",
     "register_task",

@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import EvalStream, PairStream, check_split, make_loader, resolve_domains, resolve_shards
+from ..metrics import detection_metrics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CONFIG_FILE, TrainConfig
-from .metrics import detection_metrics
 from .tasks import get_task
 
 METRICS_FILE = "metrics.jsonl"
@@ -47,7 +47,7 @@ class TrainResult:
     step: int
     finished: bool  # False when stopped early (stop_after), resumable
     detector: Path | None  # RUN/detector when finished
-    val: dict[str, float] = field(default_factory=dict)  # last validation metrics
+    val: dict[str, float | int | None] = field(default_factory=dict)  # last validation metrics (None: undefined)
     best_ap: float | None = None
     main_process: bool = True  # False on the other ranks of a multi-process run (they print nothing)
 
@@ -170,7 +170,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir)
         self.log = MetricsLog(self.run_dir, self.is_main, config.tensorboard)
-        self.last_val: dict[str, float] = {}
+        self.last_val: dict[str, float | int | None] = {}
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ class Trainer:
     # ---- validation and checkpoints ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _validate(self) -> dict[str, float]:
+    def _validate(self) -> dict[str, float | int | None]:
         acc = self.accelerator
         size, mean, std = self._size_mean_std()
         stream = EvalStream(
@@ -301,12 +301,12 @@ class Trainer:
         everything = acc.gather(padded).cpu().numpy()
         everything = everything[everything[:, 1] > -2]
         metrics = detection_metrics(
-            everything[:, 0], everything[:, 1], everything[:, 2].astype(int), list(self.val_domains)
+            everything[:, 1].astype(int), everything[:, 0], everything[:, 2].astype(int), list(self.val_domains)
         )
         self.last_val = metrics
         self.log.write(self.step, "val", metrics)
         ap = metrics.get("map", metrics["ap"])  # per-domain AP (1:1 real/fake) when known: chance 0.5 for every stage
-        if not math.isnan(ap) and (self.best_ap is None or ap > self.best_ap):
+        if ap is not None and (self.best_ap is None or ap > self.best_ap):
             self.best_ap, self.best_step = ap, self.step
             self._save("best")
         return metrics
