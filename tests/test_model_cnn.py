@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import train_helpers
 from conftest import photo_like
 from conftest_model import CNN_FAMILIES, CNN_TINY, SIZE, pixels, randomize_trained, tiny_config, tiny_detector
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -22,6 +23,8 @@ from sefmodel import CNNBackbone, DetectorConfig, SEFDetector
 from sefmodel.backbones import get_backbone_class, known_backbones
 from sefmodel.explain import grad_cam
 from sefmodel.publish import publish
+
+shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
 
 
 def build(family: str) -> CNNBackbone:
@@ -233,6 +236,29 @@ def test_expert_training_moves_only_its_adapter_and_head(family):
     adapter = (".lora_A.recon.", ".lora_B.recon.")
     assert all(n.startswith("heads.recon.") or any(a in n for a in adapter) for n in changed), changed
     assert any(".lora_A.recon." in n for n in changed) and any(".lora_B.recon." in n for n in changed)
+
+
+def test_the_cli_trains_a_cnn_expert_on_an_early_stage(shards, tmp_path):
+    conf = tmp_path / "cnn.toml"
+    lines = ["steps = 4", "batch_size = 4", "num_workers = 0", "shuffle_buffer = 4", "save_every = 2", "[detector]"]
+    lines += ['backbone = "mobilenet_v2"', f"image_size = {SIZE}", "[detector.backbone_config]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in CNN_TINY["mobilenet_v2"].items()]
+    conf.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(shards["train"]), "--config", str(conf), "--no-progress",
+                                      "--stage", "expert", "--domain", "recon", "--out", str(run), "--lora-rank", "4",
+                                      "--feature-layer", "3", "--feature-pool", "mean_std"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trained = SEFDetector.from_pretrained(run / "detector")
+    assert (trained.config.feature_layer, trained.config.feature_pool) == (3, "mean_std")
+    assert trained.trunk_split == 0  # lora.blocks "all" = the stages up to the feature stage, 0..3
+    torch.manual_seed(0)
+    fresh = SEFDetector(trained.config)
+    for key, value in fresh.backbone_state_dict().items():
+        assert torch.equal(value, trained.backbone_state_dict()[key]), key
+    changed = [k for k, v in fresh.trained_state_dict().items() if not torch.equal(v, trained.trained_state_dict()[k])]
+    assert changed and all(".lora_" in k or k.startswith("heads.recon") for k in changed)
+    assert {int(k.split("model.layer.")[1].split(".")[0]) for k in changed if ".lora_" in k} == {0, 1, 2, 3}
 
 
 # ---- the rest of the toolkit, unchanged ---------------------------------------------------------------------------
