@@ -85,7 +85,10 @@ def train(
     fusion: str | None = typer.Option(None, "--fusion", help=_train_help("fusion"), show_default=False),
     val_data: list[str] = typer.Option(None, "--val-data", help=_train_help("val_data"), show_default=False),
     backbone: str | None = typer.Option(
-        None, "--backbone", help="backbone family: dinov2, dinov2_registers, clip (default: dinov2)", show_default=False
+        None,
+        "--backbone",
+        help="backbone family: dinov2, dinov2_registers, clip, mobilenet_v2, resnet, convnext (default: dinov2)",
+        show_default=False,
     ),
     backbone_id: str | None = typer.Option(
         None, "--backbone-id", help="Hub id or local folder of the backbone (default: the family's)", show_default=False
@@ -93,12 +96,27 @@ def train(
     image_size: int | None = typer.Option(
         None,
         "--image-size",
-        help="training crop side (default: the backbone's, 336 DINOv2 / 224 CLIP)",
+        help="training crop side (default: the backbone's, 336 DINOv2 / 224 CLIP and the CNNs)",
+        show_default=False,
+    ),
+    feature_layer: int | None = typer.Option(
+        None,
+        "--feature-layer",
+        help="block (ViT) or stage (CNN) whose output is the feature, 0-based, negative from the last (default: -1)",
+        show_default=False,
+    ),
+    feature_pool: str | None = typer.Option(
+        None,
+        "--feature-pool",
+        help="CNN feature pooling: mean or mean_std (default: mean; ViTs use the CLS token)",
         show_default=False,
     ),
     lora_rank: int | None = typer.Option(None, "--lora-rank", help="LoRA rank (default: 8)", show_default=False),
     lora_blocks: str | None = typer.Option(
-        None, "--lora-blocks", help='blocks with LoRA: "all" or "last:K" (default: all)', show_default=False
+        None,
+        "--lora-blocks",
+        help='blocks with LoRA, counted back from the feature block: "all" or "last:K" (default: all)',
+        show_default=False,
     ),
     gate_hidden: int | None = typer.Option(
         None, "--gate-hidden", help="SEF gate hidden width (default: 256)", show_default=False
@@ -175,7 +193,8 @@ def train(
         if lora:
             detector["lora"] = lora
         for key, value in (("backbone", backbone), ("backbone_id", backbone_id), ("image_size", image_size),
-                           ("gate_hidden", gate_hidden)):  # fmt: skip
+                           ("gate_hidden", gate_hidden), ("feature_layer", feature_layer),
+                           ("feature_pool", feature_pool)):  # fmt: skip
             if value is not None:
                 detector[key] = value
         if detector:

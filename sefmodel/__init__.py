@@ -1,6 +1,6 @@
 """sefmodel: detection half of the SEF toolkit (backbones, LoRA experts, gated fusion, detector save/load)."""
 
-from .backbones import ViTBackbone, get_backbone_class, known_backbones, register_backbone
+from .backbones import Backbone, CNNBackbone, ViTBackbone, get_backbone_class, known_backbones, register_backbone
 from .config import DetectorConfig
 from .detector import Scores, SEFDetector
 from .fusion import known_fusions, register_fusion
@@ -8,6 +8,8 @@ from .lora import LoraSettings
 from .serialization import UnsafeCheckpointError
 
 __all__ = [
+    "Backbone",
+    "CNNBackbone",
     "DetectorConfig",
     "LoraSettings",
     "SEFDetector",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,7 +24,8 @@ class DetectorConfig:
     """Everything needed to rebuild a detector (its trained tensors come from the safetensors file)."""
 
     backbone: str = "dinov2"
-    """Backbone family in the registry: dinov2, dinov2_registers, clip (or any registered name)."""
+    """Backbone family in the registry: the ViTs dinov2, dinov2_registers, clip; the CNNs mobilenet_v2, resnet,
+    convnext (or any registered name)."""
     backbone_id: str | None = None
     """Hub id or local folder of the backbone weights; None means the family's default id
     (e.g. facebook/dinov2-large). Must be None when backbone_config is given."""
@@ -33,7 +35,12 @@ class DetectorConfig:
     """A transformers config dict to build a randomly initialised backbone instead of loading one (tests,
     benchmarks). Such a backbone's weights are saved in the detector folder (backbone.safetensors)."""
     feature_layer: int = -1
-    """Block whose CLS token is the feature (0-based; -1 = last). The final norm is applied to it."""
+    """Block whose output is the feature (0-based; -1 = last): a ViT layer (its CLS token, final norm applied) or
+    a CNN stage (its pooled map; for MobileNetV2 stage i < 16 is transformers' hidden_states[i])."""
+    feature_pool: str | None = None
+    """How the feature block's output becomes the feature; None = the family's default. ViTs: "cls". CNNs:
+    "mean" (default; global average, the model's pooler_output at the last stage) or "mean_std" (per-channel
+    mean and standard deviation, twice the width; keeps the texture statistics that early stages carry)."""
     experts: list[str] = field(default_factory=lambda: ["recon", "sr"])
     """Expert names, one LoRA adapter + head each (letters, digits, _ or -, starting with a letter)."""
     fusion: str = "sef"
@@ -46,8 +53,8 @@ class DetectorConfig:
     shared_trunk: bool = True
     """Run blocks before the first LoRA block once for all experts (same scores, less compute)."""
     image_size: int | None = None
-    """Crop side in pixels fed to the backbone; None uses the backbone's default (336 DINOv2, 224 CLIP).
-    Must be a multiple of the patch size."""
+    """Crop side in pixels fed to the backbone; None uses the backbone's default (336 DINOv2, 224 CLIP and the
+    CNNs). Must be a multiple of the patch size (a CNN's total stride, 32 for the released ones)."""
     crop: str = "center"
     """Crops per image when scoring: center (one) or multi (a grid; probabilities are averaged)."""
     crops_per_side: int = 3
@@ -70,10 +77,27 @@ class DetectorConfig:
                 raise ValueError("backbone_config must be a dict of transformers config fields")
         elif self.backbone_id is None:
             self.backbone_id = get_backbone_class(self.backbone).default_model_id
+        family = get_backbone_class(self.backbone)
+        if self.feature_pool is None:
+            self.feature_pool = family.pools[0]
+        if self.feature_pool not in family.pools:
+            raise ValueError(
+                f"feature_pool {self.feature_pool!r} does not apply to backbone {self.backbone!r}; "
+                f"known: {', '.join(family.pools)}"
+            )
         if isinstance(self.lora, dict):
             self.lora = LoraSettings.from_dict(self.lora)
         if not isinstance(self.lora, LoraSettings):
             raise ValueError(f"lora must be LoraSettings or a dict, got {type(self.lora).__name__}")
+        if self.lora.targets is None:
+            # written out, so config.json says what was adapted (a copy: the caller's settings stay as given)
+            self.lora = dataclasses.replace(self.lora, targets=list(family.lora_groups))
+        unknown = [t for t in self.lora.targets if t not in family.lora_groups]
+        if unknown:
+            raise ValueError(
+                f"lora.targets {unknown} do not apply to backbone {self.backbone!r}; known: "
+                f"{', '.join(family.lora_groups)}"
+            )
         if isinstance(self.experts, str):
             raise ValueError(f"experts must be a list of names, got the string {self.experts!r}")
         self.experts = list(self.experts)

@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbones import ViTBackbone, get_backbone_class, resolve_layer
+from .backbones import Backbone, get_backbone_class, resolve_layer
 from .config import DetectorConfig
 from .fusion import get_fusion_class
 from .preprocess import prepare
@@ -90,7 +90,7 @@ class SEFDetector(
     tags=["ai-generated-image-detection", "lora", "mixture-of-experts"],
     model_card_template=MODEL_CARD,
 ):
-    """Frozen ViT backbone + LoRA experts (+ fusion head).
+    """Frozen backbone (ViT or CNN) + LoRA experts (+ fusion head).
 
     Args:
         config: the detector's configuration.
@@ -98,7 +98,7 @@ class SEFDetector(
             built from ``config`` (loaded by id + revision, or from ``backbone_config``).
     """
 
-    def __init__(self, config: DetectorConfig, backbone: ViTBackbone | None = None) -> None:
+    def __init__(self, config: DetectorConfig, backbone: Backbone | None = None) -> None:
         super().__init__()
         config = copy.deepcopy(config)
         family = get_backbone_class(config.backbone)
@@ -117,7 +117,7 @@ class SEFDetector(
 
         num_layers = backbone.num_layers
         self.feature_index = resolve_layer(config.feature_layer, num_layers)
-        blocks = config.lora.block_indices(num_layers)
+        blocks = config.lora.block_indices(num_layers, self.feature_index)
         if blocks[-1] > self.feature_index:
             raise ValueError(
                 f"LoRA block {blocks[-1]} lies after the feature layer (block {self.feature_index}); "
@@ -129,15 +129,16 @@ class SEFDetector(
             raise ValueError(f"image_size {size} is not a multiple of the patch size {backbone.patch_size}")
         self.image_size = size
 
-        peft_config = config.lora.peft_config(backbone)
+        peft_config = config.lora.peft_config(backbone, self.feature_index)
         with warnings.catch_warnings():
             # peft warns when a second adapter is injected; several named adapters are the design here.
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
             for name in config.experts:
                 inject_adapter_in_model(copy.deepcopy(peft_config), backbone.model, adapter_name=name)
+        backbone.adapters_injected()
         self._tuner_layers = [m for m in backbone.model.modules() if isinstance(m, BaseTunerLayer)]
 
-        dim = backbone.hidden_size
+        dim = backbone.feature_dim(self.feature_index, config.feature_pool)
         self.heads = nn.ModuleDict({name: nn.Linear(dim, 1) for name in config.experts})
         self.fusion = (
             None
@@ -239,7 +240,7 @@ class SEFDetector(
         experts: Sequence[str] | None = None,
         shared_trunk: bool | None = None,
     ) -> torch.Tensor:
-        """Per-expert CLS features.
+        """Per-expert features (a ViT's CLS token or a CNN stage's pooled map; see ``config.feature_pool``).
 
         Args:
             pixel_values: (B, 3, S, S) normalised images (see :mod:`sefmodel.preprocess`).
@@ -266,17 +267,21 @@ class SEFDetector(
         for name in experts:
             self._activate(name)
             hidden = trunk if trunk is not None else bb.embed(pixel_values)
-            feats.append(bb.pool(bb.run_blocks(hidden, start, stop)))
+            feats.append(self._feature(bb.run_blocks(hidden, start, stop)))
         return torch.stack(feats, dim=1)
 
+    def _feature(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The feature block's output -> (B, D) features, pooled as the config says."""
+        return self.backbone.feature(hidden, self.feature_index, self.config.feature_pool)
+
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLS features (B, D) of the bare frozen backbone, every adapter bypassed (reference / analysis)."""
+        """Features (B, D) of the bare frozen backbone, every adapter bypassed (reference / analysis)."""
         bb = self.backbone
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         for layer in self._tuner_layers:
             layer.enable_adapters(False)
         try:
-            return bb.pool(bb.run_blocks(bb.embed(pixel_values), 0, self.feature_index + 1))
+            return self._feature(bb.run_blocks(bb.embed(pixel_values), 0, self.feature_index + 1))
         finally:
             for layer in self._tuner_layers:
                 layer.enable_adapters(True)
@@ -300,7 +305,7 @@ class SEFDetector(
 
         Returns:
             ``logits`` (B,) real-vs-generated logit (sigmoid -> P(generated)); ``features`` (B, E, D)
-            per-expert CLS features. Fused detectors also return ``fused`` (the classifier input),
+            per-expert features. Fused detectors also return ``fused`` (the classifier input),
             ``expert_logits`` (B, E) from the
             experts' own heads and, for SEF, ``gate_weights`` (B, E), each row a distribution over experts.
         """
@@ -575,6 +580,7 @@ class SEFDetector(
                 "backbone_revision",
                 "backbone_config",
                 "feature_layer",
+                "feature_pool",
                 "lora",
             ):
                 if getattr(cfg, key) != getattr(first, key):

@@ -1,15 +1,15 @@
 """``sefmodel explain``: per-expert Grad-CAM heatmaps beside the gate weights.
 
-For each expert e, Grad-CAM (Selvaraju et al., 2017) adapted to a ViT: take the patch tokens ``A`` (N, D) at the
-input of one block (default: the feature block, i.e. the tokens the CLS token last attends to), the gradient
-``G`` of expert e's own head logit with respect to them, channel weights ``w = mean_n G``, and the map
-``relu(A @ w)`` over the patch grid, scaled to [0, 1]. The fused score gets a map the same way. Experts that
-learned different artifacts light up different regions; the gate weights say how much each one counts for
-this image.
+For each expert e, Grad-CAM (Selvaraju et al., 2017): take a spatial map ``A`` (h, w, C) from one block (default:
+the feature block) -- for a ViT the patch tokens at the block's *input* (the tokens the CLS token last attends
+to), for a CNN the stage's *output* feature map (the one its feature pools) --, the gradient ``G`` of expert e's
+own head logit with respect to it, channel weights ``w = mean_hw G``, and the map ``relu(A @ w)``, scaled to
+[0, 1]. The fused score gets a map the same way. Experts that learned different artifacts light up different
+regions; the gate weights say how much each one counts for this image.
 
 The image is explained on the crop the detector scores (the centre crop of the native-resolution image; see
 :mod:`sefmodel.preprocess`), so the heatmap lines up with the pixels that were actually seen. No change to the
-detector is needed: a forward pre-hook on the block captures its input.
+detector is needed: a hook on the block (:meth:`Backbone.cam_hook`) captures the map.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class Explanation:
 
     Attributes:
         crop: the RGB crop the detector scored (S x S).
-        maps: name -> (G, G) float array in [0, 1] (G = S / patch size), one per expert, plus ``"fused"`` for a
-            fused detector.
+        maps: name -> (h, w) float array in [0, 1], one per expert, plus ``"fused"`` for a fused detector: the
+            explained block's grid (ViT: S / patch size a side; CNN: the stage's feature map).
         expert_probs: expert -> P(generated) from that expert's own head.
         prob: the detector's P(generated) for this crop.
         gate_weights: expert -> gate weight (SEF), else None.
@@ -73,34 +73,29 @@ def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None
     """Grad-CAM maps of every expert (and of the fused score) for the image's centre crop.
 
     Args:
-        layer: block whose *input* tokens are explained (0-based); default the feature block.
+        layer: block explained (0-based; negative from the last): a ViT block's input tokens or a CNN stage's
+            output map; default the feature block.
     """
     bb = detector.backbone
-    blocks = bb.layers()
-    layer = detector.feature_index if layer is None else layer % len(blocks)
+    layer = detector.feature_index if layer is None else layer % bb.num_layers
     if layer > detector.feature_index:
         raise ValueError(f"layer {layer} comes after the feature block {detector.feature_index}")
     crop = _crop_image(detector, image)
     pixels = detector.preprocess(crop, crop="center").to(detector.device, detector.dtype)
-    grid = detector.image_size // bb.patch_size
     captured: list[torch.Tensor] = []
 
-    def hook(module, args):
-        hidden = args[0]
-        hidden.retain_grad()
-        captured.append(hidden)
-
-    def cam(score: torch.Tensor, tokens: torch.Tensor) -> np.ndarray:
-        (grads,) = torch.autograd.grad(score, tokens, retain_graph=True)
-        patch, g = tokens[0, -grid * grid :], grads[0, -grid * grid :]  # drop CLS and register tokens
-        weights = g.mean(dim=0)
-        heat = torch.relu(patch @ weights).reshape(grid, grid).detach().float().cpu().numpy()
+    def cam(score: torch.Tensor, hidden: torch.Tensor) -> np.ndarray:
+        (grads,) = torch.autograd.grad(score, hidden, retain_graph=True)
+        size = detector.image_size
+        spatial, g = bb.spatial(hidden, size)[0], bb.spatial(grads, size)[0]  # (h, w, C)
+        weights = g.mean(dim=(0, 1))
+        heat = torch.relu(spatial @ weights).detach().float().cpu().numpy()
         peak = heat.max()
         return heat / peak if peak > 0 else heat
 
     was_training = detector.training
     detector.eval()
-    handle = blocks[layer].register_forward_pre_hook(hook)
+    handle = bb.cam_hook(layer, captured.append)
     maps, expert_probs = {}, {}
     try:
         with torch.enable_grad():
@@ -116,7 +111,7 @@ def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None
                 out = detector(pixels, shared_trunk=False)  # one block input per expert pass, all captured
                 logit = out["logits"][0]
                 fused = [cam(logit, tokens) for tokens in captured]
-                maps["fused"] = np.mean(fused, axis=0) if fused else np.zeros((grid, grid))
+                maps["fused"] = np.mean(fused, axis=0)
                 peak = maps["fused"].max()
                 maps["fused"] = maps["fused"] / peak if peak > 0 else maps["fused"]
                 prob = float(torch.sigmoid(logit.detach()))

@@ -1,4 +1,4 @@
-"""Fusion heads: how the frozen experts' CLS features become one real/fake logit.
+"""Fusion heads: how the frozen experts' features become one real/fake logit.
 
 Every head takes the stacked expert features ``(B, E, D)`` and returns a dict with ``logits`` (B,) (sigmoid ->
 probability that the image is generated) and ``fused`` (the classifier's input). ``sef`` also returns

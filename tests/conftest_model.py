@@ -33,13 +33,24 @@ TINY = {
     ),
 }
 FAMILIES = sorted(TINY)
+# CNNs: at 32 px, stride 8 (MobileNetV2, ConvNeXt) or 16 (ResNet) so the last map is still spatial
+CNN_TINY = {
+    # 17 stages: 16 inverted residuals + the final 1x1 conv; tf_padding as in the released checkpoints. The default
+    # init (std 0.02, no trained batch norm) shrinks activations to ~1e-26 by the last stage; 0.3 keeps them ~1.
+    "mobilenet_v2": dict(
+        depth_multiplier=0.25, finegrained_output=False, output_stride=8, image_size=SIZE, initializer_range=0.3
+    ),
+    "resnet": dict(embedding_size=8, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="bottleneck"),
+    "convnext": dict(patch_size=2, hidden_sizes=[8, 16, 32], depths=[1, 1, 1], num_stages=3, image_size=SIZE),
+}
+CNN_FAMILIES = sorted(CNN_TINY)
 
 
 def tiny_config(family: str = "dinov2", **overrides) -> DetectorConfig:
-    """A detector config on a tiny random backbone; LoRA rank 4 in the last 2 of 4 blocks by default."""
+    """A detector config on a tiny random backbone; LoRA rank 4 in the last 2 blocks by default."""
     kwargs = dict(
         backbone=family,
-        backbone_config=TINY[family],
+        backbone_config={**TINY, **CNN_TINY}[family],
         image_size=SIZE,
         lora={"rank": 4, "blocks": "last:2"},
         gate_hidden=16,

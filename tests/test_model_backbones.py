@@ -35,7 +35,7 @@ def test_duplicate_registration_is_refused():
 
 
 def test_registering_a_non_backbone_is_refused():
-    with pytest.raises(TypeError, match="ViTBackbone subclass"):
+    with pytest.raises(TypeError, match="Backbone subclass"):
         register_backbone("not-a-backbone", torch.nn.Linear)
     assert "not-a-backbone" not in known_backbones()
 
@@ -83,11 +83,14 @@ def test_backbone_exposes_geometry_normalisation_and_is_frozen(family):
     assert all(not p.requires_grad for p in bb.parameters())
     expected = 24 * 8 if family.startswith("dinov2") else SIZE  # DINOv2: 24 patches a side (336 px at 14 px)
     assert bb.input_size == expected
-    attention, mlp = bb.linear_targets("attention"), bb.linear_targets("mlp")
+    attention, mlp = bb.lora_targets("attention", 1), bb.lora_targets("mlp", 1)
     assert len(attention) == 4 and len(mlp) == 2  # q, k, v, out / fc1, fc2
     assert not set(attention) & set(mlp)
+    assert all(name.startswith(bb.block_names()[1] + ".") for name in attention + mlp)
+    modules = dict(bb.model.named_modules())
+    assert all(isinstance(modules[name], torch.nn.Linear) for name in attention + mlp)
     with pytest.raises(ValueError, match="unknown LoRA target group"):
-        bb.linear_targets("conv")
+        bb.lora_targets("conv", 0)
 
 
 def test_registers_variant_carries_register_tokens():

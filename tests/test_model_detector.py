@@ -205,7 +205,9 @@ def test_shared_trunk_runs_the_early_blocks_once():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"backbone": "resnet"}, "known: clip, dinov2, dinov2_registers"),
+        ({"backbone": "vit-nope"}, "known: clip, convnext, dinov2, dinov2_registers, mobilenet_v2, resnet"),
+        ({"feature_pool": "mean_std"}, "does not apply to backbone 'dinov2'"),
+        ({"lora": {"targets": ["conv"]}}, "do not apply to backbone 'dinov2'"),
         ({"fusion": "attention"}, "unknown fusion"),
         ({"fusion": "single"}, "exactly one expert"),
         ({"experts": ["a"]}, "at least two experts"),
@@ -239,7 +241,7 @@ def test_config_defaults_name_the_paper_setup():
 
 def test_build_time_errors():
     with pytest.raises(ValueError, match="after the feature layer"):
-        tiny_detector(feature_layer=1, lora={"blocks": "last:2"})
+        tiny_detector(feature_layer=1, lora={"blocks": [2, 3]})
     with pytest.raises(ValueError, match="multiple of the patch size"):
         tiny_detector(image_size=30)
     with pytest.raises(ValueError, match="only 4 blocks"):

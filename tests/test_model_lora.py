@@ -32,7 +32,8 @@ def test_block_selection(blocks, expected):
         ({"rank": 0}, "rank"),
         ({"alpha": 0}, "alpha"),
         ({"dropout": 1.0}, "dropout"),
-        ({"targets": ["conv"]}, "targets"),
+        ({"targets": "mlp"}, "targets"),
+        ({"targets": ["mlp", "mlp"]}, "targets"),
         ({"targets": []}, "targets"),
         ({"blocks": "first:2"}, "blocks"),
         ({"blocks": "last:0"}, "blocks"),
@@ -43,6 +44,15 @@ def test_block_selection(blocks, expected):
 def test_bad_settings_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LoraSettings(**kwargs)
+
+
+def test_all_and_last_k_count_back_from_the_feature_block():
+    """Blocks after the feature block cannot change the feature, so "all" and "last:K" end at it."""
+    assert LoraSettings(blocks="all").block_indices(17, feature_block=3) == [0, 1, 2, 3]
+    assert LoraSettings(blocks="last:2").block_indices(17, feature_block=3) == [2, 3]
+    assert LoraSettings(blocks=[-1]).block_indices(17, feature_block=3) == [16]  # lists stay absolute
+    with pytest.raises(ValueError, match="only 4 blocks up to the feature block"):
+        LoraSettings(blocks="last:5").block_indices(17, feature_block=3)
 
 
 def test_blocks_out_of_range_for_the_backbone():
@@ -73,10 +83,9 @@ def test_peft_adapts_exactly_the_chosen_projections_of_the_chosen_blocks(family,
     adapted = [name for name, m in bb.model.named_modules() if isinstance(m, BaseTunerLayer)]
     chosen = settings.block_indices(4)
     assert len(adapted) == per_block * len(chosen)
-    path = re.escape(bb.layers_path())
-    blocks_seen = {int(re.match(rf"{path}\.(\d+)\.", name).group(1)) for name in adapted}
+    blocks_seen = {i for i, block in enumerate(bb.block_names()) for name in adapted if name.startswith(block + ".")}
     assert blocks_seen == set(chosen)
-    groups = {g: bb.linear_targets(g) for g in ("attention", "mlp")}
+    modules = dict(bb.model.named_modules())
     for name in adapted:
-        leaf = name.split(".", len(bb.layers_path().split(".")) + 1)[-1]
-        assert any(leaf in groups[g] for g in targets), name
+        group = "attention" if re.search("attention|attn", name) else "mlp"
+        assert group in targets and isinstance(modules[name].get_base_layer(), torch.nn.Linear), name

@@ -1,13 +1,23 @@
-"""Frozen ViT backbones by registry name: ``dinov2``, ``dinov2_registers``, ``clip``.
+"""Frozen backbones by registry name: the ViTs ``dinov2``, ``dinov2_registers``, ``clip`` and the CNNs
+``mobilenet_v2``, ``resnet``, ``convnext``.
 
-Each family lives in one file that subclasses :class:`ViTBackbone` and ends with one ``register_backbone``
-line; importing this package registers the built-in ones.
+Each family lives in one file that subclasses :class:`ViTBackbone` or :class:`CNNBackbone` and ends with one
+``register_backbone`` line; importing this package registers the built-in ones.
 """
 
-from .base import ViTBackbone, resolve_layer
+from .base import Backbone, ViTBackbone, resolve_layer
+from .cnn import CNNBackbone
 from .registry import get_backbone_class, known_backbones, register_backbone
 
 # Built-in families register themselves on import.
-from . import clip, dinov2  # noqa: F401  isort: skip
+from . import clip, convnext, dinov2, mobilenet_v2, resnet  # noqa: F401  isort: skip
 
-__all__ = ["ViTBackbone", "get_backbone_class", "known_backbones", "register_backbone", "resolve_layer"]
+__all__ = [
+    "Backbone",
+    "CNNBackbone",
+    "ViTBackbone",
+    "get_backbone_class",
+    "known_backbones",
+    "register_backbone",
+    "resolve_layer",
+]

@@ -1,26 +1,28 @@
-"""The frozen vision-transformer backbone every expert shares.
+"""The frozen backbone every expert shares, split into steps the detector can run piecewise.
 
-A backbone wraps one transformers model and exposes the three steps the detector needs to split a forward pass
-anywhere: ``embed`` (pixels -> token sequence), ``run_blocks`` (token sequence through blocks
-``start..stop-1``)
-and ``pool`` (token sequence -> final-normed CLS feature). Running them in order gives exactly the model's own
-CLS feature; running the early blocks once and the late blocks once per expert is what the shared-trunk mode
-of the fused detector does.
+A backbone wraps one transformers model and exposes the steps the detector needs to split a forward pass
+anywhere: ``embed`` (pixels -> the first block's input), ``run_blocks`` (through blocks ``start..stop-1``) and
+``feature`` (one block's output -> the feature vector). Running them in order gives exactly the model's own
+feature; running the early blocks once and the late blocks once per expert is what the shared-trunk mode of the
+fused detector does.
 
-A new family is one file: subclass :class:`ViTBackbone`, set the class attributes, implement ``embed`` and
-``pool`` (and ``layers`` if the encoder's block list is not found by the default lookup), then call
-``register_backbone("name", MyBackbone)``.
+Two kinds share this interface: :class:`ViTBackbone` (blocks are transformer layers, the feature is the CLS
+token; here) and :class:`~sefmodel.backbones.cnn.CNNBackbone` (blocks are stages, the feature is the pooled
+feature map; in ``cnn.py``). A new family is one file: subclass either, set the class attributes, implement the
+few family-specific steps, then call ``register_backbone("name", MyBackbone)``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers import PretrainedConfig, PreTrainedModel
 
 # Module-path fragments that mark a Linear inside a block as attention or MLP. Matching on the path rather
@@ -32,14 +34,16 @@ _GROUP_MARKERS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ViTBackbone(nn.Module):
-    """A frozen ViT from transformers with split-able forward.
+class Backbone(nn.Module):
+    """A frozen vision model from transformers with a split-able forward.
 
     Subclasses set:
         name: registry name, e.g. ``"dinov2"``.
         default_model_id: the Hub id used when a config names the family but no id.
         model_class / config_class: the transformers classes to load or build.
         image_mean / image_std: per-channel normalisation of the checkpoints (RGB inputs in [0, 1]).
+        lora_groups: the LoRA target groups this family knows; a detector adapts all of them by default.
+        pools: how a block's output can become the feature; the first is the default.
 
     Attributes:
         model: the wrapped transformers model; every parameter is frozen (``requires_grad=False``).
@@ -51,6 +55,8 @@ class ViTBackbone(nn.Module):
     config_class: ClassVar[type[PretrainedConfig]]
     image_mean: ClassVar[tuple[float, float, float]] = (0.485, 0.456, 0.406)
     image_std: ClassVar[tuple[float, float, float]] = (0.229, 0.224, 0.225)
+    lora_groups: ClassVar[tuple[str, ...]] = ()
+    pools: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
@@ -61,7 +67,7 @@ class ViTBackbone(nn.Module):
     # ---- construction --------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model_id: str | None = None, revision: str | None = None, **kwargs: Any) -> ViTBackbone:
+    def from_pretrained(cls, model_id: str | None = None, revision: str | None = None, **kwargs: Any) -> Backbone:
         """Load pretrained weights by Hub id or local folder (safetensors only; pickles are refused).
 
         Args:
@@ -75,7 +81,7 @@ class ViTBackbone(nn.Module):
         return cls(model)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | PretrainedConfig) -> ViTBackbone:
+    def from_config(cls, config: dict[str, Any] | PretrainedConfig) -> Backbone:
         """Build a randomly initialised backbone from a transformers config (tests, benchmarks; no download).
 
         Args:
@@ -97,27 +103,131 @@ class ViTBackbone(nn.Module):
     # ---- geometry ------------------------------------------------------------------------------------------
 
     @property
+    def num_layers(self) -> int:
+        """Number of blocks (transformer layers of a ViT, stages of a CNN)."""
+        return len(self.layers())
+
+    @property
+    def patch_size(self) -> int:
+        """Input sides must be a multiple of this (a ViT's patch side, a CNN's total stride)."""
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """Default square input side in pixels (the size the checkpoint was trained at)."""
+        size = getattr(self.model.config, "image_size", 224)
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def feature_dim(self, layer: int = -1, pool: str | None = None) -> int:
+        """Width of the feature that :meth:`feature` returns for block ``layer`` pooled by ``pool``."""
+        raise NotImplementedError
+
+    # ---- blocks and LoRA targets ---------------------------------------------------------------------------
+
+    def layers(self) -> Sequence[nn.Module]:
+        """The blocks, in forward order; all of them are submodules of ``self.model``."""
+        raise NotImplementedError
+
+    def block_names(self) -> list[str]:
+        """Dotted module path of each block inside ``self.model``."""
+        paths = {id(module): name for name, module in self.model.named_modules()}
+        try:
+            return [paths[id(block)] for block in self.layers()]
+        except KeyError:
+            raise RuntimeError(f"{type(self).__name__}: a block is not a submodule of the model") from None
+
+    def lora_targets(self, group: str, block: int) -> list[str]:
+        """Module paths (inside ``self.model``) of the layers of ``group`` in block ``block``: what peft adapts.
+
+        Layers already wrapped by peft count as their base layer; LoRA's own sub-layers never count.
+        """
+        if group not in self.lora_groups:
+            raise ValueError(
+                f"unknown LoRA target group {group!r} for backbone {self.name!r}; known: {', '.join(self.lora_groups)}"
+            )
+        prefix = self.block_names()[block]
+        names = []
+        for name, module in self.layers()[block].named_modules():
+            if isinstance(module, BaseTunerLayer):
+                base = module.get_base_layer()
+            elif "lora_" in name or "base_layer" in name:
+                continue
+            else:
+                base = module
+            if self._in_lora_group(group, name, base):
+                names.append(f"{prefix}.{name}")
+        if not names:
+            raise ValueError(f"{type(self).__name__}: no layers of group {group!r} in block {block}")
+        return names
+
+    def _in_lora_group(self, group: str, path: str, module: nn.Module) -> bool:
+        """Whether ``module`` (at ``path`` inside its block, unwrapped from peft) belongs to ``group``."""
+        raise NotImplementedError
+
+    def adapters_injected(self) -> None:
+        """Called once peft has wrapped the target layers; a family whose code reads attributes of its layers that
+        peft's wrappers lack fixes them here. Default: nothing to do."""
+
+    # ---- split forward -------------------------------------------------------------------------------------
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W), normalised, H and W multiples of ``patch_size`` -> the first block's input."""
+        raise NotImplementedError
+
+    def run_blocks(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run ``hidden`` through blocks ``start .. stop-1``."""
+        for block in self.layers()[start:stop]:
+            hidden = block(hidden)
+        return hidden
+
+    def feature(self, hidden: torch.Tensor, layer: int = -1, pool: str | None = None) -> torch.Tensor:
+        """Block ``layer``'s output -> feature (B, :meth:`feature_dim`) pooled by ``pool`` (default ``pools[0]``)."""
+        raise NotImplementedError
+
+    def spatial(self, hidden: torch.Tensor, image_size: int) -> torch.Tensor:
+        """A block's input or output for a square ``image_size`` crop -> its spatial map (B, h, w, C) (Grad-CAM)."""
+        raise NotImplementedError
+
+    def cam_hook(self, layer: int, fn: Callable[[torch.Tensor], None]) -> RemovableHandle:
+        """Call ``fn`` with the tensor Grad-CAM explains at block ``layer`` on every forward; remove the handle
+        when done."""
+        raise NotImplementedError
+
+    def forward(self, pixel_values: torch.Tensor, layer: int = -1, pool: str | None = None) -> torch.Tensor:
+        """Feature (B, D) of block ``layer`` (0-based; negative counts from the last block)."""
+        layer = resolve_layer(layer, self.num_layers)
+        return self.feature(self.run_blocks(self.embed(pixel_values), 0, layer + 1), layer, pool)
+
+    def _check_pool(self, pool: str | None) -> str:
+        pool = self.pools[0] if pool is None else pool
+        if pool not in self.pools:
+            raise ValueError(f"backbone {self.name!r} pools features by {', '.join(self.pools)}, not {pool!r}")
+        return pool
+
+
+class ViTBackbone(Backbone):
+    """A frozen ViT. Blocks are its transformer layers; the feature is the CLS token, final norm applied.
+
+    Subclasses implement ``embed`` (pixels -> tokens (B, T, D)) and ``pool`` (tokens -> final-normed CLS (B, D)),
+    and ``layers`` if the encoder's block list is not found by the default lookup.
+    """
+
+    lora_groups = ("attention", "mlp")
+    pools = ("cls",)
+
+    @property
     def hidden_size(self) -> int:
         """Width D of the CLS feature."""
         return int(self.model.config.hidden_size)
-
-    @property
-    def num_layers(self) -> int:
-        """Number of transformer blocks."""
-        return len(self.layers())
 
     @property
     def patch_size(self) -> int:
         ps = self.model.config.patch_size
         return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
 
-    @property
-    def input_size(self) -> int:
-        """Default square input side in pixels (the size the checkpoint was trained at)."""
-        size = self.model.config.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-    # ---- split forward -------------------------------------------------------------------------------------
+    def feature_dim(self, layer: int = -1, pool: str | None = None) -> int:
+        self._check_pool(pool)
+        return self.hidden_size
 
     def layers(self) -> nn.ModuleList:
         """The encoder's blocks: ``encoder.layer`` or ``encoder.layers``, under ``vision_model`` or not."""
@@ -131,38 +241,10 @@ class ViTBackbone(nn.Module):
             f"{type(self).__name__}: cannot find the block list of {type(root).__name__}; override layers()"
         )
 
-    def layers_path(self) -> str:
-        """Dotted module path of :meth:`layers` inside ``self.model`` (for LoRA target regexes)."""
-        layers = self.layers()
-        for name, module in self.model.named_modules():
-            if module is layers:
-                return name
-        raise RuntimeError("block list not found among the model's modules")
-
-    def linear_targets(self, group: str) -> list[str]:
-        """Paths, relative to one block, of the Linear layers in ``group`` (``"attention"`` or ``"mlp"``)."""
-        if group not in _GROUP_MARKERS:
-            raise ValueError(f"unknown LoRA target group {group!r}; known: {sorted(_GROUP_MARKERS)}")
-        markers = _GROUP_MARKERS[group]
-        block = self.layers()[0]
-        names = []
-        for name, module in block.named_modules():
-            # Linear layers of the original model, also once LoRA wraps them; never LoRA's own sub-Linears.
-            if isinstance(module, BaseTunerLayer):
-                is_target = isinstance(module.get_base_layer(), nn.Linear)
-            else:
-                is_target = isinstance(module, nn.Linear) and "lora_" not in name and "base_layer" not in name
-            if is_target:
-                parts = name.lower().split(".")
-                if any(m in part for part in parts for m in markers):
-                    names.append(name)
-        if not names:
-            raise ValueError(f"{type(self).__name__}: no Linear layers found for group {group!r}")
-        return names
-
-    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, H, W), normalised, H and W multiples of the patch size -> tokens (B, T, D)."""
-        raise NotImplementedError
+    def _in_lora_group(self, group: str, path: str, module: nn.Module) -> bool:
+        # a Linear whose path inside the block names the group, e.g. attention.q_proj or mlp.fc1
+        parts = path.lower().split(".")
+        return isinstance(module, nn.Linear) and any(m in part for part in parts for m in _GROUP_MARKERS[group])
 
     def run_blocks(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Run tokens (B, T, D) through blocks ``start .. stop-1``; returns (B, T, D)."""
@@ -175,10 +257,21 @@ class ViTBackbone(nn.Module):
         """Tokens (B, T, D) -> CLS feature (B, D) with the model's final norm applied."""
         raise NotImplementedError
 
-    def forward(self, pixel_values: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """CLS feature (B, D) after block ``layer`` (0-based; negative counts from the last block)."""
-        stop = resolve_layer(layer, self.num_layers) + 1
-        return self.pool(self.run_blocks(self.embed(pixel_values), 0, stop))
+    def feature(self, hidden: torch.Tensor, layer: int = -1, pool: str | None = None) -> torch.Tensor:
+        """Tokens (B, T, D) after any block -> its final-normed CLS token (B, D)."""
+        self._check_pool(pool)
+        return self.pool(hidden)
+
+    def spatial(self, hidden: torch.Tensor, image_size: int) -> torch.Tensor:
+        """Tokens (B, T, D) -> patch tokens on their grid (B, G, G, D), G = image_size / patch size (the CLS and
+        register tokens come first and are dropped)."""
+        grid = image_size // self.patch_size
+        return hidden[:, -grid * grid :].reshape(hidden.shape[0], grid, grid, hidden.shape[-1])
+
+    def cam_hook(self, layer: int, fn: Callable[[torch.Tensor], None]) -> RemovableHandle:
+        """Capture block ``layer``'s *input* tokens: the CLS token at a block's output attends to the patch tokens
+        at its input, so that is where its gradient reaches them."""
+        return self.layers()[layer].register_forward_pre_hook(lambda module, args: fn(args[0]))
 
 
 def resolve_layer(layer: int, num_layers: int) -> int:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from .base import ViTBackbone
+from .base import Backbone
 
-_BACKBONES: dict[str, type[ViTBackbone]] = {}
+_BACKBONES: dict[str, type[Backbone]] = {}
 
 
-def register_backbone(name: str, cls: type[ViTBackbone]) -> type[ViTBackbone]:
+def register_backbone(name: str, cls: type[Backbone]) -> type[Backbone]:
     """Register ``cls`` under ``name``; raises ``ValueError`` if the name is taken. Returns ``cls``."""
-    if not isinstance(cls, type) or not issubclass(cls, ViTBackbone):
-        raise TypeError(f"register_backbone({name!r}, ...) needs a ViTBackbone subclass, got {cls!r}")
+    if not isinstance(cls, type) or not issubclass(cls, Backbone):
+        raise TypeError(
+            f"register_backbone({name!r}, ...) needs a Backbone subclass (ViTBackbone or CNNBackbone), got {cls!r}"
+        )
     if name in _BACKBONES:
         raise ValueError(
             f"backbone {name!r} is already registered "
@@ -20,7 +22,7 @@ def register_backbone(name: str, cls: type[ViTBackbone]) -> type[ViTBackbone]:
     return cls
 
 
-def get_backbone_class(name: str) -> type[ViTBackbone]:
+def get_backbone_class(name: str) -> type[Backbone]:
     """The class registered as ``name``; an unknown name raises ``KeyError`` listing the known ones."""
     try:
         return _BACKBONES[name]
