@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 
-from cli.common import report_upload, run_app, user_errors
 from sefdata.config import BuildConfig, load_recipe
 from sefdata.errors import SKIP_REASONS
+
+from .common import report_upload, run_app, user_errors
 
 app = typer.Typer(
     help="Turn real image corpora into aligned, artifact-diverse real/fake WebDataset shards.",

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import typer
 
-from cli.common import report_upload, run_app, user_errors
 from sefdata.errors import SefError
+
+from .common import report_upload, run_app, user_errors
 
 app = typer.Typer(
     help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.",

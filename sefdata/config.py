@@ -10,12 +10,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 
 from sefdata.encode import EncodingPolicy

@@ -28,11 +28,10 @@ from __future__ import annotations
 import os
 import re
 import sysconfig
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from sefdata.errors import SefError
 

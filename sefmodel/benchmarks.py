@@ -26,12 +26,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from PIL import Image
 
 from sefdata.errors import SefError

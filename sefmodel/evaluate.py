@@ -29,7 +29,7 @@ import json
 import platform
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +332,7 @@ def _results(
     }
     return {
         "format": RESULTS_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "detector": {
             "source": detector_source,
             "backbone": detector.config.backbone,

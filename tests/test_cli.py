@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sef_cli.sefdata import app
 from typer.testing import CliRunner
 
-from cli.sefdata import app
 from sefdata.config import load_recipe
 from sefdata.errors import SefError
 

@@ -216,7 +216,7 @@ def test_a_build_whose_inputs_were_all_skipped_fails_and_writes_nothing(corpus, 
         build(_config(bad, out, gens), progress=False)
     assert not list(out.glob("shard-*"))
 
-    from cli.sefdata import app
+    from sef_cli.sefdata import app
 
     result = CliRunner().invoke(app, ["build", *map(str, bad), "--out", str(out), "--no-progress",
                                       "--gen", gens[0]])  # fmt: skip

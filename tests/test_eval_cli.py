@@ -14,9 +14,9 @@ import torch
 from conftest import photo_like
 from conftest_model import SIZE, randomize_trained, tiny_detector
 from PIL import Image
+from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
-from cli.sefmodel import app
 from sefmodel import SEFDetector
 
 runner = CliRunner()

@@ -16,9 +16,9 @@ from conftest import photo_like
 from conftest_model import CNN_FAMILIES, CNN_TINY, SIZE, pixels, randomize_trained, tiny_config, tiny_detector
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
+from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
-from cli.sefmodel import app
 from sefmodel import CNNBackbone, DetectorConfig, SEFDetector
 from sefmodel.backbones import get_backbone_class, known_backbones
 from sefmodel.explain import grad_cam

@@ -12,9 +12,9 @@ from conftest import FakeHubApi, photo_like
 from conftest_model import randomize_trained, tiny_detector
 from huggingface_hub import ModelCard
 from PIL import Image
+from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
-from cli.sefmodel import app
 from sefdata.errors import SefError
 from sefmodel import SEFDetector
 from sefmodel.publish import publish

@@ -12,9 +12,9 @@ import pytest
 from conftest import FakeHubApi
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
+from sef_cli.sefdata import app
 from typer.testing import CliRunner
 
-from cli.sefdata import app
 from sefdata.build import build
 from sefdata.config import BuildConfig
 from sefdata.errors import SefError

@@ -85,9 +85,8 @@ def test_unknown_or_mismatched_presets_list_the_known_ones():
 
 
 def test_cli_expands_presets_and_reports_unknown_ones(tmp_path):
+    from sef_cli.sefdata import app
     from typer.testing import CliRunner
-
-    from cli.sefdata import app
 
     result = CliRunner().invoke(app, ["build", str(tmp_path), "--out", str(tmp_path / "o"), "--gen", "sr:preset=x"])
     assert result.exit_code == 2

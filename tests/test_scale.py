@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, photo_like
 from PIL import Image
+from sef_cli.sefdata import app
 from typer.testing import CliRunner
 
-from cli.sefdata import app
 from sefdata.build import Builder, build
 from sefdata.config import BuildConfig, resolve_rank_world
 from sefdata.errors import SefError
@@ -115,7 +115,7 @@ def test_rank_and_world_come_from_flags_torchrun_or_slurm():
 
 def _sefdata(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.sefdata", *args], cwd=REPO, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "sef_cli.sefdata", *args], cwd=REPO, env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

@@ -25,7 +25,7 @@ def test_two_process_run_trains_on_disjoint_data(shards, tmp_path):
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "cli.sefmodel", "train", "--data", str(shards["train"]), "--val-data", str(shards["val"]),
+        "-m", "sef_cli.sefmodel", "train", "--data", str(shards["train"]), "--val-data", str(shards["val"]),
         "--config", str(conf), "--stage", "expert", "--domain", "sr", "--out", str(run), "--record-keys", "--cpu",
         "--no-progress",
     ]  # fmt: skip

@@ -10,10 +10,10 @@ import torch
 import train_helpers
 from conftest_model import pixels
 from safetensors.torch import load_file
+from sef_cli.sefmodel import app
 from train_helpers import TINY_DETECTOR, tiny_train_config
 from typer.testing import CliRunner
 
-from cli.sefmodel import app
 from sefmodel import SEFDetector
 from sefmodel.train import TrainConfig, train
 

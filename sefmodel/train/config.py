@@ -6,11 +6,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..augment import AugmentConfig
 from ..data import DEFAULT_DOMAINS
