@@ -366,9 +366,10 @@ class EvalStream(IterableDataset):
         info = get_worker_info()
         p, w = (0, 1) if info is None else (info.id, info.num_workers)
         readers, me = self.world * w, self.rank * w + p
-        crops: list[torch.Tensor] = []
+        crops: list[torch.Tensor] = []  # one (n, 3, S, S) tensor per image
         labels: list[float] = []
         domain: list[int] = []
+        held = 0  # crops in the batch so far
         index = 0
         for sample in self._samples():
             index += 1
@@ -377,10 +378,11 @@ class EvalStream(IterableDataset):
             items = [("real", -1)] + [(f, d) for d, fields in enumerate(self.domains.values()) for f in fields]
             for field, d in items:
                 image = self.processor(decode_image(sample[_field_key(sample, field)]), self.crop)
-                if crops and sum(map(len, crops)) + len(image) > self.batch:
+                if crops and held + len(image) > self.batch:  # an image's crops stay in one batch
                     yield self._batch(crops, labels, domain)
-                    crops, labels, domain = [], [], []
+                    crops, labels, domain, held = [], [], [], 0
                 crops.append(image)
+                held += len(image)
                 labels.append(0.0 if d < 0 else 1.0)
                 domain.append(d)
         if crops:

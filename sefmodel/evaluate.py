@@ -340,6 +340,7 @@ def _results(
             "experts": detector.expert_names,
             "fusion": detector.config.fusion,
             "image_size": detector.image_size,
+            "processor": detector.processor.to_dict(),  # the pixels every score was computed on
         },
         "config": asdict(config),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
