@@ -10,6 +10,11 @@ Forward modes for a fused detector (same weights -> same scores, to float tolera
 Training stages (see :meth:`SEFDetector.set_stage`): ``expert`` trains one adapter and its head, ``mixed`` is
 the same on a single-expert detector fed both domains, ``fusion`` trains the fusion head (gate + classifier)
 only. The backbone's own weights never train.
+
+This file is the module. Beside it: the image processor that makes its inputs (:mod:`sefmodel.preprocess`), the
+scoring pipeline that opens images and batches their crops (:mod:`sefmodel.pipeline`), detector folders
+(:mod:`sefmodel.serialization`), model cards (:mod:`sefmodel.model_card`) and combining experts trained apart
+(:mod:`sefmodel.combine`); the methods here that reach them are one-line delegates.
 """
 
 from __future__ import annotations
