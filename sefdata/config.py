@@ -15,13 +15,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from sefdata.encode import EncodingPolicy
 from sefdata.errors import SefError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:  # torch loads when a build runs, not when `sefdata --help` reads the options
+    import torch
+
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 def _help(text: str) -> dict:
@@ -176,6 +178,7 @@ def resolve_rank_world(
 
 
 def resolve_device(device: str, env: typing.Mapping[str, str] = os.environ) -> torch.device:
+    import torch
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(env.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
@@ -187,6 +190,8 @@ def resolve_device(device: str, env: typing.Mapping[str, str] = os.environ) -> t
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -207,8 +212,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     slower than fp32 on a CPU). Generators that are unsafe in the chosen precision still fall back to fp32 on their
     own (VAEs that force upcasting, models spandrel marks fp32-only). The resolved precision is recorded per shard.
     """
+    import torch
+
     if name != "auto":
-        return DTYPES[name]
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
     if native_bf16(device):
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else torch.float32

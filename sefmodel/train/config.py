@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..augment import AugmentConfig
-from ..data import DEFAULT_DOMAINS
 from ..fields import from_known_fields
 
 STAGE_NAMES = ("expert", "fusion", "mixed")
@@ -38,7 +37,7 @@ class TrainConfig:
         default=None, metadata=_help("expert stage: the domain to learn (a key of domains, e.g. recon or sr)")
     )
     domains: dict[str, list[str]] = field(
-        default_factory=lambda: copy.deepcopy(DEFAULT_DOMAINS),
+        default_factory=lambda: _default_domains(),
         metadata=_help("domain -> the shard fields holding its fakes (default recon=vae,ddim,taesd sr=sr)"),
     )
     experts: list[str] = field(
@@ -124,8 +123,13 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
         if not isinstance(self.detector, dict):
             raise ValueError("detector must be a dict of DetectorConfig fields")
-        if self.stage == "fusion" and set(self.detector) - {"gate_hidden"}:
-            raise ValueError("the fusion stage takes its detector from the experts; only gate_hidden can be set")
+        self.notes: list[str] = []  # said to the user, not saved: settings that were given but do not apply
+        ignored = sorted(set(self.detector) - {"gate_hidden"}) if self.stage == "fusion" else []
+        if ignored:  # the experts' config file can train the fusion stage too
+            self.detector = {k: v for k, v in self.detector.items() if k == "gate_hidden"}
+            self.notes.append(
+                f"the fusion stage takes its detector from the experts; ignoring detector settings {', '.join(ignored)}"
+            )
         if self.stage != "fusion" and set(self.detector) & {"experts", "fusion"}:
             raise ValueError("detector.experts and detector.fusion are set by the stage, not by hand")
 
@@ -173,6 +177,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config {str(path)!r}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
     return out
+
+
+def _default_domains() -> dict[str, list[str]]:
+    from ..data import DEFAULT_DOMAINS  # late: the data pipeline imports torch, reading the options does not
+
+    return copy.deepcopy(DEFAULT_DOMAINS)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
