@@ -87,7 +87,9 @@ def preview(
     folder: Path = typer.Argument(..., metavar="FOLDER", help="build output folder holding shard-*.tar"),
     out: Path = typer.Option(Path("preview.png"), "--out", "-o", metavar="PNG", help="file to write"),
     samples: int = typer.Option(4, "--samples", "-n", metavar="N", help="number of samples (rows)"),
-    tile: int = typer.Option(256, "--tile", metavar="PIXELS", help="side of each tile, pixels (centre crops, never resized)"),
+    tile: int = typer.Option(
+        256, "--tile", metavar="PIXELS", help="side of each tile, pixels (centre crops, never resized)"
+    ),
     gain: float = typer.Option(8.0, "--gain", metavar="X", help="residual amplification"),
 ) -> None:
     """Write a grid: real | each fake | amplified residual | log amplitude spectrum of the residual."""
@@ -132,12 +134,20 @@ def verify(folder: Path = typer.Argument(..., metavar="FOLDER", help="build outp
 @app.command()
 def publish(
     folder: Path = typer.Argument(..., metavar="FOLDER", help="finished build folder (with manifest.json)"),
-    repo: str = typer.Option(..., "--repo", metavar="USER/NAME", help="Hub dataset repo USER/NAME (created if missing)"),
+    repo: str = typer.Option(
+        ..., "--repo", metavar="USER/NAME", help="Hub dataset repo USER/NAME (created if missing)"
+    ),
     private: bool = typer.Option(False, "--private", help="create the repo private"),
-    revision: str | None = typer.Option(None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"),
-    license: str = typer.Option("unknown", "--license", metavar="ID", help="licence id for the card (that of the real corpus)"),
+    revision: str | None = typer.Option(
+        None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"
+    ),
+    license: str = typer.Option(
+        "unknown", "--license", metavar="ID", help="licence id for the card (that of the real corpus)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
-    staging: Path | None = typer.Option(None, "--staging", metavar="DIR", help="where to stage the upload (default: FOLDER/.publish)"),
+    staging: Path | None = typer.Option(
+        None, "--staging", metavar="DIR", help="where to stage the upload (default: FOLDER/.publish)"
+    ),
 ) -> None:
     """Upload shards, manifest.json, a preview and a dataset card to the Hugging Face Hub. Re-running resumes an
     interrupted upload. The token comes from `hf auth login` or HF_TOKEN and is never printed."""

@@ -131,24 +131,27 @@ def train(
     Offline: --backbone-id DIR loads the backbone from a local folder. Several GPUs or nodes: launch the same
     command with torchrun or accelerate (see docs/training.md).
     """
-    detector_flags = {"backbone": backbone, "backbone_id": backbone_id, "image_size": image_size,
-                      "gate_hidden": gate_hidden, "feature_layer": feature_layer, "feature_pool": feature_pool}  # fmt: skip
+    detector_flags = {
+        "backbone": backbone, "backbone_id": backbone_id, "image_size": image_size, "gate_hidden": gate_hidden,
+        "feature_layer": feature_layer, "feature_pool": feature_pool,
+    }  # fmt: skip
     with user_errors((ValueError, FileNotFoundError)):
         config = _train_config(
             out, config_file, resume, config_flags, more_experts, detector_flags, lora_rank, lora_blocks,
             domain_fields, aug,
         )  # fmt: skip
+        for ref in config.experts:
+            _check_ref(ref, "expert run")
     for note in config.notes:
         typer.echo(f"note: {note}", err=True)
-    backbone_ref = config.detector.get("backbone_id") or f"the default {config.detector.get('backbone', 'dinov2')} weights"
     if config.stage == "fusion":
         fetching, hint = "the expert detectors or their backbones", "give local expert run folders (--experts DIR)"
     else:
-        fetching, hint = f"the backbone {backbone_ref}", "give a local copy with --backbone-id DIR"
-    from sefmodel.train import train as run_train
-
+        fetching, hint = f"the backbone {_backbone_ref(config.detector)}", "give a local copy with --backbone-id DIR"
     try:
         with user_errors((ValueError, FileNotFoundError), hub=True, fetching=fetching, offline_hint=hint):
+            from sefmodel.train import train as run_train
+
             result = run_train(config, resume=resume, stop_after=stop_after, progress=progress)
     except typer.Exit as e:
         if e.exit_code == 130:
@@ -165,6 +168,17 @@ def train(
         line += (f"; held-out AP {_f(v['ap'], 4)}, acc {_f(v['accuracy'], 4)} (real {_f(v['real_acc'], 4)}, "
                  f"fake {_f(v['fake_acc'], 4)})")  # fmt: skip
     typer.echo(line)
+
+
+def _backbone_ref(detector: dict) -> str:
+    if detector.get("backbone_id"):
+        return detector["backbone_id"]
+    from sefmodel.backbones import get_backbone_class
+
+    try:
+        return get_backbone_class(detector.get("backbone", "dinov2")).default_model_id
+    except KeyError:
+        return str(detector.get("backbone"))
 
 
 def _train_config(
@@ -198,7 +212,10 @@ def _train_config(
                   _key_values(domain_fields, "--domain-fields").items()}  # fmt: skip
         values["domains"] = {**(dict(values.get("domains", {})) or _default_domains()), **parsed}
     if aug:
-        values["augment"] = {**values.get("augment", {}), **{k: _number(v) for k, v in _key_values(aug, "--aug").items()}}
+        values["augment"] = {
+            **values.get("augment", {}),
+            **{k: _number(v) for k, v in _key_values(aug, "--aug").items()},
+        }
     values.update(flags)
     values["out"] = str(out)
     return TrainConfig(**values)
@@ -271,6 +288,8 @@ def eval_(
     """Evaluate a detector on benchmarks: accuracy at 0.5, real/fake accuracy, AP, AUROC and calibrated accuracy
     per benchmark and subset, mean and worst case, robustness curves. Writes results.json, results.md,
     results.csv, scores.csv and plots/*.png."""
+    with user_errors():
+        _check_ref(run)
     from sefmodel.evaluate import EvalConfig, evaluate
     from sefmodel.predict import load_detector
 
@@ -294,6 +313,14 @@ def eval_(
     typer.echo(f"report: {out / 'results.md'}  (results.json, results.csv, scores.csv, plots/)")
 
 
+def _check_ref(ref: str, what: str = "detector") -> None:
+    """Fail at once, before the model stack loads, when a RUN is neither a local path nor fetchable from the Hub."""
+    if not Path(ref).expanduser().exists():
+        from sefdata.hub import require_hub_repo
+
+        require_hub_repo(ref, what)
+
+
 def _f(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -304,7 +331,9 @@ def predict(
     inputs: list[str] = typer.Argument(
         ..., metavar="INPUTS", help="image files and folders (searched recursively for images)"
     ),
-    format: str = typer.Option("jsonl", "--format", "-f", metavar="jsonl|csv", help="jsonl (one JSON object per line) or csv"),
+    format: str = typer.Option(
+        "jsonl", "--format", "-f", metavar="jsonl|csv", help="jsonl (one JSON object per line) or csv"
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="write here instead of stdout"),
     batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
     threshold: float = typer.Option(0.5, "--threshold", metavar="P", help="label is 'generated' when prob > threshold"),
@@ -315,6 +344,8 @@ def predict(
 ) -> None:
     """Score images of any size and format. One record per input: path, prob (P(generated)), label, num_crops and,
     for SEF detectors, the gate weights; an unreadable file gets a record with an error instead."""
+    with user_errors():
+        _check_ref(run)
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
 
     with user_errors(hub=True):
@@ -369,6 +400,8 @@ def explain(
 ) -> None:
     """Grad-CAM heatmap of each expert (and of the fused score) on the crop the detector scores, side by side with
     the gate weights: where each expert looks for artifacts."""
+    with user_errors():
+        _check_ref(run)
     from PIL import UnidentifiedImageError
 
     from sefmodel.explain import explain_file
@@ -395,10 +428,14 @@ def publish(
     run: Path = typer.Argument(..., metavar="RUN", help="run folder (with detector/) or detector folder"),
     repo: str = typer.Option(..., "--repo", metavar="USER/NAME", help="Hub model repo USER/NAME (created if missing)"),
     private: bool = typer.Option(False, "--private", help="create the repo private"),
-    revision: str | None = typer.Option(None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"),
+    revision: str | None = typer.Option(
+        None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"
+    ),
     license: str = typer.Option("apache-2.0", "--license", metavar="ID", help="licence id for the model card"),
     dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
-    staging: Path | None = typer.Option(None, "--staging", metavar="DIR", help="where to stage the upload (default: RUN/.publish)"),
+    staging: Path | None = typer.Option(
+        None, "--staging", metavar="DIR", help="where to stage the upload (default: RUN/.publish)"
+    ),
 ) -> None:
     """Upload a detector (trained tensors + config) with a model card to the Hugging Face Hub; metrics come from
     RUN/eval/results.json when the run was evaluated. The token comes from `hf auth login` or HF_TOKEN."""

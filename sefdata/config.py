@@ -179,6 +179,7 @@ def resolve_rank_world(
 
 def resolve_device(device: str, env: typing.Mapping[str, str] = os.environ) -> torch.device:
     import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(env.get("LOCAL_RANK", "0")) % torch.cuda.device_count())

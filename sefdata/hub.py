@@ -25,8 +25,9 @@ __all__ = [
     "file_sha256",
     "hub_offline_unless_reachable",
     "hub_reachable",
-    "network_failure",
     "load_state_dict",
+    "network_failure",
+    "require_hub_repo",
     "resolve_dir",
     "resolve_file",
     "revision_of",
@@ -89,6 +90,27 @@ def hub_offline_unless_reachable() -> Iterator[bool]:
         yield False
     finally:
         constants.HF_HUB_OFFLINE = was
+
+
+def require_hub_repo(ref: str, what: str, *, cached_file: str = "config.json") -> None:
+    """Check, without downloading, that ``ref`` (not a local path) can name a Hub repo here: a valid id
+    ``OWNER/NAME``, and the Hub reachable or the repo's ``cached_file`` in the local cache. Raises SefError at once
+    otherwise (instead of a minute of retries and a transport error)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        raise SefError(f"no {what} at {ref}: not a local folder, and not a Hub repo id of the form OWNER/NAME")
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise SefError(f"no {what} at {ref}: not a local folder, and not a valid Hub repo id") from None
+    if not hub_reachable() and not isinstance(try_to_load_from_cache(ref, cached_file), str):
+        raise SefError(
+            f"no {what} at {ref}: not a local folder, and the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is "
+            f"set) to look it up there; give a local folder"
+        )
 
 
 def network_failure(err: BaseException) -> str | None:

@@ -24,7 +24,21 @@ _EXPORTS = {
     "register_fusion": "fusion",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Backbone",
+    "CNNBackbone",
+    "DetectorConfig",
+    "LoraSettings",
+    "SEFDetector",
+    "Scores",
+    "UnsafeCheckpointError",
+    "ViTBackbone",
+    "get_backbone_class",
+    "known_backbones",
+    "known_fusions",
+    "register_backbone",
+    "register_fusion",
+]
 
 if TYPE_CHECKING:
     from .backbones import (

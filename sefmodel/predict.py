@@ -51,23 +51,9 @@ def resolve_run(run: str | os.PathLike) -> str:
         raise SefError(f"{path} is neither a detector folder nor a run folder with {sub}/: {problem}")
     if path.exists():
         raise SefError(f"{path} is a file; RUN must be a detector folder, a run folder or a Hub id")
-    if str(run).count("/") != 1 or str(run).startswith((".", "/", "~")):
-        raise SefError(f"no detector at {run}: not a folder, and not a Hub repo id of the form OWNER/NAME")
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from sefdata.hub import require_hub_repo
 
-    from sefdata.hub import hub_reachable
-
-    try:
-        validate_repo_id(str(run))
-    except HFValidationError:
-        raise SefError(f"no detector at {run}: not a folder, and not a valid Hub repo id") from None
-    if not hub_reachable() and not isinstance(try_to_load_from_cache(str(run), CONFIG_NAME), str):
-        raise SefError(
-            f"no detector at {run}: not a local folder, and the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE "
-            "is set) to look it up there; give a local detector or run folder"
-        )
+    require_hub_repo(str(run), "detector", cached_file=CONFIG_NAME)
     return str(run)
 
 
@@ -101,7 +87,9 @@ def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector:
             ) from None
         if not isinstance(e, OSError):
             raise
-        raise SefError(f"cannot load the detector from {source}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise SefError(
+            f"cannot load the detector from {source}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def _backbone_of(source: str) -> str | None:

@@ -20,7 +20,16 @@ _EXPORTS = {
     "train": "trainer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Task",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "get_task",
+    "load_toml",
+    "register_task",
+    "train",
+]
 
 if TYPE_CHECKING:
     from .config import TrainConfig, load_toml
