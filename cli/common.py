@@ -132,12 +132,12 @@ class App(typer.Typer):
             context_settings=HELP_OPTIONS,
         )
 
-        def show_version(value: bool) -> None:
+        def show_version(ctx: typer.Context, value: bool) -> None:
             if value:
                 from importlib.metadata import PackageNotFoundError, version
 
                 try:
-                    typer.echo(f"{sys.argv[0].rsplit('/', 1)[-1]} {version(version_of)}")
+                    typer.echo(f"{ctx.find_root().info_name} {version(version_of)}")
                 except PackageNotFoundError:
                     typer.echo(f"{version_of} (not installed)")
                 raise typer.Exit()
@@ -241,4 +241,4 @@ def report_upload(files: list[str], folder: Path, *, dry_run: bool, url: str) ->
 
 
 def run_app(app: typer.Typer) -> None:
-    app(prog_name=sys.argv[0].rsplit("/", 1)[-1])
+    app(prog_name=sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py"))

@@ -122,14 +122,10 @@ def network_failure(err: BaseException) -> str | None:
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
-            from huggingface_hub import constants
-
-            return (
-                "offline: not in the local cache, and the Hub is unreachable or HF_HUB_OFFLINE is set"
-                if constants.is_offline_mode()
-                else "not in the local cache, and downloads are off"
-            )
+        if isinstance(e, LocalEntryNotFoundError):
+            return "not in the local cache, and the Hub is unreachable or HF_HUB_OFFLINE is set"
+        if isinstance(e, OfflineModeIsEnabled):
+            return "the Hub is unreachable or HF_HUB_OFFLINE is set"
         mro = {(c.__module__.split(".")[0], c.__name__) for c in type(e).__mro__}
         if any(mod in ("httpx", "httpx2", "httpcore", "requests", "urllib3") and name in (
                 "TransportError", "ConnectionError", "TimeoutException", "ConnectError", "NetworkError",
