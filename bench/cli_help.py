@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": stats,
         "samples": {name: [round(v, 3) for v in values] for name, values in samples.items()},
         "repeats": args.repeats,
-        "environment": {"python": platform.python_version(), "machine": platform.machine(),
-                        "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)},  # fmt: skip
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

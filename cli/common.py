@@ -63,7 +63,7 @@ def _help_record(param: Any, ctx: Any) -> tuple[str, str] | None:
     if param.param_type_name == "argument":
         name = _usage_piece(param)
     else:
-        name = ", ".join(param.opts)
+        name = ", ".join(sorted(param.opts, key=lambda o: o.startswith("--")))  # -o, --out: short ones first
         if param.secondary_opts:
             name += " / " + ", ".join(param.secondary_opts)
         if not param.is_flag:

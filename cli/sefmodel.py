@@ -13,7 +13,7 @@ from sefdata.errors import SefError
 from sefmodel.train.config import TrainConfig
 
 from .common import App, report_upload, run_app, user_errors
-from .options import config_options
+from .options import config_options, specs_in_source
 
 app = App(help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.")
 
@@ -37,11 +37,9 @@ def _number(text: str) -> int | float | str:
     return text
 
 
-BACKBONES = "dinov2, dinov2_registers, clip, mobilenet_v2, resnet, convnext"
-
-
-# Every TrainConfig field with a plain value is an option here and a key in --config files (one declaration);
-# the tables (detector, domains, augment) have the options below.
+# Options are declared once, in the configs: every TrainConfig field with a plain value is an option here and a key
+# in --config files; the detector's main fields (keys of the [detector] table) and the LoRA rank and blocks come from
+# DetectorConfig and LoraSettings, read from their source so that --help imports no torch.
 @app.command()
 @config_options(
     TrainConfig,
@@ -49,6 +47,20 @@ BACKBONES = "dinov2, dinov2_registers, clip, mobilenet_v2, resnet, convnext"
     overrides={"data": {"metavar": "SHARDS"}, "val_data": {"metavar": "SHARDS"}, "experts": {"metavar": "RUN"},
                "stage": {"metavar": "STAGE"}, "domain": {"metavar": "NAME"}, "fusion": {"metavar": "HEAD"},
                "mixed_precision": {"metavar": "MODE"}, "record_keys": {"hidden": True}},
+)  # fmt: skip
+@config_options(
+    specs_in_source("sefmodel.config", "DetectorConfig"),
+    include=("backbone", "backbone_id", "image_size", "feature_layer", "feature_pool", "gate_hidden"),
+    overrides={"backbone": {"metavar": "FAMILY"}, "backbone_id": {"metavar": "HUB_ID_OR_DIR"},
+               "image_size": {"metavar": "PIXELS"}, "feature_pool": {"metavar": "POOL"}},
+    param="detector_flags",
+)  # fmt: skip
+@config_options(
+    specs_in_source("sefmodel.lora", "LoraSettings"),
+    include=("rank", "blocks"),
+    prefix="lora_",
+    overrides={"blocks": {"metavar": "all|last:K"}},
+    param="lora_flags",
 )  # fmt: skip
 def train(
     more_experts: list[str] = typer.Argument(
@@ -68,44 +80,6 @@ def train(
         metavar="NAME=FIELD[,FIELD...]",
         help="the shard fields of a domain, repeatable (default: recon=vae,ddim,taesd sr=sr)",
     ),
-    backbone: str | None = typer.Option(
-        None, "--backbone", metavar="FAMILY", help=f"backbone family: {BACKBONES} (default: dinov2)"
-    ),
-    backbone_id: str | None = typer.Option(
-        None,
-        "--backbone-id",
-        metavar="HUB_ID_OR_DIR",
-        help="Hub id or local folder of the backbone weights; a local folder works offline "
-        "(default: the family's, e.g. facebook/dinov2-large)",
-    ),
-    image_size: int | None = typer.Option(
-        None,
-        "--image-size",
-        metavar="PIXELS",
-        help="training crop side (default: the backbone's, 336 DINOv2 / 224 CLIP and the CNNs)",
-    ),
-    feature_layer: int | None = typer.Option(
-        None,
-        "--feature-layer",
-        metavar="N",
-        help="block (ViT) or stage (CNN) whose output is the feature, 0-based, negative from the last (default: -1)",
-    ),
-    feature_pool: str | None = typer.Option(
-        None,
-        "--feature-pool",
-        metavar="POOL",
-        help="CNN feature pooling: mean or mean_std; ViTs use the CLS token (default: mean)",
-    ),
-    lora_rank: int | None = typer.Option(None, "--lora-rank", metavar="N", help="LoRA rank (default: 8)"),
-    lora_blocks: str | None = typer.Option(
-        None,
-        "--lora-blocks",
-        metavar="all|last:K",
-        help="blocks with LoRA, counted back from the feature block (default: all)",
-    ),
-    gate_hidden: int | None = typer.Option(
-        None, "--gate-hidden", metavar="N", help="SEF gate hidden width (default: 256)"
-    ),
     aug: list[str] = typer.Option(
         None,
         "--aug",
@@ -119,6 +93,8 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
     *,
     config_flags: dict,
+    detector_flags: dict,
+    lora_flags: dict,
 ) -> None:
     """Train one stage of a SEF detector on sefdata shards, into a run folder.
 
@@ -131,15 +107,10 @@ def train(
     Offline: --backbone-id DIR loads the backbone from a local folder. Several GPUs or nodes: launch the same
     command with torchrun or accelerate (see docs/training.md).
     """
-    detector_flags = {
-        "backbone": backbone, "backbone_id": backbone_id, "image_size": image_size, "gate_hidden": gate_hidden,
-        "feature_layer": feature_layer, "feature_pool": feature_pool,
-    }  # fmt: skip
     with user_errors((ValueError, FileNotFoundError)):
         config = _train_config(
-            out, config_file, resume, config_flags, more_experts, detector_flags, lora_rank, lora_blocks,
-            domain_fields, aug,
-        )  # fmt: skip
+            out, config_file, resume, config_flags, more_experts, detector_flags, lora_flags, domain_fields, aug
+        )
         for ref in config.experts:
             _check_ref(ref, "expert run")
     for note in config.notes:
@@ -182,7 +153,7 @@ def _backbone_ref(detector: dict) -> str:
 
 
 def _train_config(
-    out, config_file, resume, flags, more_experts, detector_flags, lora_rank, lora_blocks, domain_fields, aug
+    out, config_file, resume, flags, more_experts, detector_flags, lora_flags, domain_fields, aug
 ) -> TrainConfig:
     """The TrainConfig from, in increasing precedence: the saved run (--resume), --config, the flags."""
     from sefmodel.train.config import _default_domains, load_toml
@@ -197,14 +168,10 @@ def _train_config(
     if more_experts:
         flags["experts"] = [*flags["experts"], *more_experts]
     detector = dict(values.get("detector", {}))
-    lora = dict(detector.get("lora", {}))
-    if lora_rank is not None:
-        lora["rank"] = lora_rank
-    if lora_blocks is not None:
-        lora["blocks"] = lora_blocks
+    lora = {**detector.get("lora", {}), **lora_flags}
     if lora:
         detector["lora"] = lora
-    detector.update({k: v for k, v in detector_flags.items() if v is not None})
+    detector.update(detector_flags)
     if detector:
         values["detector"] = detector
     if domain_fields:

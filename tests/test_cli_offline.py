@@ -77,7 +77,7 @@ def test_fusion_with_a_missing_expert_run(tmp_path):
 
 def test_default_backbone_without_the_hub_names_it_and_the_offline_way(tmp_path, train_shards):
     args = ["train", "--data", str(train_shards), "--stage", "expert", "--domain", "recon", "--out",
-            str(tmp_path / "run"), "--steps", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress"]  # fmt: skip
+            str(tmp_path / "run"), "--steps", "1", "--batch-size", "4", "--num-workers", "0"]  # fmt: skip
     line = one_line_error(run_cli("sefmodel", args, tmp_path, UNREACHABLE))
     assert "facebook/dinov2-large" in line and "--backbone-id DIR" in line
     assert not (tmp_path / "run" / "train_config.json").exists()
