@@ -37,7 +37,7 @@ class FieldSpec:
 
     name: str
     annotation: Any
-    default: Any
+    default: Callable[[], Any]  # called only for fields that become options (a factory may import heavy code)
     help: str
 
 
@@ -55,8 +55,25 @@ def _default(f: dataclasses.Field) -> Any:
 
 def specs_of(cls: type) -> list[FieldSpec]:
     """The fields of a config dataclass whose help is in ``field(metadata={"help": ...})``."""
-    hints = typing.get_type_hints(cls)
-    return [FieldSpec(f.name, hints[f.name], _default(f), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+    hints = _type_hints(cls)
+    return [FieldSpec(f.name, hints[f.name], functools.partial(_default, f), f.metadata.get("help", ""))
+            for f in dataclasses.fields(cls)]  # fmt: skip
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Field annotations, resolved where they can be; a type only imported for type checkers reads as Any (such a
+    field has no command-line form anyway)."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:
+        namespace = vars(importlib.import_module(cls.__module__))
+        out = {}
+        for name, text in cls.__annotations__.items():
+            try:
+                out[name] = eval(text, namespace) if isinstance(text, str) else text
+            except NameError:
+                out[name] = Any
+        return out
 
 
 def specs_in_source(module: str, class_name: str) -> list[FieldSpec]:
@@ -82,7 +99,8 @@ def specs_in_source(module: str, class_name: str) -> list[FieldSpec]:
         except ValueError:
             default = None
         doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else ""
-        out.append(FieldSpec(node.target.id, annotation, default, " ".join(str(doc).split())))
+        out.append(FieldSpec(node.target.id, annotation, functools.partial(lambda d: d, default),
+                             " ".join(str(doc).split())))  # fmt: skip
     return out
 
 
@@ -150,7 +168,7 @@ def config_options(
             extra = dict(overrides.get(f.name, {}))
             names = [f"--{(prefix + f.name).replace('_', '-')}", *extra.pop("names", [])]
             help_text, stated = split_default(extra.pop("help", None) or f.help)
-            shown = stated or _shown(f.default)
+            shown = stated or _shown(f.default())
             if repeatable:
                 help_text += "; repeatable"
             option = typer.Option(

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sefdata.encode import EncodingPolicy
 from sefdata.errors import SefError
 
 if TYPE_CHECKING:  # torch loads when a build runs, not when `sefdata --help` reads the options
@@ -91,6 +90,8 @@ class BuildConfig:
         fields = [s.field for s in specs]
         if len(set(fields)) != len(fields):
             raise SefError(f"two generators write the same field ({', '.join(fields)}); rename one with as=NAME")
+        from sefdata.encode import EncodingPolicy  # late: numpy and Pillow are not needed to read the options
+
         EncodingPolicy.parse(self.format)
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise SefError(f"--dtype {self.dtype!r}: use one of auto, {', '.join(DTYPES)}")

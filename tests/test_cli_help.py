@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from sef_cli import sefdata as sefdata_cli
@@ -17,6 +21,7 @@ from sefdata.config import BuildConfig
 from sefmodel.train.config import TrainConfig
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 APPS = {"sefdata": sefdata_cli.app, "sefmodel": sefmodel_cli.app}
 COMMANDS = [(tool, cmd.name or cmd.callback.__name__) for tool, app in APPS.items() for cmd in app.registered_commands]
 ODD = ("{", "<bool>", "<str>", "<int>", "<path>", "[[", "list[")
@@ -107,3 +112,19 @@ def test_a_new_field_is_a_new_option_with_its_help_and_default():
     assert seen == {"tile_overlap": 8, "names": ["a", "b"], "dry": True}
     seen.clear()
     assert runner.invoke(app, ["run"]).exit_code == 0 and seen == {}  # unset flags leave the config's defaults
+
+
+@pytest.mark.parametrize("tool", APPS)
+def test_help_imports_no_model_stack(tool):
+    """--help is fast because it loads no torch, transformers or numpy (timed by bench/cli_help.py, not here)."""
+    code = (
+        f"import sys; from sef_cli import {tool} as m\n"
+        "for args in (['--help'], ['train' if 'model' in m.__name__ else 'build', '--help']):\n"
+        "    try: m.app(args, prog_name='x')\n"
+        "    except SystemExit: pass\n"
+        "print(sorted(n for n in ('torch', 'transformers', 'diffusers', 'peft', 'numpy') if n in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -9,10 +9,12 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..augment import AugmentConfig
 from ..fields import from_known_fields
+
+if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not when `--help` reads the options
+    from ..augment import AugmentConfig
 
 STAGE_NAMES = ("expert", "fusion", "mixed")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -73,7 +75,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_help("seeds the model init, data order, augmentation and dropout"))
     num_workers: int = field(default=4, metadata=_help("data-loading processes per rank (0: in the main process)"))
     shuffle_buffer: int = field(default=256, metadata=_help("raw samples per data worker kept for shuffling"))
-    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=_help("paired augmentation settings"))
+    augment: AugmentConfig = field(default_factory=lambda: _augment(), metadata=_help("paired augmentation settings"))
     val_every: int = field(default=500, metadata=_help("validate every N steps (and at the end)"))
     val_max_samples: int | None = field(default=None, metadata=_help("cap on held-out samples per validation"))
     save_every: int = field(
@@ -91,7 +93,7 @@ class TrainConfig:
         if isinstance(self.val_data, str):
             self.val_data = [self.val_data]
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig.from_dict(self.augment)
+            self.augment = _augment(self.augment)
         if self.stage not in STAGE_NAMES:
             raise ValueError(f"unknown stage {self.stage!r}; known: {', '.join(STAGE_NAMES)}")
         if not isinstance(self.domains, dict) or not all(
@@ -177,6 +179,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config {str(path)!r}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
     return out
+
+
+def _augment(values: dict[str, Any] | None = None) -> AugmentConfig:
+    from ..augment import AugmentConfig
+
+    return AugmentConfig.from_dict(values or {})
 
 
 def _default_domains() -> dict[str, list[str]]:
