@@ -100,3 +100,19 @@ def test_publish_without_a_network(tmp_path, finished_build):
     line = one_line_error(run_cli("sefdata", args, tmp_path, UNREACHABLE))
     assert "me/data" in line and "--dry-run" in line
     assert (tmp_path / "stage").is_dir()  # staged, so that a re-run only uploads
+
+
+def test_a_local_backbone_folder_trains_without_the_hub(tmp_path, train_shards):
+    """--backbone-id DIR: a transformers model folder on disk is all `train` needs; no TOML, no Hub."""
+    from conftest_model import SIZE, TINY
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(**TINY["dinov2"])).save_pretrained(tmp_path / "dinov2-local")
+    args = ["train", "--data", str(train_shards), "--stage", "expert", "--domain", "recon", "--out",
+            str(tmp_path / "run"), "--backbone", "dinov2", "--backbone-id", str(tmp_path / "dinov2-local"),
+            "--image-size", str(SIZE), "--lora-rank", "2", "--steps", "1", "--batch-size", "4", "--num-workers", "0",
+            "--shuffle-buffer", "4", "--no-progress"]  # fmt: skip
+    result = run_cli("sefmodel", args, tmp_path, UNREACHABLE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "trained expert for 1 steps" in result.stdout
+    assert (tmp_path / "run" / "detector" / "model.safetensors").is_file()
