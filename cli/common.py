@@ -110,8 +110,23 @@ class Command(TyperCommand):
         _format_params(self, ctx, formatter)
 
 
+class _Flag:
+    """Converts a switch's value without typer's pydantic machinery (see Group.get_help_option)."""
+
+    def coerce(self, value: Any, **_: Any) -> bool:
+        return bool(value)
+
+
 class Group(TyperGroup):
     """The app: conventional help for its own options, then the commands."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        # typer converts parameter values through pydantic, imported on first use (0.1-0.3 s). On `sefmodel predict
+        # --help` the one value it would convert is this absent group flag: a plain bool needs no pydantic.
+        if option is not None and getattr(option, "_runtime_param", False) is None:
+            option._runtime_param = _Flag()
+        return option
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
         _format_params(self, ctx, formatter)
