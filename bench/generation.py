@@ -1,184 +1,253 @@
-"""Generation throughput: `sefdata build` against a plain per-image loop, same photos, same real models.
+"""Generation throughput: what share of the models' own speed a `sefdata build` delivers, like for like.
 
-The baseline is how public reconstruction scripts do it: for each photo, open, convert, crop, run each model on that
-one image (NCHW, fp32, torch.no_grad), save a PNG. The build does the same work (TAEF2 reconstruction and x4 GAN
-upsampling of every photo, PNG output) through `sefdata.build`. Both run in this process, interleaved, on the CPU.
+Four ways turn the same photos into the same fakes, in this process, interleaved, ``--repeats`` times:
 
-The build runs at its default precision (``--dtype auto``: bf16 where the device computes it natively, else fp32 on a
-CPU) and, when that is not fp32, once more in fp32 in the same run, so the file shows both speeds and what the
-precision does to the fakes (mean PSNR of each fake field against its real, per precision).
+* ``models_alone`` — the build's own generators (same precision, same batch size, same batching of same-size images)
+  on images decoded and aligned beforehand: forward passes and the quantisation to uint8 only, no file read, decode,
+  encode or write. The limit a pipeline can reach.
+* ``build`` — ``sefdata build`` on the photo files, writing PNG shards (the toolkit's PNG writer).
+* ``loop`` — the per-image loop public reconstruction scripts use (open, convert, crop, run each model on one image,
+  save), at the build's precision and with the build's PNG writer: the same work without batching or overlap.
+* ``loop_public`` — that loop as such scripts are written: fp32, Pillow's default PNG. A row beside, not a headline.
 
-Writes bench/results/generation.json; the last line printed is the headline (build / loop images per second).
+The headline is ``build_over_models_alone`` (build images/s over models-alone images/s); every ratio compares two ways
+at one precision and one encoding. Each way's figure is the median over the repeats, with its spread (min, max).
 
-Usage: python bench/generation.py [--assets DIR] [--max-side 384] [--repeats 2]
-       python bench/generation.py --device cuda --dtype fp16 --crop 256 --copies 16 --out gpu.json   # on a GPU
+Models: ``--model taef2-sr`` (default: TAEF2 reconstruction and x4 Real-ESRGAN upsampling, the real small weights) or
+``--model sd-vae`` (an AutoencoderKL with the Stable Diffusion 2.x VAE's config and random weights: the real one's
+FLOPs without a download; use ``--crop 512`` on a GPU).
+
+Results go to bench/results/generation.json under ``runs``, one entry per device and model, each with the machine it
+ran on; a run merges its entry into the file and the CPU ``taef2-sr`` run sets the headline. The last line printed is
+this run's headline.
+
+Usage: python bench/generation.py [--assets DIR] [--max-side 384] [--repeats 3]
+       python bench/generation.py --model sd-vae --crop 128 --max-side 256        # on the CPU
+       python bench/generation.py --device cuda --model sd-vae --crop 512 --copies 20 --batch-size 16   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import shutil
-import sys
+import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from sefdata.assets import find_assets
+from sefdata.build import Builder, build
+from sefdata.config import BuildConfig, resolve_dtype
+from sefdata.encode import encode_png
+from sefdata.generators.sr import downsample, load_sr_model
+from sefdata.generators.taesd import load_taesd
+from sefdata.sources import iter_sources
 
-from sefdata.assets import find_assets  # noqa: E402
-from sefdata.build import build, psnr  # noqa: E402
-from sefdata.config import BuildConfig, native_bf16, resolve_dtype  # noqa: E402
-from sefdata.generators.sr import downsample, load_sr_model  # noqa: E402
-from sefdata.generators.taesd import load_taesd  # noqa: E402
-from sefmodel.data import iter_samples  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
 
-
-def require_assets(explicit: str | None) -> Path:
-    found = find_assets(explicit, required=("photos", "weights/taef2_encoder.pth"))
-    if found is None:
-        sys.exit("no assets: pass --assets DIR (with photos/ and weights/) or set SEF_ASSETS")
-    return found
-
-
-def per_image_loop(photos: list[Path], weights: Path, out: Path, max_side: int, crop: int | None, device: str) -> dict:
-    """The baseline: one image at a time, models in their default layout and fp32, PNG out."""
-    t_start = time.perf_counter()
-    dev = torch.device(device)
-    encoder, decoder = (m.to(dev) for m in load_taesd(weights / "taef2_encoder.pth", weights / "taef2_decoder.pth"))
-    sr = load_sr_model(weights / "realesr-animevideov3.pth").model.eval().to(dev)
-    model_seconds = 0.0
-    for i, path in enumerate(photos):
-        img = Image.open(path).convert("RGB")
-        if max(img.size) > max_side:
-            scale = max_side / max(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
-        w, h = (crop, crop) if crop else (img.width // 8 * 8, img.height // 8 * 8)
-        img = img.crop((0, 0, w, h))
-        x = (torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255).to(dev)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            recon = decoder(encoder(x)).clamp(0, 1).cpu()
-            up = sr(downsample(x, 4)).clamp(0, 1).cpu()
-            model_seconds += time.perf_counter() - t0
-        img.save(out / f"{i}_{path.stem}_real.png")
-        for name, y in (("taef2", recon), ("sr", up)):
-            arr = (y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-            Image.fromarray(arr).save(out / f"{i}_{path.stem}_{name}.png")
-    return {"seconds": time.perf_counter() - t_start, "model_seconds": model_seconds}
+# The Stable Diffusion 2.x VAE (stabilityai/stable-diffusion-2-1, subfolder vae): its architecture, random weights.
+SD_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "block_out_channels": [128, 256, 512, 512], "act_fn": "silu", "sample_size": 768, "scaling_factor": 0.18215,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}  # fmt: skip
 
 
-def fidelity(out: Path) -> dict[str, float]:
-    """Mean PSNR (dB) of each fake field against its real over the build's shards."""
-    scores: dict[str, list[float]] = {}
-    for tar in sorted(out.glob("shard-*.tar")):
-        for sample in iter_samples(str(tar)):
-            images = {k.split(".")[0]: np.asarray(Image.open(io.BytesIO(v)).convert("RGB")) for k, v in sample.items()
-                      if k.split(".")[-1] in ("png", "jpg")}  # fmt: skip
-            real = images.pop("real")
-            for name, fake in images.items():
-                scores.setdefault(name, []).append(psnr(real, fake))
-    return {name: round(float(np.mean(v)), 3) for name, v in sorted(scores.items())}
-
-
-def sefdata_build(listing: Path, weights: Path, out: Path, max_side: int, crop: int | None, device: str,
-                  dtype: str, batch_size: int) -> dict:  # fmt: skip
-    config = BuildConfig(
-        sources=[str(listing)], out=str(out), format="png", max_side=max_side, crop=crop, shard_size=100_000,
-        batch_size=batch_size, device=device, dtype=dtype, seed=0, gen=[
+def generator_specs(model: str, weights: Path, scratch: Path) -> list[str]:
+    if model == "taef2-sr":
+        return [
             f"taesd:encoder={weights / 'taef2_encoder.pth'},decoder={weights / 'taef2_decoder.pth'},as=taef2",
             f"sr:weights={weights / 'realesr-animevideov3.pth'},scale=4",
-        ],
+        ]
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(**SD_VAE_CONFIG).save_pretrained(scratch / "sd-vae")
+    return [f"vae:model={scratch / 'sd-vae'}"]
+
+
+def config_for(listing: Path, out: Path, specs: list[str], args, dtype: str) -> BuildConfig:
+    return BuildConfig(
+        sources=[str(listing)], out=str(out), format="png", max_side=args.max_side, crop=args.crop,
+        shard_size=100_000, batch_size=args.batch_size, device=args.device, dtype=dtype, seed=0, gen=specs,
     )  # fmt: skip
-    t0 = time.perf_counter()
-    summary = build(config, progress=False)
-    seconds = time.perf_counter() - t0
-    stats = json.loads((out / "shard-000000.stats.json").read_text())
-    model = sum(v for k, v in stats["timings"].items() if k.startswith("generate."))
-    return {
-        "seconds": seconds,
-        "model_seconds": model,
-        "written": summary.written,
-        "timings": stats["timings"],
-        "dtype": {n: g["runtime"]["dtype"] for n, g in stats["generators"].items()},
-        "psnr_db": fidelity(out),
-    }
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def models_alone(config: BuildConfig) -> float:
+    """Seconds the build's generators take on pre-aligned images, batched as the build batches them."""
+    builder = Builder(config, progress=False)
+    try:
+        builder.generators()  # load the models (untimed), as the build does once
+        prepared = [builder.prepare(item) for item in iter_sources(config.sources)]
+        by_size: dict[tuple, list] = {}
+        for p in prepared:
+            by_size.setdefault(p.aligned.pixels.shape, []).append(p)
+        batches = [g[i : i + config.batch_size] for g in by_size.values() for i in range(0, len(g), config.batch_size)]
+        _sync(config.device)
+        start = time.perf_counter()
+        for batch in batches:
+            builder.generate(batch, Counter())
+        _sync(config.device)
+        return time.perf_counter() - start
+    finally:
+        builder.close()
+
+
+def run_build(config: BuildConfig) -> float:
+    start = time.perf_counter()
+    build(config, progress=False)
+    return time.perf_counter() - start
+
+
+def per_image_loop(photos: list[Path], specs: list[str], out: Path, args, dtype: torch.dtype, pillow: bool) -> float:
+    """One image at a time: open, convert, resize, crop, run each model, save the real and the fakes."""
+    start = time.perf_counter()
+    dev = torch.device(args.device)
+    models = []
+    for spec in specs:
+        name, _, params = spec.partition(":")
+        kw = dict(p.split("=", 1) for p in params.split(","))
+        if name == "taesd":
+            enc, dec = (m.to(dev, dtype) for m in load_taesd(Path(kw["encoder"]), Path(kw["decoder"])))
+            models.append(lambda x, e=enc, d=dec: d(e(x)))
+        elif name == "sr":
+            sr = load_sr_model(Path(kw["weights"])).model.eval().to(dev, dtype)
+            models.append(lambda x, m=sr: m(downsample(x, 4)))
+        else:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(kw["model"]).to(dev, dtype).eval()
+            models.append(lambda x, v=vae: v.decode(v.encode(x * 2 - 1).latent_dist.sample()).sample / 2 + 0.5)
+
+    def save(px: np.ndarray, path: Path) -> None:
+        if pillow:
+            Image.fromarray(px).save(path)
+        else:
+            path.write_bytes(encode_png(px))
+
+    for i, photo in enumerate(photos):
+        img = Image.open(photo).convert("RGB")
+        if max(img.size) > args.max_side:
+            scale = args.max_side / max(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        w, h = (args.crop, args.crop) if args.crop else (img.width // 8 * 8, img.height // 8 * 8)
+        left, top = ((img.width - w) // 2, (img.height - h) // 2) if args.crop else (0, 0)
+        img = img.crop((left, top, left + w, top + h))
+        px = np.asarray(img)
+        x = (torch.from_numpy(px.copy()).permute(2, 0, 1)[None].float() / 255).to(dev, dtype)
+        save(px, out / f"{i}_real.png")
+        for j, model in enumerate(models):
+            with torch.no_grad():
+                y = model(x).float().clamp(0, 1)
+            save((y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy(), out / f"{i}_{j}.png")
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", help="folder with photos/ and weights/ (default: $SEF_ASSETS, ../shared/assets)")
+    parser.add_argument("--model", choices=("taef2-sr", "sd-vae"), default="taef2-sr")
     parser.add_argument("--max-side", type=int, default=384, help="downscale photos to this longer side")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each way; the best is kept")
-    parser.add_argument("--crop", type=int, default=None, help="square crop (same-size images batch on the model)")
+    parser.add_argument("--crop", type=int, default=None, help="square centre crop (same-size images batch)")
     parser.add_argument("--copies", type=int, default=1, help="list every photo this many times (more work)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (both ways run there)")
-    parser.add_argument("--dtype", default="auto", help="build precision: auto, fp32, fp16 or bf16 (the loop is fp32)")
-    parser.add_argument("--batch-size", type=int, default=4, help="build batch size")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "generation.json"))
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every way (median, spread)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every way runs there)")
+    parser.add_argument("--dtype", default="auto", help="precision of the build, models alone and loop")
+    parser.add_argument("--batch-size", type=int, default=4, help="build and models-alone batch size")
     args = parser.parse_args(argv)
 
-    assets = require_assets(args.assets)
+    needs = ("photos", "weights/taef2_encoder.pth") if args.model == "taef2-sr" else ("photos",)
+    assets = find_assets(args.assets, required=needs)
+    if assets is None:
+        raise SystemExit("no assets: pass --assets DIR (with photos/ and weights/) or set SEF_ASSETS")
     photos = sorted(p for p in (assets / "photos").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     photos = [p for p in photos for _ in range(args.copies)]
-    resolved = str(resolve_dtype(args.dtype, torch.device(args.device))).removeprefix("torch.")
-    ways = ["loop", "build"] + (["build_fp32"] if resolved != "float32" else [])
-    runs: dict[str, list[dict]] = {way: [] for way in ways}
-    for _ in range(args.repeats):
-        for way in ways:
-            tmp = Path(tempfile.mkdtemp(prefix=f"bench-{way}-"))
-            try:
-                if way == "loop":
-                    run = per_image_loop(photos, assets / "weights", tmp, args.max_side, args.crop, args.device)
+    dtype = resolve_dtype(args.dtype, torch.device(args.device))
+    dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-generation-"))
+    seconds: dict[str, list[float]] = {w: [] for w in ("models_alone", "build", "loop", "loop_public")}
+    try:
+        specs = generator_specs(args.model, assets / "weights", scratch)
+        listing = scratch / "photos.txt"
+        listing.write_text("".join(f"{p.resolve()}\n" for p in photos))
+        for r in range(args.repeats):
+            for way in seconds:  # interleaved: every way once per repeat
+                out = scratch / f"{way}-{r}"
+                out.mkdir()
+                if way == "models_alone":
+                    t = models_alone(config_for(listing, out, specs, args, dtype_name))
+                elif way == "build":
+                    t = run_build(config_for(listing, out, specs, args, dtype_name))
+                elif way == "loop":
+                    t = per_image_loop(photos, specs, out, args, dtype, pillow=False)
                 else:
-                    listing = tmp / "photos.txt"
-                    listing.write_text("".join(f"{p.resolve()}\n" for p in photos))
-                    dtype = "fp32" if way == "build_fp32" else args.dtype
-                    run = sefdata_build(listing, assets / "weights", tmp / "out", args.max_side, args.crop,
-                                        args.device, dtype, args.batch_size)  # fmt: skip
-                runs[way].append(run)
-            finally:
-                shutil.rmtree(tmp)
-    best = {way: min(r, key=lambda x: x["seconds"]) for way, r in runs.items()}
+                    t = per_image_loop(photos, specs, out, args, torch.float32, pillow=True)
+                seconds[way].append(t)
+                shutil.rmtree(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
     n = len(photos)
-    rate = {way: n / best[way]["seconds"] for way in best}
-    outside = {way: 1 - best[way]["model_seconds"] / best[way]["seconds"] for way in best}
-    result = {
-        "headline": {"metric": "build_over_loop_images_per_second", "value": round(rate["build"] / rate["loop"], 3),
-                     "unit": "x"},
+    rates = {w: [n / s for s in v] for w, v in seconds.items()}
+
+    def spread(values: list[float]) -> dict:
+        return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+                "max": round(max(values), 3)}  # fmt: skip
+
+    def ratio(a: str, b: str) -> dict:  # per repeat, then median and spread
+        return spread([x / y for x, y in zip(rates[a], rates[b], strict=True)])
+
+    run = {
+        "headline": {
+            "metric": "build_over_models_alone",
+            "value": ratio("build", "models_alone")["median"],
+            "unit": "x",
+        },
+        "model": args.model,
+        "device": args.device,
+        "precision": dtype_name,
+        "encoding": "PNG by the toolkit's writer (build, loop); loop_public: Pillow PNG at its default level, fp32",
         "images": n,
         "max_side": args.max_side,
         "crop": args.crop,
-        "device": args.device,
-        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "build_dtype": {"asked": args.dtype, "resolved": best["build"]["dtype"],
-                        "native_bf16": native_bf16(torch.device(args.device))},
-        "fakes_psnr_db_against_real": {way: best[way]["psnr_db"] for way in ways if way != "loop"},
-        "build_batch_size": args.batch_size,
-        "images_per_second": {k: round(v, 3) for k, v in rate.items()},
-        "share_of_wall_time_outside_model": {k: round(v, 3) for k, v in outside.items()},
-        "seconds": {k: [round(r["seconds"], 2) for r in v] for k, v in runs.items()},
-        "build_timings": best["build"]["timings"],
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "assets": str(assets),
-    }  # fmt: skip
-    if "build_fp32" in best:
-        result["build_fp32_over_loop"] = round(rate["build_fp32"] / rate["loop"], 3)
-        result["build_fp32_timings"] = best["build_fp32"]["timings"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("images_per_second", "share_of_wall_time_outside_model")}))
-    print(f"build_over_loop_images_per_second: {result['headline']['value']}x")
-    return result
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "images_per_second": {w: spread(v) for w, v in rates.items()},
+        "build_over_models_alone": ratio("build", "models_alone"),
+        "build_over_loop": ratio("build", "loop"),
+        "build_over_loop_public": ratio("build", "loop_public"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "processor": platform.machine(),
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    runs = results.get("runs", {}) if "runs" in results else {}
+    key = f"{args.device.split(':')[0]}/{args.model}" + (f"/{run['machine']['gpu']}" if run["machine"]["gpu"] else "")
+    runs[key] = run
+    headline = runs.get("cpu/taef2-sr", run)["headline"]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"headline": headline, "runs": runs}, indent=2) + "\n")
+    print(json.dumps({w: v["median"] for w, v in run["images_per_second"].items()}))
+    print(f"{key}: build_over_models_alone {run['headline']['value']} (build/loop {run['build_over_loop']['median']})")
+    return run
 
 
 if __name__ == "__main__":

@@ -23,14 +23,11 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sefdata.assets import find_assets
 from sefdata.build import build
@@ -98,9 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
                 lora={"rank": 8},
             )
         )
-        bb = detector.backbone
         stream = PairStream(
-            shard_set.urls, domains, pairs=args.pairs, size=args.size, mean=bb.image_mean, std=bb.image_std,
+            shard_set.urls, domains, pairs=args.pairs, processor=detector.processor,
             augment=AugmentConfig(), seed=0, shuffle_buffer=8,
         )  # fmt: skip
         batches = iter(stream)

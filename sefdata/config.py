@@ -127,7 +127,7 @@ class BuildConfig:
 
 # Packages whose code computes or writes the output: another release may give other bytes.
 OUTPUT_PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transformers", "spandrel", "pillow", "numpy",
-                   "webdataset")  # fmt: skip
+                   "imagecodecs", "webdataset")  # fmt: skip
 
 
 def runtime_settings(batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:

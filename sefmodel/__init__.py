@@ -12,9 +12,10 @@ _EXPORTS = {
     "Backbone": "backbones",
     "CNNBackbone": "backbones",
     "DetectorConfig": "config",
+    "ImageProcessor": "preprocess",
     "LoraSettings": "lora",
     "SEFDetector": "detector",
-    "Scores": "detector",
+    "Scores": "pipeline",
     "UnsafeCheckpointError": "serialization",
     "ViTBackbone": "backbones",
     "get_backbone_class": "backbones",
@@ -28,6 +29,7 @@ __all__ = [
     "Backbone",
     "CNNBackbone",
     "DetectorConfig",
+    "ImageProcessor",
     "LoraSettings",
     "SEFDetector",
     "Scores",
@@ -50,9 +52,11 @@ if TYPE_CHECKING:
         register_backbone,
     )
     from .config import DetectorConfig
-    from .detector import Scores, SEFDetector
+    from .detector import SEFDetector
     from .fusion import known_fusions, register_fusion
     from .lora import LoraSettings
+    from .pipeline import Scores
+    from .preprocess import ImageProcessor
     from .serialization import UnsafeCheckpointError
 
 

@@ -11,8 +11,12 @@ are kept whole and padded later), 3. horizontal flip, 4. colour jitter (brightne
 5. grayscale, 6. Gaussian blur, 7. Gaussian noise (the *same* noise image for real and fakes), 8. JPEG
 re-compression at a random quality.
 
-Resizing is the only resampling: with probability ``1 - resize_p`` the crop is cut from native pixels, so the
-artifacts the detector should learn are not smeared (see :mod:`sefmodel.preprocess`).
+Augmentation runs on the image the detector's :class:`~sefmodel.preprocess.ImageProcessor` has resampled (its
+``resize`` and small-image rules, the same as at scoring time) and hands back at most ``size`` x ``size`` pixels,
+which the processor pads and normalises: ``processor.normalize(apply(processor.resample(image), params, size))``.
+Apart from the processor's own rules, the random resize is the only resampling: with probability ``1 - resize_p``
+the crop is cut from the processor's pixels as they are, so the artifacts the detector should learn are not
+smeared.
 """
 
 from __future__ import annotations
@@ -125,11 +129,6 @@ def sample_params(config: AugmentConfig, rng: np.random.Generator) -> AugmentPar
     )
 
 
-def center_params() -> AugmentParams:
-    """No augmentation, centre crop: what validation uses."""
-    return AugmentParams(1.0, 0.5, 0.5, False, None, False, None, None, 0, None)
-
-
 def crop_box(width: int, height: int, size: int, params: AugmentParams) -> tuple[tuple[float, ...], tuple[int, int]]:
     """The crop window in source pixels and the output size (<= size per side), after scaling by ``params.scale``."""
     sw, sh = width * params.scale, height * params.scale
@@ -141,7 +140,8 @@ def crop_box(width: int, height: int, size: int, params: AugmentParams) -> tuple
 
 
 def apply(image: Image.Image, params: AugmentParams, size: int) -> np.ndarray:
-    """Augment one RGB image; returns uint8 (h, w, 3) with h, w <= ``size`` (smaller only if the image is)."""
+    """Augment one RGB image (the processor's resampled image); returns uint8 (h, w, 3) with h, w <= ``size``
+    (smaller only if the image is), for :meth:`sefmodel.preprocess.ImageProcessor.normalize`."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     box, out = crop_box(image.width, image.height, size, params)
@@ -174,4 +174,4 @@ def apply(image: Image.Image, params: AugmentParams, size: int) -> np.ndarray:
     return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy shares it
 
 
-__all__ = ["AugmentConfig", "AugmentParams", "apply", "center_params", "crop_box", "sample_params"]
+__all__ = ["AugmentConfig", "AugmentParams", "apply", "crop_box", "sample_params"]

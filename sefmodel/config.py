@@ -54,7 +54,8 @@ class DetectorConfig:
     """Run blocks before the first LoRA block once for all experts (same scores, less compute)."""
     image_size: int | None = None
     """Crop side in pixels fed to the backbone; None uses the backbone's default (336 DINOv2, 224 CLIP and the
-    CNNs). Must be a multiple of the patch size (a CNN's total stride, 32 for the released ones)."""
+    CNNs). Must be a multiple of the patch size (a CNN's total stride, 32 for the released ones). This field and
+    the four below set the detector's image processor (sefmodel.preprocess, saved as preprocessor_config.json)."""
     crop: str = "center"
     """Crops per image when scoring: center (one) or multi (a grid; probabilities are averaged)."""
     crops_per_side: int = 3

@@ -15,6 +15,10 @@ consumed *before* decoding them. Augmentation parameters come from a per-sample 
 position in the stream, so skipped samples need no decoding and a resumed run sees exactly the batches an
 uninterrupted one would.
 
+**Pixels.** Every image goes through the detector's :class:`~sefmodel.preprocess.ImageProcessor`, the one that
+scores it later: training resamples with it, augments (:mod:`sefmodel.augment`) and pads/normalises with it;
+validation calls it exactly as :meth:`SEFDetector.score` does.
+
 **Batches.** Each worker yields whole batches (``DataLoader(batch_size=None)``), which makes the worker that produces
 batch ``b`` simply ``b % workers``. A batch of ``P`` pairs is ``pixels`` (2P, 3, S, S) float32 normalised with the
 backbone's mean/std (reals first, then their fakes in the same order), ``labels`` (2P,) float32 (0 real, 1 fake),
@@ -38,7 +42,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sefdata.imageio import to_rgb
 
-from .augment import AugmentConfig, AugmentParams, apply, center_params, sample_params
+from .augment import AugmentConfig, AugmentParams, apply, sample_params
+from .preprocess import ImageProcessor
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 DEFAULT_DOMAINS: dict[str, list[str]] = {"recon": ["vae", "ddim", "taesd"], "sr": ["sr"]}
@@ -205,18 +210,6 @@ def decode_image(data: bytes) -> Image.Image:
     return to_rgb(image)  # the build's rule; shards it wrote are RGB already
 
 
-def to_tensor(pixels: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (h, w, 3) with h, w <= size -> normalised float32 (3, size, size), padded symmetrically with zeros
-    after normalisation (the mean colour), as :func:`sefmodel.preprocess.prepare` pads small images."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
-    x = (x - mean) / std
-    h, w = x.shape[1:]
-    if h < size or w < size:
-        pw, ph = size - w, size - h
-        x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    return x
-
-
 # ---- streams --------------------------------------------------------------------------------------------------
 
 
@@ -232,7 +225,7 @@ class PairStream(IterableDataset):
         domains: domain name -> its fake fields, e.g. ``{"recon": ["vae", "taesd"]}``. Each pair's fake is drawn
             by picking a domain uniformly, then one of its fields uniformly.
         pairs: pairs per batch (the batch holds 2 * pairs images).
-        size: crop side. mean, std: the backbone's normalisation.
+        processor: the detector's image processor (crop side, normalisation, resize and small-image rules).
         augment: the paired augmentation.
         seed, segment: the stream is a function of (seed, segment, rank, worker).
         rank, world: this process's place among the training processes.
@@ -247,9 +240,7 @@ class PairStream(IterableDataset):
         domains: dict[str, list[str]],
         *,
         pairs: int,
-        size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        processor: ImageProcessor,
         augment: AugmentConfig | None = None,
         seed: int = 0,
         segment: int = 0,
@@ -260,13 +251,11 @@ class PairStream(IterableDataset):
         with_keys: bool = True,
     ) -> None:
         super().__init__()
-        if pairs < 1 or size < 1 or shuffle_buffer < 1:
-            raise ValueError("pairs, size and shuffle_buffer must be >= 1")
+        if pairs < 1 or shuffle_buffer < 1:
+            raise ValueError("pairs and shuffle_buffer must be >= 1")
         self.urls = list(urls)
         self.domains = {k: list(v) for k, v in domains.items()}
-        self.pairs, self.size = pairs, size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.pairs, self.processor = pairs, processor
         self.augment = augment or AugmentConfig()
         self.seed, self.segment, self.rank, self.world = seed, segment, rank, world
         self.skip_batches = skip_batches
@@ -326,8 +315,8 @@ class PairStream(IterableDataset):
             fake = decode_image(sample[_field_key(sample, field)])
             if fake.size != real.size:
                 raise ValueError(f"sample {sample['__key__']!r}: {field} is {fake.size}, real is {real.size}")
-            reals.append(to_tensor(apply(real, params, self.size), self.size, self.mean, self.std))
-            fakes.append(to_tensor(apply(fake, params, self.size), self.size, self.mean, self.std))
+            reals.append(self._pixels(real, params))
+            fakes.append(self._pixels(fake, params))
             domain.append(d)
         n = len(batch)
         out: dict[str, Any] = {
@@ -339,13 +328,22 @@ class PairStream(IterableDataset):
             out["keys"] = [s["__key__"] for s, _, _, _ in batch]
         return out
 
+    def _pixels(self, image: Image.Image, params: AugmentParams) -> torch.Tensor:
+        """The processor's resampling, the augmentation, then the processor's padding and normalisation."""
+        processor = self.processor
+        return processor.normalize(apply(processor.resample(image), params, processor.size))
+
 
 class EvalStream(IterableDataset):
-    """One finite pass over held-out shards: every sample gives its real and *all* its domain fakes, centre-cropped,
-    not augmented. Samples are split by position across ranks and workers (``i % (world * W) == rank * W + w``),
-    so any number of shards works; each reader skips the others' samples before decoding them.
+    """One finite pass over held-out shards: every sample gives its real and *all* its domain fakes, not augmented,
+    each turned into crops by the processor exactly as :meth:`SEFDetector.score` does (centre crop, or the grid of
+    ``crop="multi"``, whose probabilities the trainer averages per image as scoring does). Samples are split by
+    position across ranks and workers (``i % (world * W) == rank * W + w``), so any number of shards works; each
+    reader skips the others' samples before decoding them.
 
-    Yields batches with ``pixels``, ``labels``, ``domain`` (-1 for reals) of up to ``batch`` images."""
+    Yields batches of up to ``batch`` crops (more only when one image has more crops): ``pixels`` (M, 3, S, S),
+    ``image`` (M,) int64, the index of each crop's image in the batch, and per image ``labels`` (B,) and
+    ``domain`` (B,) (-1 for reals)."""
 
     def __init__(
         self,
@@ -353,28 +351,25 @@ class EvalStream(IterableDataset):
         domains: dict[str, list[str]],
         *,
         batch: int,
-        size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        processor: ImageProcessor,
+        crop: str | None = None,
         rank: int = 0,
         world: int = 1,
         max_samples: int | None = None,
     ) -> None:
         super().__init__()
         self.urls, self.domains = list(urls), {k: list(v) for k, v in domains.items()}
-        self.batch, self.size = batch, size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.batch, self.processor, self.crop = batch, processor, crop
         self.rank, self.world, self.max_samples = rank, world, max_samples
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         p, w = (0, 1) if info is None else (info.id, info.num_workers)
         readers, me = self.world * w, self.rank * w + p
-        params = center_params()
-        pixels: list[torch.Tensor] = []
+        crops: list[torch.Tensor] = []  # one (n, 3, S, S) tensor per image
         labels: list[float] = []
         domain: list[int] = []
+        held = 0  # crops in the batch so far
         index = 0
         for sample in self._samples():
             index += 1
@@ -382,15 +377,16 @@ class EvalStream(IterableDataset):
                 continue
             items = [("real", -1)] + [(f, d) for d, fields in enumerate(self.domains.values()) for f in fields]
             for field, d in items:
-                image = decode_image(sample[_field_key(sample, field)])
-                pixels.append(to_tensor(apply(image, params, self.size), self.size, self.mean, self.std))
+                image = self.processor(decode_image(sample[_field_key(sample, field)]), self.crop)
+                if crops and held + len(image) > self.batch:  # an image's crops stay in one batch
+                    yield self._batch(crops, labels, domain)
+                    crops, labels, domain, held = [], [], [], 0
+                crops.append(image)
+                held += len(image)
                 labels.append(0.0 if d < 0 else 1.0)
                 domain.append(d)
-                if len(pixels) == self.batch:
-                    yield self._batch(pixels, labels, domain)
-                    pixels, labels, domain = [], [], []
-        if pixels:
-            yield self._batch(pixels, labels, domain)
+        if crops:
+            yield self._batch(crops, labels, domain)
 
     def _samples(self) -> Iterator[dict[str, Any]]:
         count = 0
@@ -402,9 +398,10 @@ class EvalStream(IterableDataset):
                 yield sample
 
     @staticmethod
-    def _batch(pixels: list[torch.Tensor], labels: list[float], domain: list[int]) -> dict[str, torch.Tensor]:
+    def _batch(crops: list[torch.Tensor], labels: list[float], domain: list[int]) -> dict[str, torch.Tensor]:
         return {
-            "pixels": torch.stack(pixels),
+            "pixels": torch.cat(crops),
+            "image": torch.cat([torch.full((len(c),), i, dtype=torch.long) for i, c in enumerate(crops)]),
             "labels": torch.tensor(labels),
             "domain": torch.tensor(domain, dtype=torch.long),
         }

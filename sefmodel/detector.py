@@ -10,77 +10,42 @@ Forward modes for a fused detector (same weights -> same scores, to float tolera
 Training stages (see :meth:`SEFDetector.set_stage`): ``expert`` trains one adapter and its head, ``mixed`` is
 the same on a single-expert detector fed both domains, ``fusion`` trains the fusion head (gate + classifier)
 only. The backbone's own weights never train.
+
+This file is the module. Beside it: the image processor that makes its inputs (:mod:`sefmodel.preprocess`), the
+scoring pipeline that opens images and batches their crops (:mod:`sefmodel.pipeline`), detector folders
+(:mod:`sefmodel.serialization`), model cards (:mod:`sefmodel.model_card`) and combining experts trained apart
+(:mod:`sefmodel.combine`); the methods here that reach them are one-line delegates.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from huggingface_hub import ModelHubMixin
 from peft import inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbones import Backbone, get_backbone_class, resolve_layer
+from .combine import combine_experts
 from .config import DetectorConfig
 from .fusion import get_fusion_class
-from .preprocess import prepare
-from .serialization import BACKBONE_WEIGHTS_NAME, CONFIG_NAME, WEIGHTS_NAME, resolve_folder
+from .model_card import MODEL_CARD, card_fields
+from .pipeline import Scores
+from .pipeline import score as score_images
+from .preprocess import ImageProcessor
+from .serialization import load_folder, resolve_folder, save_detector
 
 STAGES = ("expert", "mixed", "fusion")
 _ADAPTER_KEY = re.compile(r"\.(lora_[A-Za-z_]+)\.([^.]+)(\.|$)")
-
-MODEL_CARD = """---
-{{ card_data }}
----
-
-# SEF detector: AI-generated image detection
-
-A detector from the SEF toolkit (Separate Expert Fusion). It scores how likely an image is AI-generated
-(probability in [0, 1]).
-
-- backbone: `{{ backbone }}` (`{{ backbone_id }}`, revision `{{ backbone_revision }}`), frozen
-- experts (LoRA adapters + linear heads): {{ experts }}
-- fusion: `{{ fusion }}`
-
-{{ storage_note }} Load with:
-
-```python
-from sefmodel import SEFDetector
-detector = SEFDetector.from_pretrained("{{ repo_id | default('PATH_OR_REPO_ID', true) }}")
-scores = detector.score(images)  # list of PIL images of any size
-```
-"""
-
-
-@dataclass
-class Scores:
-    """Result of :meth:`SEFDetector.score` for N images.
-
-    Attributes:
-        probs: (N,) float32, probability in [0, 1] that each image is generated (mean over its crops).
-        gate_weights: (N, E) float32 rows summing to 1 (SEF only; mean over crops), else None.
-        experts: the E expert names, in column order of ``gate_weights``.
-        num_crops: crops averaged per image.
-    """
-
-    probs: torch.Tensor
-    gate_weights: torch.Tensor | None
-    experts: list[str]
-    num_crops: list[int]
 
 
 class SEFDetector(
@@ -96,9 +61,18 @@ class SEFDetector(
         config: the detector's configuration.
         backbone: an already built backbone to wrap (it gets the adapters injected); by default it is
             built from ``config`` (loaded by id + revision, or from ``backbone_config``).
+        processor: the image processor the detector was trained with (read from ``preprocessor_config.json``);
+            by default derived from ``config`` and the backbone. Its crop, resize and small-image rules must
+            agree with ``config``'s.
+
+    Attributes:
+        processor: the :class:`~sefmodel.preprocess.ImageProcessor` that turns images into this detector's
+            inputs, for training, validation, scoring and explanations alike; saved with the detector.
     """
 
-    def __init__(self, config: DetectorConfig, backbone: Backbone | None = None) -> None:
+    def __init__(
+        self, config: DetectorConfig, backbone: Backbone | None = None, processor: ImageProcessor | None = None
+    ) -> None:
         super().__init__()
         config = copy.deepcopy(config)
         family = get_backbone_class(config.backbone)
@@ -124,10 +98,21 @@ class SEFDetector(
                 "it would not change the feature"
             )
         self.trunk_split = blocks[0]  # blocks [0, trunk_split) carry no LoRA: shareable between experts
-        size = config.image_size or backbone.input_size
-        if size % backbone.patch_size:
-            raise ValueError(f"image_size {size} is not a multiple of the patch size {backbone.patch_size}")
-        self.image_size = size
+        derived = ImageProcessor.from_detector_config(config, backbone)
+        if derived.size % backbone.patch_size:
+            raise ValueError(f"image_size {derived.size} is not a multiple of the patch size {backbone.patch_size}")
+        if processor is not None:
+            # mean/std may differ: a saved processor pins the normalisation the detector was trained with
+            keys = ("size", "resize", "small", "crop", "crops_per_side")
+            diff = [f"{k} {getattr(processor, k)!r} vs {getattr(derived, k)!r}" for k in keys
+                    if getattr(processor, k) != getattr(derived, k)]  # fmt: skip
+            if diff:
+                raise ValueError(
+                    "the image processor (preprocessor_config.json) disagrees with the detector config "
+                    f"(config.json): {'; '.join(diff)}"
+                )
+        self.processor = copy.deepcopy(processor) if processor is not None else derived
+        self.image_size = self.processor.size
 
         peft_config = config.lora.peft_config(backbone, self.feature_index)
         with warnings.catch_warnings():
@@ -332,90 +317,28 @@ class SEFDetector(
     # ---- inference API -------------------------------------------------------------------------------------
 
     def preprocess(self, image: Image.Image, crop: str | None = None) -> torch.Tensor:
-        """One PIL image of any size/mode -> (N, 3, S, S) normalised crops (N = 1 for center crop)."""
-        cfg = self.config
-        bb = self.backbone
-        return prepare(
-            image,
-            self.image_size,
-            bb.image_mean,
-            bb.image_std,
-            crop=crop or cfg.crop,
-            crops_per_side=cfg.crops_per_side,
-            resize=cfg.resize,
-            small=cfg.small,
-        )
+        """One PIL image of any size/mode -> (N, 3, S, S) normalised crops (N = 1 for center crop), by
+        :attr:`processor`."""
+        return self.processor(image, crop)
 
-    @torch.inference_mode()
     def score(
         self,
         images: Image.Image | str | os.PathLike | Iterable[Image.Image | str | os.PathLike],
         batch_size: int = 16,
         crop: str | None = None,
     ) -> Scores:
-        """Probability that each image is generated.
+        """Probability that each image is generated (the pipeline in :mod:`sefmodel.pipeline`).
 
         Args:
             images: PIL images (any size and mode) or paths, or one of them.
             batch_size: crops per forward pass.
-            crop: ``"center"`` or ``"multi"``; default ``config.crop``. Multi-crop averages probabilities (and
-                gate weights) over the crops of an image.
+            crop: ``"center"`` or ``"multi"``; default the processor's (``config.crop``). Multi-crop averages
+                probabilities (and gate weights) over the crops of an image.
 
         Returns:
             :class:`Scores` with ``probs`` (N,) in [0, 1] and, for SEF, ``gate_weights`` (N, E).
         """
-        if isinstance(images, (Image.Image, str, os.PathLike)):
-            images = [images]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        was_training = self.training
-        self.eval()
-        probs: list[torch.Tensor] = []
-        gates: list[torch.Tensor] = []
-        owners: list[int] = []
-        counts: list[int] = []
-        try:
-            for batch, owner in self._crop_batches(images, batch_size, crop, counts):
-                out = self(batch)
-                probs.append(out["logits"].float().sigmoid().cpu())
-                if "gate_weights" in out:
-                    gates.append(out["gate_weights"].float().cpu())
-                owners.extend(owner)
-        finally:
-            self.train(was_training)
-        n = len(counts)
-        index = torch.tensor(owners, dtype=torch.long)
-        denom = torch.tensor(counts, dtype=torch.float32).clamp_min(1)
-        mean_probs = torch.zeros(n).index_add_(0, index, torch.cat(probs)) / denom if probs else torch.zeros(0)
-        mean_gates = None
-        if gates:
-            stacked = torch.cat(gates)
-            mean_gates = torch.zeros(n, stacked.shape[1]).index_add_(0, index, stacked) / denom[:, None]
-        return Scores(probs=mean_probs, gate_weights=mean_gates, experts=self.expert_names, num_crops=counts)
-
-    def _crop_batches(
-        self, images: Iterable[Any], batch_size: int, crop: str | None, counts: list[int]
-    ) -> Iterator[tuple[torch.Tensor, list[int]]]:
-        """Stream crops in batches of ``batch_size``, with the index of the image each crop came from."""
-        buffer: list[torch.Tensor] = []
-        owner: list[int] = []
-        for i, image in enumerate(images):
-            if isinstance(image, (str, os.PathLike)):
-                with Image.open(image) as opened:
-                    opened.load()
-                    crops = self.preprocess(opened, crop)
-            elif isinstance(image, Image.Image):
-                crops = self.preprocess(image, crop)
-            else:
-                raise TypeError(f"image {i}: expected a PIL image or a path, got {type(image).__name__}")
-            counts.append(len(crops))
-            buffer.extend(crops)
-            owner.extend([i] * len(crops))
-            while len(buffer) >= batch_size:
-                yield torch.stack(buffer[:batch_size]), owner[:batch_size]
-                buffer, owner = buffer[batch_size:], owner[batch_size:]
-        if buffer:
-            yield torch.stack(buffer), owner
+        return score_images(self, images, batch_size=batch_size, crop=crop)
 
     # ---- save / load ---------------------------------------------------------------------------------------
 
@@ -428,43 +351,12 @@ class SEFDetector(
         return {k: v for k, v in self.state_dict().items() if k.startswith("backbone.") and not self._is_adapter_key(k)}
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        """Write ``config.json``, ``model.safetensors`` (+ ``backbone.safetensors`` for a random backbone)."""
-        save_directory = Path(save_directory)
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        meta = {
-            "format": "pt",
-            "sef_format_version": str(self.config.to_dict()["format_version"]),
-            # LoRA tensors are keyed by the backbone's module names, which transformers may rename (5.18 did)
-            "transformers_version": transformers.__version__,
-        }
-        save_file(_contiguous(self.trained_state_dict()), str(save_directory / WEIGHTS_NAME), metadata=meta)
-        backbone_file = save_directory / BACKBONE_WEIGHTS_NAME
-        if self.config.backbone_config is not None:
-            # The one exception to "no backbone weights": a random backbone has no id to be re-loaded from.
-            save_file(_contiguous(self.backbone_state_dict()), str(backbone_file), metadata=meta)
-        else:
-            backbone_file.unlink(missing_ok=True)
+        """Write the detector folder's files (see :mod:`sefmodel.serialization`); the mixin adds the card."""
+        save_detector(self, Path(save_directory))
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
-        cfg = self.config
-        kwargs.setdefault("backbone", cfg.backbone)
-        kwargs.setdefault("backbone_id", cfg.backbone_id or "random, built from config")
-        kwargs.setdefault("backbone_revision", cfg.backbone_revision or "unpinned")
-        kwargs.setdefault("experts", ", ".join(f"`{n}`" for n in cfg.experts))
-        kwargs.setdefault("fusion", cfg.fusion)
-        if cfg.backbone_config is None:
-            note = (
-                "This repository holds only the trained tensors (`model.safetensors`: LoRA adapters, heads, "
-                "fusion head) and `config.json`; the backbone is loaded from its own repository by id and "
-                "revision."
-            )
-        else:
-            note = (
-                "The backbone is a randomly initialised test model built from `config.json`, so its weights "
-                "are stored here too (`backbone.safetensors`) beside the trained tensors "
-                "(`model.safetensors`)."
-            )
-        kwargs.setdefault("storage_note", note)
+        for key, value in card_fields(self.config, self.processor).items():
+            kwargs.setdefault(key, value)
         return super().generate_model_card(*args, **kwargs)
 
     @classmethod
@@ -483,7 +375,7 @@ class SEFDetector(
     ) -> SEFDetector:
         """Load a detector from a local folder or a Hub repo id (huggingface_hub's argument conventions).
 
-        Only ``config.json`` and safetensors files are read; a source holding pickle files is refused (see
+        Only JSON and safetensors files are read; a source holding pickle files is refused (see
         :mod:`sefmodel.serialization`). The backbone is loaded by its recorded id and revision, or from
         ``backbone_id`` / ``backbone_revision`` when given (e.g. a local copy of the same weights).
         """
@@ -529,23 +421,7 @@ class SEFDetector(
             token=token,
             local_files_only=local_files_only,
         )
-        config, trained, backbone_tensors = _read_folder(folder, map_location)
-        if backbone_id is not None:
-            if config.backbone_config is not None:
-                raise ValueError("this detector's backbone was built from a config; there is no id to override")
-            config.backbone_id, config.backbone_revision = backbone_id, backbone_revision
-        detector = cls(config)
-        detector.to(map_location)
-        _load_exact(detector, trained, detector.trained_state_dict(), f"{folder / WEIGHTS_NAME}")
-        if backbone_tensors is not None:
-            _load_exact(
-                detector,
-                backbone_tensors,
-                detector.backbone_state_dict(),
-                f"{folder / BACKBONE_WEIGHTS_NAME}",
-            )
-        detector.eval()
-        return detector
+        return load_folder(cls, folder, map_location, backbone_id=backbone_id, backbone_revision=backbone_revision)
 
     @classmethod
     def from_experts(
@@ -559,108 +435,18 @@ class SEFDetector(
         """Combine trained single-expert detectors (objects, folders or Hub ids) into one fused detector.
 
         The experts' adapters and heads are copied under ``names`` (default: each source's expert name); the
-        fusion head is fresh. All sources must share the backbone, feature layer and LoRA settings.
+        fusion head is fresh. All sources must share the backbone, feature layer, LoRA settings and image
+        processing (crop side, normalisation, resize and small-image rules: what their training saw).
         """
-        if len(sources) < 2:
-            raise ValueError("from_experts needs at least two single-expert detectors")
-        loaded = []
-        for src in sources:
-            if isinstance(src, SEFDetector):
-                loaded.append((src.config, src.trained_state_dict(), _backbone_or_none(src)))
-            else:
-                folder = resolve_folder(src, **load_kwargs)
-                loaded.append(_read_folder(folder, "cpu"))
-        first = loaded[0][0]
-        for cfg, _, _ in loaded:
-            if cfg.fusion != "single":
-                raise ValueError(f"from_experts takes single-expert detectors; got one with fusion={cfg.fusion!r}")
-            for key in (
-                "backbone",
-                "backbone_id",
-                "backbone_revision",
-                "backbone_config",
-                "feature_layer",
-                "feature_pool",
-                "lora",
-            ):
-                if getattr(cfg, key) != getattr(first, key):
-                    raise ValueError(f"experts disagree on {key}: {getattr(first, key)!r} vs {getattr(cfg, key)!r}")
-        names = list(names) if names is not None else [cfg.experts[0] for cfg, _, _ in loaded]
-        if len(names) != len(loaded):
-            raise ValueError(f"{len(names)} names for {len(loaded)} experts")
-        base = loaded[0][2]
-        for _, _, other in loaded[1:]:
-            if base is not None and (other is None or any(not torch.equal(base[k], other[k]) for k in base)):
-                raise ValueError("experts were built on different random backbones; they cannot share one")
-        config = copy.deepcopy(first)
-        config.experts = names
-        config.fusion = fusion
-        if gate_hidden is not None:
-            config.gate_hidden = gate_hidden
-        config = DetectorConfig.from_dict(config.to_dict())  # re-validate the combination
-        detector = cls(config)
-        state = {}
-        for (cfg, trained, _), new in zip(loaded, names, strict=True):
-            old = cfg.experts[0]
-            for key, value in trained.items():
-                if key.startswith("backbone."):
-                    match = _ADAPTER_KEY.search(key)
-                    key = key[: match.start(2)] + new + key[match.end(2) :]
-                elif key.startswith(f"heads.{old}."):
-                    key = f"heads.{new}." + key[len(f"heads.{old}.") :]
-                state[key] = value
-        expected = {k: v for k, v in detector.trained_state_dict().items() if not k.startswith("fusion.")}
-        _load_exact(detector, state, expected, "the experts")
-        if base is not None:
-            _load_exact(detector, base, detector.backbone_state_dict(), "the experts' backbone")
-        return detector
+        return combine_experts(cls, sources, fusion=fusion, names=names, gate_hidden=gate_hidden, **load_kwargs)
 
-
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous() for k, v in state.items()}
-
-
-def _backbone_or_none(detector: SEFDetector) -> dict[str, torch.Tensor] | None:
-    return detector.backbone_state_dict() if detector.config.backbone_config is not None else None
-
-
-def _read_folder(
-    folder: Path, map_location: str | torch.device
-) -> tuple[DetectorConfig, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a detector folder: {path.name} is missing")
-    config = DetectorConfig.from_dict(json.loads(config_path.read_text()))
-    device = str(map_location)
-    trained = load_file(str(weights_path), device=device)
-    backbone = None
-    if config.backbone_config is not None:
-        path = folder / BACKBONE_WEIGHTS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: the backbone was built from a config, so {path.name} must be there")
-        backbone = load_file(str(path), device=device)
-    return config, trained, backbone
-
-
-def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, Any], source: str) -> None:
-    """Load ``state`` into ``model``; its keys must be exactly ``expected``'s, shapes matching."""
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        with safe_open(source, framework="pt") as f:
-            saved_with = (f.metadata() or {}).get("transformers_version")
-        hint = ""
-        if saved_with and saved_with != transformers.__version__:
-            hint = (
-                f". It was saved with transformers {saved_with} and this is {transformers.__version__}: module names"
-                " that LoRA tensors are keyed by changed in between (5.18 renamed the ViT projections); load it with"
-                " a transformers release on the same side of that change"
-            )
-        raise ValueError(
-            f"{source} does not match this detector: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)}){hint}"
-        )
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
-    model.load_state_dict(state, strict=False)
+    @staticmethod
+    def rename_expert_key(key: str, old: str, new: str) -> str:
+        """A trained-tensor key of expert ``old`` (its LoRA tensors or head) as it reads for expert ``new``."""
+        if key.startswith("backbone."):
+            match = _ADAPTER_KEY.search(key)
+            if match is not None and match.group(2) == old:
+                return key[: match.start(2)] + new + key[match.end(2) :]
+        elif key.startswith(f"heads.{old}."):
+            return f"heads.{new}." + key[len(f"heads.{old}.") :]
+        return key

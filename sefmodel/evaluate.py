@@ -340,6 +340,7 @@ def _results(
             "experts": detector.expert_names,
             "fusion": detector.config.fusion,
             "image_size": detector.image_size,
+            "processor": detector.processor.to_dict(),  # the pixels every score was computed on
         },
         "config": asdict(config),
         "host": {"python": platform.python_version(), "platform": platform.platform()},
@@ -351,7 +352,7 @@ def _results(
             "threshold": 0.5,
             "calibration": calibration,
             "fake_jpeg": config.fake_jpeg,
-            "crop": config.crop or detector.config.crop,
+            "crop": config.crop or detector.processor.crop,
             "perturbations": [p.label for p in perturbations],
             "perturbations_apply_to": "real and generated images alike, after the format-bias JPEG of fakes",
             "subsets": "a subset's fakes are paired with its own reals and with reals shared by all subsets",

@@ -7,8 +7,8 @@ own head logit with respect to it, channel weights ``w = mean_hw G``, and the ma
 [0, 1]. The fused score gets a map the same way. Experts that learned different artifacts light up different
 regions; the gate weights say how much each one counts for this image.
 
-The image is explained on the crop the detector scores (the centre crop of the native-resolution image; see
-:mod:`sefmodel.preprocess`), so the heatmap lines up with the pixels that were actually seen. No change to the
+The image is explained on the crop the detector scores (the centre crop made by the detector's image processor;
+see :mod:`sefmodel.preprocess`), so the heatmap lines up with the pixels that were actually seen. No change to the
 detector is needed: a hook on the block (:meth:`Backbone.cam_hook`) captures the map.
 """
 
@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from .detector import SEFDetector
-from .preprocess import crop_boxes, to_rgb
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,24 +50,6 @@ class Explanation:
     gate_weights: dict[str, float] | None
 
 
-def _crop_image(detector: SEFDetector, image: Image.Image) -> Image.Image:
-    """The centre crop the detector scores, as an RGB image (padding/upscale rules as in preprocess)."""
-    rgb = to_rgb(image)
-    size = detector.image_size
-    cfg = detector.config
-    if cfg.resize is not None or (cfg.small == "upscale" and min(rgb.size) < size):
-        target = max(cfg.resize or 0, size if cfg.small == "upscale" and min(rgb.size) < size else 0)
-        scale = target / min(rgb.size)
-        rgb = rgb.resize((max(target, round(rgb.width * scale)), max(target, round(rgb.height * scale))),
-                         Image.Resampling.BICUBIC, reducing_gap=None)  # fmt: skip
-    if min(rgb.size) < size:  # pad with the normalisation mean, as preprocess does
-        mean = tuple(round(m * 255) for m in detector.backbone.image_mean)
-        canvas = Image.new("RGB", (max(size, rgb.width), max(size, rgb.height)), mean)
-        canvas.paste(rgb, ((canvas.width - rgb.width) // 2, (canvas.height - rgb.height) // 2))
-        rgb = canvas
-    return rgb.crop(crop_boxes(rgb.width, rgb.height, size, "center")[0])
-
-
 def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None) -> Explanation:
     """Grad-CAM maps of every expert (and of the fused score) for the image's centre crop.
 
@@ -80,8 +61,9 @@ def grad_cam(detector: SEFDetector, image: Image.Image, layer: int | None = None
     layer = detector.feature_index if layer is None else layer % bb.num_layers
     if layer > detector.feature_index:
         raise ValueError(f"layer {layer} comes after the feature block {detector.feature_index}")
-    crop = _crop_image(detector, image)
-    pixels = detector.preprocess(crop, crop="center").to(detector.device, detector.dtype)
+    pixels = detector.processor(image, crop="center")  # the crop score() sees, by the same processor
+    crop = detector.processor.to_image(pixels[0])  # ...and those pixels back as RGB, for the figure
+    pixels = pixels.to(detector.device, detector.dtype)
     captured: list[torch.Tensor] = []
 
     def cam(score: torch.Tensor, hidden: torch.Tensor) -> np.ndarray:

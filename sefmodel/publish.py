@@ -1,10 +1,10 @@
 """``sefmodel publish``: a detector and its model card → a Hugging Face Hub model repo.
 
 The staged folder (all that ``--dry-run`` writes) is the detector folder as ``save_pretrained`` writes it
-(``config.json``, ``model.safetensors``: trained tensors only) with a model card whose YAML carries the base model,
-the training datasets and, when the run was evaluated (``RUN/eval/results.json``), the metrics as structured
-``model-index`` eval results; the evaluation report and plots go along under ``eval/``.
-"""
+(``config.json``, ``preprocessor_config.json``, ``model.safetensors``: trained tensors only) with a model card
+(:func:`sefmodel.model_card.make_model_card`) whose YAML carries the base model, the training datasets and, when the
+run was evaluated (``RUN/eval/results.json``), the metrics as structured ``model-index`` eval results; the
+evaluation report and plots go along under ``eval/``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.repocard_data import model_index_to_eval_results
+from huggingface_hub import ModelCard
 
 from sefdata.errors import SefError
 from sefdata.hub import check_repo_id, staged_files, upload_folder
 from sefdata.privacy import public_json, public_text
+from sefmodel.model_card import make_model_card
 from sefmodel.predict import load_detector, resolve_run
 
 EVAL_FILES = ("results.json", "results.md", "results.csv")
@@ -72,84 +72,6 @@ def _describe_build(path: Path) -> str:
         return f" (a sefdata build: {sef['totals']['written']} samples, fields {', '.join(sef['fields'])})"
     except (OSError, ValueError, KeyError, TypeError):
         return " (local shards)"
-
-
-def _metrics_table(results: dict) -> list[str]:
-    rows = ["| benchmark | AP | AUROC | accuracy | real acc | fake acc |", "|---|---|---|---|---|---|"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    for name, entry in results.get("benchmarks", {}).items():
-        m = entry.get("metrics", {})
-        rows.append(f"| {entry.get('title', name)} | {fmt(m.get('ap'))} | {fmt(m.get('auroc'))} | "
-                    f"{fmt(m.get('accuracy'))} | {fmt(m.get('real_acc'))} | {fmt(m.get('fake_acc'))} |")  # fmt: skip
-    return rows
-
-
-def make_model_card(
-    detector, repo_id: str, license: str, datasets: list[str], results: dict | None, local_data: list[str] = ()
-) -> ModelCard:
-    cfg = detector.config
-    eval_results, model_name = None, repo_id.split("/")[-1]
-    if results and results.get("model-index"):
-        index = results["model-index"]
-        index[0]["name"] = model_name
-        model_name, eval_results = model_index_to_eval_results(index)
-    data = ModelCardData(
-        base_model=cfg.backbone_id,
-        datasets=datasets or None,
-        eval_results=eval_results or None,
-        library_name="sef-toolkit",
-        license=license,
-        model_name=model_name,
-        pipeline_tag="image-classification",
-        tags=["ai-generated-image-detection", "deepfake-detection", "lora", "mixture-of-experts"],
-    )
-    body = [
-        f"# {model_name}",
-        "",
-        "A detector of AI-generated images from the SEF toolkit (Separate Expert Fusion): a frozen "
-        f"`{cfg.backbone}` backbone (`{cfg.backbone_id or 'random, built from config'}`, revision "
-        f"`{cfg.backbone_revision or 'unpinned'}`), one LoRA expert per artifact family ({', '.join(cfg.experts)}) "
-        f"and a `{cfg.fusion}` fusion head. It outputs the probability that an image is generated.",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from sefmodel import SEFDetector",
-        f'detector = SEFDetector.from_pretrained("{repo_id}")',
-        "scores = detector.score(images)   # PIL images of any size; scores.probs in [0, 1]",
-        "```",
-        "",
-        f"or `sefmodel predict {repo_id} IMAGES_OR_DIRS`. "
-        + (
-            "Only the trained tensors are stored here (`model.safetensors`: LoRA adapters, heads, fusion head; no "
-            "pickles) with `config.json`; the backbone loads from its own repository by id and revision."
-            if cfg.backbone_config is None
-            else "The backbone is a randomly initialised model built from `config.json` (a test or benchmark "
-            "model), so its weights are stored here too, as `backbone.safetensors`, beside the trained tensors "
-            "(`model.safetensors`); no pickles."
-        ),
-        "",
-        "## Training data",
-        "",
-        *([f"- Hugging Face dataset [{d}](https://huggingface.co/datasets/{d})" for d in datasets]
-          + [f"- {line}, not published" for line in local_data]
-          or ["- not recorded (no `train_config.json` in the run folder)"]),
-        "",
-    ]  # fmt: skip
-    if results:
-        body += ["## Evaluation", "", *_metrics_table(results), "",
-                 "Full report, robustness curves and plots: [eval/results.md](eval/results.md).", ""]  # fmt: skip
-    body += [
-        "## Intended use and limits",
-        "",
-        "- For research and for triage in trust-and-safety workflows, as one signal among others: a score is not "
-        "proof that an image is or is not generated.",
-        "- Trained on aligned real/fake pairs of the families above; accuracy on generators, post-processing "
-        "(resizing, recompression, screenshots) and content unlike the training data can be much lower. Check the "
-        "robustness curves before relying on it under such conditions.",
-        "- Small or heavily compressed images carry fewer artifacts; scores on them are less reliable.",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
 
 
 def stage(run: str | Path, staging: str | Path, *, repo_id: str, license: str = "apache-2.0") -> StagedDetector:

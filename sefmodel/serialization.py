@@ -1,4 +1,9 @@
-"""Where detector files come from, and the rule that keeps loading safe: safetensors and JSON only.
+"""Detector folders: what they hold, where they come from, and the rule that keeps loading safe.
+
+A detector folder holds ``config.json`` (:class:`~sefmodel.config.DetectorConfig`), ``preprocessor_config.json``
+(the :class:`~sefmodel.preprocess.ImageProcessor`; folders saved before it existed derive it from
+``config.json``), ``model.safetensors`` (trained tensors only: LoRA adapters, heads, fusion head),
+``backbone.safetensors`` for a randomly initialised backbone only, and ``README.md`` (the model card).
 
 Pickle-based checkpoints (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt``...) can run arbitrary code while
 they are being loaded, so a detector folder that contains one is refused outright, local or on the Hub.
@@ -6,9 +11,24 @@ they are being loaded, so a detector folder that contains one is refused outrigh
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import DetectorConfig
+from .preprocess import PROCESSOR_NAME, ImageProcessor
+
+if TYPE_CHECKING:
+    from .detector import SEFDetector
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,3 +94,109 @@ def resolve_folder(
         allow_patterns=ALLOWED_PATTERNS,
     )
     return Path(folder)
+
+
+# ---- writing and reading a detector folder -------------------------------------------------------------------
+
+
+def save_detector(detector: SEFDetector, folder: Path) -> None:
+    """Write ``config.json``, ``preprocessor_config.json``, ``model.safetensors`` (+ ``backbone.safetensors`` for
+    a random backbone) into ``folder``; the model card is written by the caller (``save_pretrained``)."""
+    folder = Path(folder)
+    config = detector.config
+    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    detector.processor.save_pretrained(folder)
+    meta = {
+        "format": "pt",
+        "sef_format_version": str(config.to_dict()["format_version"]),
+        # LoRA tensors are keyed by the backbone's module names, which transformers may rename (5.18 did)
+        "transformers_version": transformers.__version__,
+    }
+    save_file(_contiguous(detector.trained_state_dict()), str(folder / WEIGHTS_NAME), metadata=meta)
+    backbone_file = folder / BACKBONE_WEIGHTS_NAME
+    if config.backbone_config is not None:
+        # The one exception to "no backbone weights": a random backbone has no id to be re-loaded from.
+        save_file(_contiguous(detector.backbone_state_dict()), str(backbone_file), metadata=meta)
+    else:
+        backbone_file.unlink(missing_ok=True)
+
+
+@dataclass
+class DetectorFolder:
+    """What a detector folder holds, read without building the detector."""
+
+    config: DetectorConfig
+    processor: ImageProcessor | None  # None: saved before preprocessor_config.json existed (derive it)
+    trained: dict[str, torch.Tensor]
+    backbone: dict[str, torch.Tensor] | None  # only for a backbone built from config
+
+
+def read_folder(folder: Path, map_location: str | torch.device = "cpu") -> DetectorFolder:
+    """Read a local detector folder's config, image processor and tensors (JSON and safetensors only)."""
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a detector folder: {path.name} is missing")
+    config = DetectorConfig.from_dict(json.loads(config_path.read_text()))
+    processor = ImageProcessor.from_pretrained(folder) if (folder / PROCESSOR_NAME).is_file() else None
+    device = str(map_location)
+    trained = load_file(str(weights_path), device=device)
+    backbone = None
+    if config.backbone_config is not None:
+        path = folder / BACKBONE_WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: the backbone was built from a config, so {path.name} must be there")
+        backbone = load_file(str(path), device=device)
+    return DetectorFolder(config, processor, trained, backbone)
+
+
+def load_folder(
+    cls: type[SEFDetector],
+    folder: Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    backbone_id: str | None = None,
+    backbone_revision: str | None = None,
+) -> SEFDetector:
+    """Build the detector a local folder holds and load its tensors (``backbone_id``/``backbone_revision``
+    override the recorded backbone, e.g. with a local copy of the same weights)."""
+    saved = read_folder(folder, map_location)
+    config = saved.config
+    if backbone_id is not None:
+        if config.backbone_config is not None:
+            raise ValueError("this detector's backbone was built from a config; there is no id to override")
+        config.backbone_id, config.backbone_revision = backbone_id, backbone_revision
+    detector = cls(config, processor=saved.processor)  # no saved processor: derived from config.json
+    detector.to(map_location)
+    load_exact(detector, saved.trained, detector.trained_state_dict(), f"{folder / WEIGHTS_NAME}")
+    if saved.backbone is not None:
+        load_exact(detector, saved.backbone, detector.backbone_state_dict(), f"{folder / BACKBONE_WEIGHTS_NAME}")
+    detector.eval()
+    return detector
+
+
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, Any], source: str) -> None:
+    """Load ``state`` into ``model``; its keys must be exactly ``expected``'s, shapes matching."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        with safe_open(source, framework="pt") as f:
+            saved_with = (f.metadata() or {}).get("transformers_version")
+        hint = ""
+        if saved_with and saved_with != transformers.__version__:
+            hint = (
+                f". It was saved with transformers {saved_with} and this is {transformers.__version__}: module names"
+                " that LoRA tensors are keyed by changed in between (5.18 renamed the ViT projections); load it with"
+                " a transformers release on the same side of that change"
+            )
+        raise ValueError(
+            f"{source} does not match this detector: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)}){hint}"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=False)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}

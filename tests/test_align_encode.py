@@ -10,7 +10,7 @@ from conftest import jpeg_bytes, photo_like
 from PIL import Image, JpegImagePlugin
 
 from sefdata.align import align, common_multiple
-from sefdata.encode import EncodingPolicy, encode, encoding_for
+from sefdata.encode import EncodingPolicy, encode, encode_png, encoding_for
 from sefdata.errors import SefError, SkipSample
 from sefdata.imageio import decode
 
@@ -87,3 +87,33 @@ def _png(px: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(px).save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(512, 512), (53, 37), (1, 1)])
+def test_png_decodes_to_the_exact_pixels_in_every_reader(assets, size):
+    import imagecodecs
+
+    w, h = size
+    photo = np.asarray(Image.open(assets / "photos" / "astronaut.png").convert("RGB"))[:h, :w]
+    noise = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for px in (np.ascontiguousarray(photo), noise):
+        data = encode_png(px)
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == "PNG" and img.mode == "RGB" and np.array_equal(np.asarray(img), px)
+        assert np.array_equal(imagecodecs.png_decode(data), px)
+
+
+def test_png_carries_the_sources_icc_profile(assets):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    px = photo_like(40, 24)
+    data = encode_png(px, profile)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()  # every chunk's CRC is right
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.info["icc_profile"] == profile and np.array_equal(np.asarray(img), px)
+    source = io.BytesIO()
+    Image.fromarray(px).save(source, "PNG", icc_profile=profile)
+    encoding = encoding_for(EncodingPolicy.parse("match"), decode(source.getvalue(), max_pixels=10**8))
+    assert encode(px, encoding) == data

@@ -99,6 +99,6 @@ def test_card_lists_local_training_data_and_says_where_the_backbone_is(evaluated
     card = (staged.folder / "README.md").read_text()
     assert "[me/aligned](https://huggingface.co/datasets/me/aligned)" in card and "`coco-aligned`" in card
     assert str(tmp_path) not in card
-    assert "backbone.safetensors" in staged.files and "stored here too, as `backbone.safetensors`" in card
+    assert "backbone.safetensors" in staged.files and "stored here too (`backbone.safetensors`)" in card
     for name in ("eval/results.json", "eval/results.md", "eval/results.csv"):
         assert file_local_paths(staged.folder / name) == [], name

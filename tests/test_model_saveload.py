@@ -41,7 +41,7 @@ def test_round_trip_gives_identical_scores_and_stores_no_backbone(tmp_path, loca
     detector = randomize_trained(SEFDetector(config))
     detector.save_pretrained(tmp_path / "det")
     files = sorted(p.name for p in (tmp_path / "det").iterdir())
-    assert files == ["README.md", "config.json", "model.safetensors"]
+    assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
 
     stored = load_file(tmp_path / "det" / "model.safetensors")
     backbone_keys = [k for k in stored if k.startswith("backbone.")]

@@ -21,14 +21,18 @@ from sefmodel.data import (
     resolve_domains,
     resolve_shards,
 )
+from sefmodel.preprocess import ImageProcessor
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
 MEAN = STD = (0.5, 0.5, 0.5)
 ALL_ON = AugmentConfig(flip_p=1, resize_p=1, color_p=1, grayscale_p=0, blur_p=1, noise_p=1, jpeg_p=1)
 
 
+PROCESSOR = ImageProcessor(size=32, image_mean=MEAN, image_std=STD)
+
+
 def stream(urls, domains=None, **kw) -> PairStream:
-    kw = {"pairs": 2, "size": 32, "mean": MEAN, "std": STD, "shuffle_buffer": 3, **kw}
+    kw = {"pairs": 2, "processor": PROCESSOR, "shuffle_buffer": 3, **kw}
     return PairStream(urls, domains or {"recon": ["vae"], "sr": ["sr"]}, **kw)
 
 
@@ -142,7 +146,7 @@ def test_eval_stream_scores_every_sample_once_over_ranks_with_all_fakes(tmp_path
     domains = {"recon": ["vae"], "sr": ["sr"]}
     counts = []
     for rank in range(3):  # more ranks than shards: split by sample, never a hang
-        batches = list(EvalStream(urls, domains, batch=4, size=32, mean=MEAN, std=STD, rank=rank, world=3))
+        batches = list(EvalStream(urls, domains, batch=4, processor=PROCESSOR, rank=rank, world=3))
         labels = torch.cat([b["labels"] for b in batches]) if batches else torch.zeros(0)
         counts.append(len(labels))
         assert (labels == 0).sum() * 2 == (labels == 1).sum()  # each real with both fakes

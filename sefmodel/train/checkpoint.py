@@ -1,7 +1,8 @@
 """Training checkpoints without pickles: a checkpoint folder is a detector folder (``config.json``,
-``model.safetensors``, ``backbone.safetensors`` for a random backbone) plus ``optimizer.safetensors`` (the AdamW
-moment tensors) and ``trainer_state.json`` (step, best metric, optimizer hyper-parameters, LR schedule, loss scale).
-So ``SEFDetector.from_pretrained(RUN/checkpoints/best)`` works, and resuming never unpickles anything."""
+``preprocessor_config.json``, ``model.safetensors``, ``backbone.safetensors`` for a random backbone) plus
+``optimizer.safetensors`` (the AdamW moment tensors) and ``trainer_state.json`` (step, best metric, optimizer
+hyper-parameters, LR schedule, loss scale). So ``SEFDetector.from_pretrained(RUN/checkpoints/best)`` works, and
+resuming never unpickles anything."""
 
 from __future__ import annotations
 

@@ -192,14 +192,9 @@ class Trainer:
                 f"{self.run_dir} already holds a training run; use --resume to continue it, or another --out"
             )
 
-    def _size_mean_std(self) -> tuple[int, tuple, tuple]:
-        bb = self.detector.backbone
-        return self.detector.image_size, tuple(bb.image_mean), tuple(bb.image_std)
-
     def _train_batches(self, segment: int, skip: int):
-        size, mean, std = self._size_mean_std()
         stream = PairStream(
-            self.train_set.urls, self.domains, pairs=self.micro // 2, size=size, mean=mean, std=std,
+            self.train_set.urls, self.domains, pairs=self.micro // 2, processor=self.detector.processor,
             augment=self.config.augment, seed=self.config.seed, segment=segment, rank=self.rank, world=self.world,
             skip_batches=skip, shuffle_buffer=self.config.shuffle_buffer, with_keys=True,
         )  # fmt: skip
@@ -284,17 +279,20 @@ class Trainer:
     @torch.no_grad()
     def _validate(self) -> dict[str, float | int | None]:
         acc = self.accelerator
-        size, mean, std = self._size_mean_std()
+        # the detector's processor, called as scoring calls it: the best checkpoint is chosen on eval's pixels
         stream = EvalStream(
-            self.val_set.urls, self.val_domains, batch=self.micro, size=size, mean=mean, std=std, rank=self.rank,
-            world=self.world, max_samples=self.config.val_max_samples,
+            self.val_set.urls, self.val_domains, batch=self.micro, processor=self.detector.processor,
+            rank=self.rank, world=self.world, max_samples=self.config.val_max_samples,
         )  # fmt: skip
         self.detector.eval()
         rows = []
         with acc.autocast():
             for batch in make_loader(stream, min(self.config.num_workers, 2)):
                 logits = self.detector(batch["pixels"].to(acc.device))["logits"].float()
-                rows.append(torch.stack([logits.sigmoid().cpu(), batch["labels"], batch["domain"].float()], dim=1))
+                # an image's probability is the mean over its crops, as in SEFDetector.score
+                counts = torch.bincount(batch["image"], minlength=len(batch["labels"])).float()
+                probs = torch.zeros(len(counts)).index_add_(0, batch["image"], logits.sigmoid().cpu()) / counts
+                rows.append(torch.stack([probs, batch["labels"], batch["domain"].float()], dim=1))
         self.detector.train()
         local = torch.cat(rows) if rows else torch.zeros(0, 3)
         # ranks hold different counts: pad with label -2, gather, drop the padding

@@ -1,0 +1,78 @@
+"""Combining experts trained apart (single-expert detectors) into one fused detector with a fresh fusion head."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .config import DetectorConfig
+from .preprocess import ImageProcessor
+from .serialization import DetectorFolder, load_exact, read_folder, resolve_folder
+
+if TYPE_CHECKING:
+    from .detector import SEFDetector
+
+# must be equal for experts to share a backbone and a fusion head
+SHARED_CONFIG = ("backbone", "backbone_id", "backbone_revision", "backbone_config", "feature_layer", "feature_pool",
+                 "lora")  # fmt: skip
+# what each expert's training saw of an image: must be equal too (the crop mode is only a scoring default)
+SHARED_PROCESSING = ("size", "image_mean", "image_std", "resize", "small")
+
+
+def combine_experts(
+    cls: type[SEFDetector],
+    sources: Sequence[SEFDetector | str | os.PathLike],
+    fusion: str = "sef",
+    names: Sequence[str] | None = None,
+    gate_hidden: int | None = None,
+    **load_kwargs: Any,
+) -> SEFDetector:
+    """See :meth:`SEFDetector.from_experts`."""
+    if len(sources) < 2:
+        raise ValueError("from_experts needs at least two single-expert detectors")
+    loaded: list[DetectorFolder] = []
+    for src in sources:
+        if isinstance(src, cls):
+            backbone = src.backbone_state_dict() if src.config.backbone_config is not None else None
+            loaded.append(DetectorFolder(src.config, src.processor, src.trained_state_dict(), backbone))
+        else:
+            loaded.append(read_folder(resolve_folder(src, **load_kwargs), "cpu"))
+    first = loaded[0].config
+    for cfg in (entry.config for entry in loaded):
+        if cfg.fusion != "single":
+            raise ValueError(f"from_experts takes single-expert detectors; got one with fusion={cfg.fusion!r}")
+        for key in SHARED_CONFIG:
+            if getattr(cfg, key) != getattr(first, key):
+                raise ValueError(f"experts disagree on {key}: {getattr(first, key)!r} vs {getattr(cfg, key)!r}")
+    names = list(names) if names is not None else [entry.config.experts[0] for entry in loaded]
+    if len(names) != len(loaded):
+        raise ValueError(f"{len(names)} names for {len(loaded)} experts")
+    base = loaded[0].backbone
+    for other in (entry.backbone for entry in loaded[1:]):
+        if base is not None and (other is None or any(not torch.equal(base[k], other[k]) for k in base)):
+            raise ValueError("experts were built on different random backbones; they cannot share one")
+    config = copy.deepcopy(first)
+    config.experts = names
+    config.fusion = fusion
+    if gate_hidden is not None:
+        config.gate_hidden = gate_hidden
+    config = DetectorConfig.from_dict(config.to_dict())  # re-validate the combination
+    detector = cls(config, processor=loaded[0].processor)
+    for entry in loaded:
+        processor = entry.processor or ImageProcessor.from_detector_config(entry.config, detector.backbone)
+        diff = [k for k in SHARED_PROCESSING if getattr(processor, k) != getattr(detector.processor, k)]
+        if diff:
+            raise ValueError(f"experts were trained on differently processed images: they disagree on {diff}")
+    state = {}
+    for entry, new in zip(loaded, names, strict=True):
+        old = entry.config.experts[0]
+        state.update({cls.rename_expert_key(k, old, new): v for k, v in entry.trained.items()})
+    expected = {k: v for k, v in detector.trained_state_dict().items() if not k.startswith("fusion.")}
+    load_exact(detector, state, expected, "the experts")
+    if base is not None:
+        load_exact(detector, base, detector.backbone_state_dict(), "the experts' backbone")
+    return detector

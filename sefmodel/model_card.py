@@ -1,0 +1,142 @@
+"""Model cards (``README.md``): the one ``save_pretrained`` writes into every detector folder (:data:`MODEL_CARD`
+filled by :func:`card_fields`) and the fuller one ``sefmodel publish`` writes (:func:`make_model_card`: Hub metadata,
+evaluation results, intended use)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+if TYPE_CHECKING:
+    from .config import DetectorConfig
+
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+# SEF detector: AI-generated image detection
+
+A detector from the SEF toolkit (Separate Expert Fusion). It scores how likely an image is AI-generated
+(probability in [0, 1]).
+
+- backbone: `{{ backbone }}` (`{{ backbone_id }}`, revision `{{ backbone_revision }}`), frozen
+- experts (LoRA adapters + linear heads): {{ experts }}
+- fusion: `{{ fusion }}`
+- input: {{ preprocessing }}
+
+{{ storage_note }} Load with:
+
+```python
+from sefmodel import SEFDetector
+detector = SEFDetector.from_pretrained("{{ repo_id | default('PATH_OR_REPO_ID', true) }}")
+scores = detector.score(images)  # list of PIL images of any size
+```
+"""
+
+
+def card_fields(config: DetectorConfig, processor: Any) -> dict[str, str]:
+    """Values for :data:`MODEL_CARD`'s placeholders, from the detector's config and image processor."""
+    if config.backbone_config is None:
+        note = (
+            "This repository holds only the trained tensors (`model.safetensors`: LoRA adapters, heads, "
+            "fusion head), `config.json` and the image processor (`preprocessor_config.json`); the backbone is "
+            "loaded from its own repository by id and revision."
+        )
+    else:
+        note = (
+            "The backbone is a randomly initialised test model built from `config.json`, so its weights "
+            "are stored here too (`backbone.safetensors`) beside the trained tensors "
+            "(`model.safetensors`) and the image processor (`preprocessor_config.json`)."
+        )
+    resize = f"short side resized to {processor.resize} px" if processor.resize else "native resolution"
+    small = "padded with the mean colour" if processor.small == "pad" else "upscaled"
+    n = processor.crops_per_side
+    crops = (
+        f"one {processor.size} px centre crop"
+        if processor.crop == "center"
+        else f"up to {n}x{n} crops of {processor.size} px, probabilities averaged"
+    )
+    return {
+        "backbone": config.backbone,
+        "backbone_id": config.backbone_id or "random, built from config",
+        "backbone_revision": config.backbone_revision or "unpinned",
+        "experts": ", ".join(f"`{n}`" for n in config.experts),
+        "fusion": config.fusion,
+        "preprocessing": f"{crops}, {resize}, small images {small}",
+        "storage_note": note,
+    }
+
+
+def _metrics_table(results: dict) -> list[str]:
+    rows = ["| benchmark | AP | AUROC | accuracy | real acc | fake acc |", "|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for name, entry in results.get("benchmarks", {}).items():
+        m = entry.get("metrics", {})
+        rows.append(f"| {entry.get('title', name)} | {fmt(m.get('ap'))} | {fmt(m.get('auroc'))} | "
+                    f"{fmt(m.get('accuracy'))} | {fmt(m.get('real_acc'))} | {fmt(m.get('fake_acc'))} |")  # fmt: skip
+    return rows
+
+
+def make_model_card(
+    detector, repo_id: str, license: str, datasets: list[str], results: dict | None, local_data: list[str] = ()
+) -> ModelCard:
+    """The published card; ``datasets`` are Hub dataset ids, ``local_data`` lines naming unpublished local builds."""
+    cfg = detector.config
+    eval_results, model_name = None, repo_id.split("/")[-1]
+    if results and results.get("model-index"):
+        index = results["model-index"]
+        index[0]["name"] = model_name
+        model_name, eval_results = model_index_to_eval_results(index)
+    data = ModelCardData(
+        base_model=cfg.backbone_id,
+        datasets=datasets or None,
+        eval_results=eval_results or None,
+        library_name="sef-toolkit",
+        license=license,
+        model_name=model_name,
+        pipeline_tag="image-classification",
+        tags=["ai-generated-image-detection", "deepfake-detection", "lora", "mixture-of-experts"],
+    )
+    body = [
+        f"# {model_name}",
+        "",
+        "A detector of AI-generated images from the SEF toolkit (Separate Expert Fusion): a frozen "
+        f"`{cfg.backbone}` backbone (`{cfg.backbone_id or 'random, built from config'}`, revision "
+        f"`{cfg.backbone_revision or 'unpinned'}`), one LoRA expert per artifact family ({', '.join(cfg.experts)}) "
+        f"and a `{cfg.fusion}` fusion head. It outputs the probability that an image is generated.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from sefmodel import SEFDetector",
+        f'detector = SEFDetector.from_pretrained("{repo_id}")',
+        "scores = detector.score(images)   # PIL images of any size; scores.probs in [0, 1]",
+        "```",
+        "",
+        f"or `sefmodel predict {repo_id} IMAGES_OR_DIRS`. Input: "
+        f"{card_fields(cfg, detector.processor)['preprocessing']}, by the image processor stored with it "
+        f"(`preprocessor_config.json`). {card_fields(cfg, detector.processor)['storage_note']} No pickles.",
+        "",
+        "## Training data",
+        "",
+        *([f"- Hugging Face dataset [{d}](https://huggingface.co/datasets/{d})" for d in datasets]
+          + [f"- {line}, not published" for line in local_data]
+          or ["- not recorded (no `train_config.json` in the run folder)"]),
+        "",
+    ]  # fmt: skip
+    if results:
+        body += ["## Evaluation", "", *_metrics_table(results), "",
+                 "Full report, robustness curves and plots: [eval/results.md](eval/results.md).", ""]  # fmt: skip
+    body += [
+        "## Intended use and limits",
+        "",
+        "- For research and for triage in trust-and-safety workflows, as one signal among others: a score is not "
+        "proof that an image is or is not generated.",
+        "- Trained on aligned real/fake pairs of the families above; accuracy on generators, post-processing "
+        "(resizing, recompression, screenshots) and content unlike the training data can be much lower. Check the "
+        "robustness curves before relying on it under such conditions.",
+        "- Small or heavily compressed images carry fewer artifacts; scores on them are less reliable.",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
