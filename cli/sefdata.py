@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
@@ -10,27 +9,10 @@ import typer
 from sefdata.config import BuildConfig, load_recipe
 from sefdata.errors import SKIP_REASONS
 
-from .common import report_upload, run_app, user_errors
+from .common import App, report_upload, run_app, user_errors
+from .options import config_options, field_help
 
-app = typer.Typer(
-    help="Turn real image corpora into aligned, artifact-diverse real/fake WebDataset shards.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-_DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory()) for f in
-             dataclasses.fields(BuildConfig)}  # fmt: skip
-
-
-def _h(name: str) -> str:
-    """Help text for a BuildConfig field, with the library's default (the CLI never restates defaults)."""
-    default, text = _DEFAULTS[name], BuildConfig.help(name)
-    if "default" in text:  # the help already says what happens by default
-        return text
-    shown = "none" if default is None else " ".join(default) if isinstance(default, list) else default
-    return f"{text} (default: {shown})"
-
+app = App(help="Turn real image corpora into aligned, artifact-diverse real/fake WebDataset shards.")
 
 GEN_HELP = (
     "Generator, repeatable; one fake field each, named NAME unless as=FIELD renames it. "
@@ -38,54 +20,39 @@ GEN_HELP = (
     "sr:weights=PATH_OR_URL_OR_HUB_FILE,scale=4[,tile=512] | "
     "ddim:model=HUB_ID_OR_DIR,steps=50,strength=1.0 | "
     "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID). "
-    "Any of them: NAME:preset=PRESET[,key=value] for a pinned preset from manifests/generators."
+    "Any of them: NAME:preset=PRESET[,key=value] for a pinned preset from manifests/generators"
 )
 
 
+# Every BuildConfig field is an option here and a key in recipes: a new build option is one new field.
 @app.command()
+@config_options(
+    BuildConfig,
+    exclude=("sources", "out", "recipe"),
+    overrides={"gen": {"help": GEN_HELP, "metavar": "NAME[:KEY=VALUE,...]"}, "format": {"metavar": "POLICY"},
+               "device": {"metavar": "DEVICE"}, "dtype": {"metavar": "DTYPE"}},
+)  # fmt: skip
 def build(
-    sources: list[str] = typer.Argument(None, help=BuildConfig.help("sources"), show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help=BuildConfig.help("out")),
+    sources: list[str] = typer.Argument(None, metavar="SOURCE", help=field_help(BuildConfig, "sources")),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help=field_help(BuildConfig, "out")),
     recipe: Path | None = typer.Option(
-        None, "--recipe", help="TOML recipe with any of these options; flags override it"
+        None, "--recipe", metavar="TOML", help="recipe with any of these options (keys as below, - or _); flags win"
     ),
-    gen: list[str] = typer.Option(
-        None, "--gen", help=GEN_HELP + f" (default: {' '.join(_DEFAULTS['gen'])})", show_default=False
-    ),
-    format: str | None = typer.Option(None, "--format", help=_h("format"), show_default=False),
-    max_side: int | None = typer.Option(None, "--max-side", help=_h("max_side"), show_default=False),
-    crop: int | None = typer.Option(None, "--crop", help=_h("crop"), show_default=False),
-    min_side: int | None = typer.Option(None, "--min-side", help=_h("min_side"), show_default=False),
-    max_pixels: int | None = typer.Option(None, "--max-pixels", help=_h("max_pixels"), show_default=False),
-    shard_size: int | None = typer.Option(None, "--shard-size", help=_h("shard_size"), show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", help=_h("batch_size"), show_default=False),
-    workers: int | None = typer.Option(None, "--workers", help=_h("workers"), show_default=False),
-    device: str | None = typer.Option(None, "--device", help=_h("device"), show_default=False),
-    dtype: str | None = typer.Option(None, "--dtype", help=_h("dtype"), show_default=False),
-    seed: int | None = typer.Option(None, "--seed", help=_h("seed"), show_default=False),
-    rank: int | None = typer.Option(None, "--rank", help=_h("rank"), show_default=False),
-    world: int | None = typer.Option(None, "--world", help=_h("world"), show_default=False),
-    limit: int | None = typer.Option(None, "--limit", help=_h("limit"), show_default=False),
-    image_field: str | None = typer.Option(None, "--image-field", help=_h("image_field"), show_default=False),
-    split: str | None = typer.Option(None, "--split", help=_h("split"), show_default=False),
-    allow_mixed: bool = typer.Option(False, "--allow-mixed", help=_h("allow_mixed"), show_default=False),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    *,
+    config_flags: dict,
 ) -> None:
-    """Build aligned real/fake shards from real images: SOURCE... can be folders, image files, path lists (.txt),
-    WebDataset tars or patterns, or Hugging Face datasets. Re-running the same command resumes."""
+    """Build aligned real/fake shards from real images: SOURCE... can be folders, image files, path lists (.txt,
+    paths relative to the list's folder), WebDataset tars or patterns, or Hugging Face datasets. Re-running the
+    same command resumes."""
     from sefdata.build import NothingWritten
     from sefdata.build import build as run_build
 
-    with user_errors():
+    with user_errors(hub=True):
         values = load_recipe(recipe) if recipe else {}
-        flags = {
-            "sources": sources or None, "gen": gen or None, "format": format, "max_side": max_side, "crop": crop,
-            "min_side": min_side, "max_pixels": max_pixels, "shard_size": shard_size, "batch_size": batch_size,
-            "workers": workers,
-            "device": device, "dtype": dtype, "seed": seed, "rank": rank, "world": world, "limit": limit,
-            "image_field": image_field, "split": split, "allow_mixed": allow_mixed or None,
-        }  # fmt: skip
-        values.update({k: v for k, v in flags.items() if v is not None})
+        values.update(config_flags)
+        if sources:
+            values["sources"] = sources
         config = BuildConfig(**values, out=str(out), recipe=str(recipe) if recipe else None)
         try:
             summary = run_build(config, progress=progress)
@@ -117,11 +84,13 @@ def _skip_table(failed) -> None:
 
 @app.command()
 def preview(
-    folder: Path = typer.Argument(..., help="build output folder holding shard-*.tar"),
-    out: Path = typer.Option(Path("preview.png"), "--out", "-o", help="PNG file to write"),
-    samples: int = typer.Option(4, "--samples", "-n", help="number of samples (rows)"),
-    tile: int = typer.Option(256, "--tile", help="side of each tile, pixels (centre crops, never resized)"),
-    gain: float = typer.Option(8.0, "--gain", help="residual amplification"),
+    folder: Path = typer.Argument(..., metavar="FOLDER", help="build output folder holding shard-*.tar"),
+    out: Path = typer.Option(Path("preview.png"), "--out", "-o", metavar="PNG", help="file to write"),
+    samples: int = typer.Option(4, "--samples", "-n", metavar="N", help="number of samples (rows)"),
+    tile: int = typer.Option(
+        256, "--tile", metavar="PIXELS", help="side of each tile, pixels (centre crops, never resized)"
+    ),
+    gain: float = typer.Option(8.0, "--gain", metavar="X", help="residual amplification"),
 ) -> None:
     """Write a grid: real | each fake | amplified residual | log amplitude spectrum of the residual."""
     from sefdata.preview import make_preview
@@ -132,7 +101,7 @@ def preview(
 
 
 @app.command()
-def manifest(folder: Path = typer.Argument(..., help="build output folder")) -> None:
+def manifest(folder: Path = typer.Argument(..., metavar="FOLDER", help="build output folder")) -> None:
     """(Re)write manifest.json from the per-shard stats once every shard is done (e.g. after a multi-rank build)."""
     from sefdata.manifest import write_manifest
 
@@ -143,7 +112,7 @@ def manifest(folder: Path = typer.Argument(..., help="build output folder")) -> 
 
 
 @app.command()
-def verify(folder: Path = typer.Argument(..., help="build output folder")) -> None:
+def verify(folder: Path = typer.Argument(..., metavar="FOLDER", help="build output folder")) -> None:
     """Check every shard: fields present, sizes aligned, hashes and counts matching stats and manifest.
     Exits 1 if any problem is found, listing them per shard."""
     from sefdata.verify import verify as run_verify
@@ -164,19 +133,27 @@ def verify(folder: Path = typer.Argument(..., help="build output folder")) -> No
 
 @app.command()
 def publish(
-    folder: Path = typer.Argument(..., help="finished build folder (with manifest.json)"),
-    repo: str = typer.Option(..., "--repo", help="Hub dataset repo USER/NAME (created if missing)"),
+    folder: Path = typer.Argument(..., metavar="FOLDER", help="finished build folder (with manifest.json)"),
+    repo: str = typer.Option(
+        ..., "--repo", metavar="USER/NAME", help="Hub dataset repo USER/NAME (created if missing)"
+    ),
     private: bool = typer.Option(False, "--private", help="create the repo private"),
-    revision: str | None = typer.Option(None, "--revision", help="branch to upload to (created if missing)"),
-    license: str = typer.Option("unknown", "--license", help="licence id for the card (that of the real corpus)"),
+    revision: str | None = typer.Option(
+        None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"
+    ),
+    license: str = typer.Option(
+        "unknown", "--license", metavar="ID", help="licence id for the card (that of the real corpus)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
-    staging: Path | None = typer.Option(None, "--staging", help="where to stage the upload (default: FOLDER/.publish)"),
+    staging: Path | None = typer.Option(
+        None, "--staging", metavar="DIR", help="where to stage the upload (default: FOLDER/.publish)"
+    ),
 ) -> None:
     """Upload shards, manifest.json, a preview and a dataset card to the Hugging Face Hub. Re-running resumes an
     interrupted upload. The token comes from `hf auth login` or HF_TOKEN and is never printed."""
     from sefdata.publish import publish as run_publish
 
-    with user_errors():
+    with user_errors(hub=True, fetching=f"the dataset repo {repo}", offline_hint="stage only with --dry-run"):
         staged = run_publish(
             folder, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,35 +10,12 @@ from pathlib import Path
 import typer
 
 from sefdata.errors import SefError
+from sefmodel.train.config import TrainConfig
 
-from .common import report_upload, run_app, user_errors
+from .common import App, report_upload, run_app, user_errors
+from .options import config_options, specs_in_source
 
-app = typer.Typer(
-    help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-@app.callback()
-def _root() -> None:
-    """Separate Expert Fusion detectors."""
-
-
-def _train_help(name: str) -> str:
-    """Help text for a TrainConfig field with the library's default (the CLI never restates defaults)."""
-    from sefmodel.train.config import TrainConfig
-
-    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    text = f.metadata["help"]
-    if "default" in text:
-        return text
-    if isinstance(default, bool) or default in ("", [], {}):
-        return text
-    shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
-    return f"{text} (default: {shown})"
+app = App(help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.")
 
 
 def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -61,106 +37,64 @@ def _number(text: str) -> int | float | str:
     return text
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+# Options are declared once, in the configs: every TrainConfig field with a plain value is an option here and a key
+# in --config files; the detector's main fields (keys of the [detector] table) and the LoRA rank and blocks come from
+# DetectorConfig and LoraSettings, read from their source so that --help imports no torch.
+@app.command()
+@config_options(
+    TrainConfig,
+    exclude=("out", "detector", "domains", "augment"),
+    overrides={"data": {"metavar": "SHARDS"}, "val_data": {"metavar": "SHARDS"}, "experts": {"metavar": "RUN"},
+               "stage": {"metavar": "STAGE"}, "domain": {"metavar": "NAME"}, "fusion": {"metavar": "HEAD"},
+               "mixed_precision": {"metavar": "MODE"}, "record_keys": {"hidden": True}},
+)  # fmt: skip
+@config_options(
+    specs_in_source("sefmodel.config", "DetectorConfig"),
+    include=("backbone", "backbone_id", "image_size", "feature_layer", "feature_pool", "gate_hidden"),
+    overrides={"backbone": {"metavar": "FAMILY"}, "backbone_id": {"metavar": "HUB_ID_OR_DIR"},
+               "image_size": {"metavar": "PIXELS"}, "feature_pool": {"metavar": "POOL"}},
+    param="detector_flags",
+)  # fmt: skip
+@config_options(
+    specs_in_source("sefmodel.lora", "LoraSettings"),
+    include=("rank", "blocks"),
+    prefix="lora_",
+    overrides={"blocks": {"metavar": "all|last:K"}},
+    param="lora_flags",
+)  # fmt: skip
 def train(
     more_experts: list[str] = typer.Argument(
-        None, metavar="[RUN...]", help="more expert runs after --experts (--experts RUN_A RUN_B)", show_default=False
+        None, metavar="RUN", help="more expert runs after --experts (--experts RUN_A RUN_B)"
     ),
-    data: list[str] = typer.Option(None, "--data", help=_train_help("data") + "; repeatable", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help=_train_help("out")),
+    out: Path = typer.Option(..., "--out", "-o", metavar="RUN", help=TrainConfig.help("out")),
     config_file: Path | None = typer.Option(
         None,
         "--config",
-        help="TOML file with any TrainConfig fields (and tables augment, detector, domains); flags override it",
-        show_default=False,
+        metavar="TOML",
+        help="file with any of these options as keys (and tables augment, detector, domains); flags override it. "
+        "The fusion stage accepts the experts' file: it takes the detector from the experts",
     ),
-    stage: str | None = typer.Option(None, "--stage", help=_train_help("stage"), show_default=False),
-    domain: str | None = typer.Option(None, "--domain", help=_train_help("domain"), show_default=False),
     domain_fields: list[str] = typer.Option(
         None,
         "--domain-fields",
-        help="NAME=FIELD[,FIELD...]: the shard fields of a domain, repeatable (default: recon=vae,ddim,taesd sr=sr)",
-        show_default=False,
-    ),
-    experts: list[str] = typer.Option(None, "--experts", help=_train_help("experts"), show_default=False),
-    fusion: str | None = typer.Option(None, "--fusion", help=_train_help("fusion"), show_default=False),
-    val_data: list[str] = typer.Option(None, "--val-data", help=_train_help("val_data"), show_default=False),
-    backbone: str | None = typer.Option(
-        None,
-        "--backbone",
-        help="backbone family: dinov2, dinov2_registers, clip, mobilenet_v2, resnet, convnext (default: dinov2)",
-        show_default=False,
-    ),
-    backbone_id: str | None = typer.Option(
-        None, "--backbone-id", help="Hub id or local folder of the backbone (default: the family's)", show_default=False
-    ),
-    image_size: int | None = typer.Option(
-        None,
-        "--image-size",
-        help="training crop side (default: the backbone's, 336 DINOv2 / 224 CLIP and the CNNs)",
-        show_default=False,
-    ),
-    feature_layer: int | None = typer.Option(
-        None,
-        "--feature-layer",
-        help="block (ViT) or stage (CNN) whose output is the feature, 0-based, negative from the last (default: -1)",
-        show_default=False,
-    ),
-    feature_pool: str | None = typer.Option(
-        None,
-        "--feature-pool",
-        help="CNN feature pooling: mean or mean_std (default: mean; ViTs use the CLS token)",
-        show_default=False,
-    ),
-    lora_rank: int | None = typer.Option(None, "--lora-rank", help="LoRA rank (default: 8)", show_default=False),
-    lora_blocks: str | None = typer.Option(
-        None,
-        "--lora-blocks",
-        help='blocks with LoRA, counted back from the feature block: "all" or "last:K" (default: all)',
-        show_default=False,
-    ),
-    gate_hidden: int | None = typer.Option(
-        None, "--gate-hidden", help="SEF gate hidden width (default: 256)", show_default=False
-    ),
-    steps: int | None = typer.Option(None, "--steps", help=_train_help("steps"), show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", help=_train_help("batch_size"), show_default=False),
-    micro_batch_size: int | None = typer.Option(
-        None, "--micro-batch-size", help=_train_help("micro_batch_size"), show_default=False
-    ),
-    lr: float | None = typer.Option(None, "--lr", help=_train_help("lr"), show_default=False),
-    weight_decay: float | None = typer.Option(
-        None, "--weight-decay", help=_train_help("weight_decay"), show_default=False
-    ),
-    warmup: float | None = typer.Option(None, "--warmup", help=_train_help("warmup"), show_default=False),
-    grad_clip: float | None = typer.Option(None, "--grad-clip", help=_train_help("grad_clip"), show_default=False),
-    mixed_precision: str | None = typer.Option(
-        None, "--mixed-precision", help=_train_help("mixed_precision"), show_default=False
-    ),
-    cpu: bool | None = typer.Option(None, "--cpu", help=_train_help("cpu"), show_default=False),
-    seed: int | None = typer.Option(None, "--seed", help=_train_help("seed"), show_default=False),
-    num_workers: int | None = typer.Option(None, "--num-workers", help=_train_help("num_workers"), show_default=False),
-    shuffle_buffer: int | None = typer.Option(
-        None, "--shuffle-buffer", help=_train_help("shuffle_buffer"), show_default=False
+        metavar="NAME=FIELD[,FIELD...]",
+        help="the shard fields of a domain, repeatable (default: recon=vae,ddim,taesd sr=sr)",
     ),
     aug: list[str] = typer.Option(
         None,
         "--aug",
-        help="KEY=VALUE augmentation setting, repeatable, e.g. jpeg_p=0.2 (see docs/training.md)",
-        show_default=False,
+        metavar="KEY=VALUE",
+        help="augmentation setting, repeatable, e.g. jpeg_p=0.2 (see docs/training.md)",
     ),
-    val_every: int | None = typer.Option(None, "--val-every", help=_train_help("val_every"), show_default=False),
-    val_max_samples: int | None = typer.Option(
-        None, "--val-max-samples", help=_train_help("val_max_samples"), show_default=False
-    ),
-    save_every: int | None = typer.Option(None, "--save-every", help=_train_help("save_every"), show_default=False),
-    log_every: int | None = typer.Option(None, "--log-every", help=_train_help("log_every"), show_default=False),
-    tensorboard: bool | None = typer.Option(None, "--tensorboard", help=_train_help("tensorboard"), show_default=False),
-    record_keys: bool | None = typer.Option(None, "--record-keys", help=_train_help("record_keys"), hidden=True),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     stop_after: int | None = typer.Option(
-        None, "--stop-after", help="stop after N steps as if interrupted (resumable)", show_default=False
+        None, "--stop-after", metavar="N", help="stop after N steps as if interrupted (resumable)"
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    *,
+    config_flags: dict,
+    detector_flags: dict,
+    lora_flags: dict,
 ) -> None:
     """Train one stage of a SEF detector on sefdata shards, into a run folder.
 
@@ -170,66 +104,30 @@ def train(
       sefmodel train --data shards/train --stage fusion --experts runs/recon runs/sr --out runs/sef
       sefmodel train --data shards/train --stage mixed --out runs/mixed
 
-    Several GPUs or nodes: launch the same command with torchrun or accelerate (see docs/training.md).
+    Offline: --backbone-id DIR loads the backbone from a local folder. Several GPUs or nodes: launch the same
+    command with torchrun or accelerate (see docs/training.md).
     """
-    from sefmodel.data import DEFAULT_DOMAINS
-    from sefmodel.train import TrainConfig, load_toml
-    from sefmodel.train import train as run_train
-
+    with user_errors((ValueError, FileNotFoundError)):
+        config = _train_config(
+            out, config_file, resume, config_flags, more_experts, detector_flags, lora_flags, domain_fields, aug
+        )
+        for ref in config.experts:
+            _check_ref(ref, "expert run")
+    for note in config.notes:
+        typer.echo(f"note: {note}", err=True)
+    if config.stage == "fusion":
+        fetching, hint = "the expert detectors or their backbones", "give local expert run folders (--experts DIR)"
+    else:
+        fetching, hint = f"the backbone {_backbone_ref(config.detector)}", "give a local copy with --backbone-id DIR"
     try:
-        values: dict = {}
-        if resume and not config_file and not data:
-            values = TrainConfig.load(out).to_dict()  # the saved settings; flags below may repeat them
-        if config_file:
-            values.update(load_toml(config_file))
-        all_experts = [*(experts or []), *(more_experts or [])]
-        if more_experts and not experts:
-            raise ValueError(f"unexpected argument(s) {' '.join(more_experts)}; expert runs follow --experts")
-        detector = dict(values.get("detector", {}))
-        lora = dict(detector.get("lora", {}))
-        if lora_rank is not None:
-            lora["rank"] = lora_rank
-        if lora_blocks is not None:
-            lora["blocks"] = lora_blocks
-        if lora:
-            detector["lora"] = lora
-        for key, value in (("backbone", backbone), ("backbone_id", backbone_id), ("image_size", image_size),
-                           ("gate_hidden", gate_hidden), ("feature_layer", feature_layer),
-                           ("feature_pool", feature_pool)):  # fmt: skip
-            if value is not None:
-                detector[key] = value
-        if detector:
-            values["detector"] = detector
-        if domain_fields:
-            domains = dict(values.get("domains", {})) or None
-            parsed = {k: [f.strip() for f in v.split(",") if f.strip()] for k, v in
-                      _key_values(domain_fields, "--domain-fields").items()}  # fmt: skip
-            values["domains"] = {**(domains or DEFAULT_DOMAINS), **parsed}
-        if aug:
-            values["augment"] = {
-                **values.get("augment", {}),
-                **{k: _number(v) for k, v in _key_values(aug, "--aug").items()},
-            }
-        flags = {
-            "data": data or None, "stage": stage, "domain": domain, "experts": all_experts or None, "fusion": fusion,
-            "val_data": val_data or None, "steps": steps, "batch_size": batch_size,
-            "micro_batch_size": micro_batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
-            "grad_clip": grad_clip, "mixed_precision": mixed_precision, "cpu": cpu, "seed": seed,
-            "num_workers": num_workers, "shuffle_buffer": shuffle_buffer, "val_every": val_every,
-            "val_max_samples": val_max_samples, "save_every": save_every, "log_every": log_every,
-            "tensorboard": tensorboard, "record_keys": record_keys,
-        }  # fmt: skip
-        values.update({k: v for k, v in flags.items() if v is not None})
-        values["out"] = str(out)
-        config = TrainConfig(**values)
-        result = run_train(config, resume=resume, stop_after=stop_after, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: the last finished step is saved; continue with: sefmodel train --resume --out {out}",
-                   err=True)  # fmt: skip
-        raise typer.Exit(130) from None
+        with user_errors((ValueError, FileNotFoundError), hub=True, fetching=fetching, offline_hint=hint):
+            from sefmodel.train import train as run_train
+
+            result = run_train(config, resume=resume, stop_after=stop_after, progress=progress)
+    except typer.Exit as e:
+        if e.exit_code == 130:
+            typer.echo(f"continue with: sefmodel train --resume --out {out}", err=True)
+        raise
     if not result.main_process:
         return
     if not result.finished:
@@ -243,8 +141,56 @@ def train(
     typer.echo(line)
 
 
+def _backbone_ref(detector: dict) -> str:
+    if detector.get("backbone_id"):
+        return detector["backbone_id"]
+    from sefmodel.backbones import get_backbone_class
+
+    try:
+        return get_backbone_class(detector.get("backbone", "dinov2")).default_model_id
+    except KeyError:
+        return str(detector.get("backbone"))
+
+
+def _train_config(
+    out, config_file, resume, flags, more_experts, detector_flags, lora_flags, domain_fields, aug
+) -> TrainConfig:
+    """The TrainConfig from, in increasing precedence: the saved run (--resume), --config, the flags."""
+    from sefmodel.train.config import _default_domains, load_toml
+
+    values: dict = {}
+    if resume and not config_file and not flags.get("data"):
+        values = TrainConfig.load(out).to_dict()  # the saved settings; flags below may repeat them
+    if config_file:
+        values.update(load_toml(config_file))
+    if more_experts and not flags.get("experts"):
+        raise ValueError(f"unexpected argument(s) {' '.join(more_experts)}; expert runs follow --experts")
+    if more_experts:
+        flags["experts"] = [*flags["experts"], *more_experts]
+    detector = dict(values.get("detector", {}))
+    lora = {**detector.get("lora", {}), **lora_flags}
+    if lora:
+        detector["lora"] = lora
+    detector.update(detector_flags)
+    if detector:
+        values["detector"] = detector
+    if domain_fields:
+        parsed = {k: [f.strip() for f in v.split(",") if f.strip()] for k, v in
+                  _key_values(domain_fields, "--domain-fields").items()}  # fmt: skip
+        values["domains"] = {**(dict(values.get("domains", {})) or _default_domains()), **parsed}
+    if aug:
+        values["augment"] = {
+            **values.get("augment", {}),
+            **{k: _number(v) for k, v in _key_values(aug, "--aug").items()},
+        }
+    values.update(flags)
+    values["out"] = str(out)
+    return TrainConfig(**values)
+
+
 # ---- eval / predict / explain ---------------------------------------------------------------------------------
 
+RUN_HELP = "detector folder, trainer run folder (uses RUN/detector/) or Hub id OWNER/NAME"
 PREDICT_EXIT = (
     "Exit status: 0 every input was scored; 1 some inputs could not be read or scored (each has an error record "
     "and the others were written); 2 usage error (bad option, RUN not loadable, no input found)."
@@ -253,11 +199,12 @@ PREDICT_EXIT = (
 
 @app.command("eval", no_args_is_help=True)
 def eval_(
-    run: str = typer.Argument(..., help="detector folder, trainer run folder (uses RUN/detector/) or Hub id"),
+    run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     bench: list[str] = typer.Option(
         ...,
         "--bench",
         "-b",
+        metavar="NAME=PATH|PATH|hf:ID",
         help="repeatable: NAME=PATH (a definition in manifests/benchmarks, or a .toml file, read by its layout), "
         "PATH (plain real/ + fake/ or 0_real/ + 1_fake/ folder, optionally under subset folders) or "
         "hf:OWNER/NAME[:split=test,image=COL,label=COL,subset=COL] (a Hugging Face dataset)",
@@ -267,6 +214,7 @@ def eval_(
         None,
         "--perturb",
         "-p",
+        metavar="NAME:VALUE[,...]",
         help="robustness sweep, repeatable or comma-separated NAME:VALUE items: jpeg:Q, webp:Q, resize:F, blur:S, "
         "noise:S, social:MAXSIDE (resize + JPEG 75); 'default' = the standard sweep. One curve per NAME",
         show_default=False,
@@ -274,6 +222,7 @@ def eval_(
     calibrate: str | None = typer.Option(
         None,
         "--calibrate",
+        metavar="BENCH",
         help="held-out set (same syntax as --bench) that fits one threshold for acc@cal (max balanced accuracy); "
         "default: each benchmark fits its own on a hashed --calib-fraction of its images",
         show_default=False,
@@ -281,33 +230,37 @@ def eval_(
     calib_fraction: float = typer.Option(
         0.2,
         "--calib-fraction",
+        metavar="X",
         help="share of each benchmark held out to fit its "
         "acc@cal threshold when --calibrate is not given; 0 turns acc@cal off",
     ),
     fake_jpeg: str = typer.Option(
         "none",
         "--fake-jpeg",
+        metavar="none|auto|Q",
         help="format-bias protocol: JPEG-compress generated images at this quality before scoring; 'auto' uses "
         "each benchmark definition's recommended quality (e.g. 96 for GenImage)",
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="output folder (default: RUN/eval for a local RUN)", show_default=False
+        None, "--out", "-o", metavar="DIR", help="output folder (default: RUN/eval for a local RUN)"
     ),
-    batch_size: int = typer.Option(16, "--batch-size", help="images per forward pass"),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
     crop: str | None = typer.Option(
-        None, "--crop", help="center or multi (default: the detector's config)", show_default=False
+        None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG plots"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Evaluate a detector on benchmarks: accuracy at 0.5, real/fake accuracy, AP, AUROC and calibrated accuracy
     per benchmark and subset, mean and worst case, robustness curves. Writes results.json, results.md,
     results.csv, scores.csv and plots/*.png."""
+    with user_errors():
+        _check_ref(run)
     from sefmodel.evaluate import EvalConfig, evaluate
     from sefmodel.predict import load_detector
 
-    with user_errors():
+    with user_errors(hub=True):
         config = EvalConfig(
             benches=bench, perturb=perturb or [], calibrate=calibrate, calib_fraction=calib_fraction,
             fake_jpeg=fake_jpeg, batch_size=batch_size, crop=crop, plots=plots,
@@ -327,30 +280,42 @@ def eval_(
     typer.echo(f"report: {out / 'results.md'}  (results.json, results.csv, scores.csv, plots/)")
 
 
+def _check_ref(ref: str, what: str = "detector") -> None:
+    """Fail at once, before the model stack loads, when a RUN is neither a local path nor fetchable from the Hub."""
+    if not Path(ref).expanduser().exists():
+        from sefdata.hub import require_hub_repo
+
+        require_hub_repo(ref, what)
+
+
 def _f(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 @app.command(no_args_is_help=True, epilog=PREDICT_EXIT)
 def predict(
-    run: str = typer.Argument(..., help="detector folder, trainer run folder (uses RUN/detector/) or Hub id"),
+    run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     inputs: list[str] = typer.Argument(
-        ..., help="image files and folders (searched recursively for images)", show_default=False
+        ..., metavar="INPUTS", help="image files and folders (searched recursively for images)"
     ),
-    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per line) or csv"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="write here instead of stdout", show_default=False),
-    batch_size: int = typer.Option(16, "--batch-size", help="images per forward pass"),
-    threshold: float = typer.Option(0.5, "--threshold", help="label is 'generated' when prob > threshold"),
+    format: str = typer.Option(
+        "jsonl", "--format", "-f", metavar="jsonl|csv", help="jsonl (one JSON object per line) or csv"
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="write here instead of stdout"),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
+    threshold: float = typer.Option(0.5, "--threshold", metavar="P", help="label is 'generated' when prob > threshold"),
     crop: str | None = typer.Option(
-        None, "--crop", help="center or multi (default: the detector's config)", show_default=False
+        None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
 ) -> None:
     """Score images of any size and format. One record per input: path, prob (P(generated)), label, num_crops and,
     for SEF detectors, the gate weights; an unreadable file gets a record with an error instead."""
+    with user_errors():
+        _check_ref(run)
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
 
-    with user_errors():
+    with user_errors(hub=True):
         if format not in ("jsonl", "csv"):
             raise SefError(f"--format must be jsonl or csv, got {format!r}")
         if crop not in (None, "center", "multi"):
@@ -392,22 +357,24 @@ def predict(
 
 @app.command(no_args_is_help=True)
 def explain(
-    run: str = typer.Argument(..., help="detector folder, trainer run folder (uses RUN/detector/) or Hub id"),
-    image: Path = typer.Argument(..., help="image file to explain"),
-    out: Path = typer.Option(Path("cam.png"), "--out", "-o", help="PNG figure to write"),
+    run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="image file to explain"),
+    out: Path = typer.Option(Path("cam.png"), "--out", "-o", metavar="PNG", help="figure to write"),
     layer: int | None = typer.Option(
-        None, "--layer", help="block whose input tokens are explained (default: the feature block)", show_default=False
+        None, "--layer", metavar="N", help="block whose input tokens are explained (default: the feature block)"
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
 ) -> None:
     """Grad-CAM heatmap of each expert (and of the fused score) on the crop the detector scores, side by side with
     the gate weights: where each expert looks for artifacts."""
+    with user_errors():
+        _check_ref(run)
     from PIL import UnidentifiedImageError
 
     from sefmodel.explain import explain_file
     from sefmodel.predict import describe_error, load_detector
 
-    with user_errors():
+    with user_errors(hub=True):
         detector = load_detector(run, device)
         try:
             ex = explain_file(detector, image, out, layer)
@@ -425,19 +392,23 @@ def explain(
 
 @app.command()
 def publish(
-    run: Path = typer.Argument(..., help="run folder (with detector/) or detector folder"),
-    repo: str = typer.Option(..., "--repo", help="Hub model repo USER/NAME (created if missing)"),
+    run: Path = typer.Argument(..., metavar="RUN", help="run folder (with detector/) or detector folder"),
+    repo: str = typer.Option(..., "--repo", metavar="USER/NAME", help="Hub model repo USER/NAME (created if missing)"),
     private: bool = typer.Option(False, "--private", help="create the repo private"),
-    revision: str | None = typer.Option(None, "--revision", help="branch to upload to (created if missing)"),
-    license: str = typer.Option("apache-2.0", "--license", help="licence id for the model card"),
+    revision: str | None = typer.Option(
+        None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"
+    ),
+    license: str = typer.Option("apache-2.0", "--license", metavar="ID", help="licence id for the model card"),
     dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
-    staging: Path | None = typer.Option(None, "--staging", help="where to stage the upload (default: RUN/.publish)"),
+    staging: Path | None = typer.Option(
+        None, "--staging", metavar="DIR", help="where to stage the upload (default: RUN/.publish)"
+    ),
 ) -> None:
     """Upload a detector (trained tensors + config) with a model card to the Hugging Face Hub; metrics come from
     RUN/eval/results.json when the run was evaluated. The token comes from `hf auth login` or HF_TOKEN."""
     from sefmodel.publish import publish as run_publish
 
-    with user_errors():
+    with user_errors(hub=True):
         staged = run_publish(
             run, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
         )

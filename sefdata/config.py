@@ -15,13 +15,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from sefdata.encode import EncodingPolicy
 from sefdata.errors import SefError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:  # torch loads when a build runs, not when `sefdata --help` reads the options
+    import torch
+
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 def _help(text: str) -> dict:
@@ -89,6 +90,8 @@ class BuildConfig:
         fields = [s.field for s in specs]
         if len(set(fields)) != len(fields):
             raise SefError(f"two generators write the same field ({', '.join(fields)}); rename one with as=NAME")
+        from sefdata.encode import EncodingPolicy  # late: numpy and Pillow are not needed to read the options
+
         EncodingPolicy.parse(self.format)
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise SefError(f"--dtype {self.dtype!r}: use one of auto, {', '.join(DTYPES)}")
@@ -176,6 +179,8 @@ def resolve_rank_world(
 
 
 def resolve_device(device: str, env: typing.Mapping[str, str] = os.environ) -> torch.device:
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(env.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
@@ -187,6 +192,8 @@ def resolve_device(device: str, env: typing.Mapping[str, str] = os.environ) -> t
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -207,8 +214,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     slower than fp32 on a CPU). Generators that are unsafe in the chosen precision still fall back to fp32 on their
     own (VAEs that force upcasting, models spandrel marks fp32-only). The resolved precision is recorded per shard.
     """
+    import torch
+
     if name != "auto":
-        return DTYPES[name]
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
     if native_bf16(device):
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else torch.float32

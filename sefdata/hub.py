@@ -6,21 +6,28 @@ tried. Hub downloads use huggingface_hub's cache (``HF_HOME``); URLs are cached 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
 from sefdata.errors import SefError
 from sefdata.shards import file_sha256
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "check_repo_id",
     "file_sha256",
+    "hub_offline_unless_reachable",
+    "hub_reachable",
     "load_state_dict",
+    "network_failure",
+    "require_hub_repo",
     "resolve_dir",
     "resolve_file",
     "revision_of",
@@ -32,11 +39,103 @@ _REVISION_IN_PATH = re.compile(r"/snapshots/([0-9a-f]{40})/")
 
 
 def _hub_error(what: str, ref: str, err: Exception) -> SefError:
+    reason = network_failure(err)
+    if reason:
+        return SefError(f"cannot fetch {what} {ref!r} from the Hugging Face Hub ({reason}); give a local path instead")
     return SefError(
         f"{what} {ref!r} is not a local path, and fetching it from the Hugging Face Hub failed "
         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}). "
         "Check the path or id, or run where the Hub is reachable (HF_HUB_OFFLINE unset)."
     )
+
+
+# ---- reaching the Hub ------------------------------------------------------------------------------------------
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub endpoint (``HF_ENDPOINT``) answers at all, asked once per process: a single
+    request without retries, so an offline machine learns it in milliseconds instead of after a minute of retries.
+    False in offline mode (``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    endpoint = constants.ENDPOINT
+    if endpoint not in _REACHABLE:
+        from huggingface_hub.utils import get_session
+
+        try:
+            get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+            _REACHABLE[endpoint] = True
+        except Exception:  # any transport failure (DNS, refused, timeout, proxy) means "not reachable"
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+@contextlib.contextmanager
+def hub_offline_unless_reachable() -> Iterator[bool]:
+    """Run the body with huggingface_hub in offline mode when the Hub cannot be reached: files already in the cache
+    still load, anything else fails at once (``LocalEntryNotFoundError``) instead of after retries. Yields whether
+    the Hub is reachable."""
+    from huggingface_hub import constants
+
+    if hub_reachable():
+        yield True
+        return
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True  # the switch huggingface_hub, transformers and diffusers all read
+    try:
+        yield False
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
+def require_hub_repo(ref: str, what: str, *, cached_file: str = "config.json") -> None:
+    """Check, without downloading, that ``ref`` (not a local path) can name a Hub repo here: a valid id
+    ``OWNER/NAME``, and the Hub reachable or the repo's ``cached_file`` in the local cache. Raises SefError at once
+    otherwise (instead of a minute of retries and a transport error)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        raise SefError(f"no {what} at {ref}: not a local folder, and not a Hub repo id of the form OWNER/NAME")
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise SefError(f"no {what} at {ref}: not a local folder, and not a valid Hub repo id") from None
+    if not hub_reachable() and not isinstance(try_to_load_from_cache(ref, cached_file), str):
+        raise SefError(
+            f"no {what} at {ref}: not a local folder, and the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is "
+            f"set) to look it up there; give a local folder"
+        )
+
+
+def network_failure(err: BaseException) -> str | None:
+    """A short reason when ``err`` (or an exception it was raised from) means a server could not be reached or a
+    file was neither cached nor fetchable offline; None for any other error (a refusal, a missing repo, a bug)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, LocalEntryNotFoundError):
+            return "not in the local cache, and the Hub is unreachable or HF_HUB_OFFLINE is set"
+        if isinstance(e, OfflineModeIsEnabled):
+            return "the Hub is unreachable or HF_HUB_OFFLINE is set"
+        mro = {(c.__module__.split(".")[0], c.__name__) for c in type(e).__mro__}
+        if any(mod in ("httpx", "httpx2", "httpcore", "requests", "urllib3") and name in (
+                "TransportError", "ConnectionError", "TimeoutException", "ConnectError", "NetworkError",
+                "ProxyError", "Timeout", "NewConnectionError", "MaxRetryError") for mod, name in mro):  # fmt: skip
+            detail = str(e).splitlines()[0] if str(e) else ""
+            return f"the Hub is unreachable: {type(e).__name__}{': ' + detail if detail else ''}"
+        if isinstance(e, (ConnectionError, TimeoutError)) and not isinstance(e, BrokenPipeError):
+            return f"the network is unreachable: {type(e).__name__}: {e}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def revision_of(path: Path) -> str | None:
@@ -76,6 +175,8 @@ def _resolve_file(ref: str, what: str, revision: str | None) -> Path:
         target = cache / hashlib.sha256(ref.encode()).hexdigest()[:16] / Path(ref.split("?")[0]).name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
+            import torch
+
             try:
                 torch.hub.download_url_to_file(ref, str(target), progress=True)
             except Exception as e:  # network errors come in many types
@@ -116,6 +217,9 @@ def resolve_dir(
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load checkpoint tensors without executing code: safetensors, or a torch pickle with weights_only=True."""
+    import torch
+    from safetensors.torch import load_file
+
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -169,5 +273,11 @@ def upload_folder(
         )
     except HfHubHTTPError as e:
         raise SefError(f"upload to {repo_id} failed: {str(e).splitlines()[0]} (log in with `hf auth login`)") from None
-    except OSError as e:
-        raise SefError(f"upload to {repo_id} failed ({type(e).__name__}: {e}); run again to resume") from None
+    except Exception as e:
+        reason = network_failure(e)
+        if reason is None and not isinstance(e, OSError):
+            raise
+        raise SefError(
+            f"cannot upload to {repo_id} ({reason or f'{type(e).__name__}: {e}'}); the staged folder {folder} is "
+            "kept: run the same command again once the Hub is reachable (it resumes), or --dry-run to stage only"
+        ) from None

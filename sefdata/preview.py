@@ -1,7 +1,8 @@
 """``sefdata preview``: the picture a researcher wants before training on a dataset.
 
-One row per sample: the real image, then for every fake field the fake, its amplified residual
-(``128 + gain * (fake - real)``) and the log-amplitude spectrum of that residual (centred, grayscale). Generator
+One row per sample: the real image, then for every fake field, in the build's generator order, the fake (labelled
+with its PSNR against the real and its encoding), its amplified residual (``128 + gain * (fake - real)``) and the
+log-amplitude spectrum of that residual (centred, grayscale). Generator
 artifacts that the eye misses in the fake show up as structure in the residual and as peaks or grids in the
 spectrum (e.g. the periodic peaks of GAN upsampling). Tiles are centre crops, not resizes: resizing would blur the
 very artifacts the picture is for.
@@ -10,6 +11,7 @@ very artifacts the picture is for.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,32 @@ LABEL_HEIGHT = 22
 
 def _load(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def psnr(real: np.ndarray, fake: np.ndarray) -> float:
+    """PSNR in dB of ``fake`` against ``real`` (uint8 images of one size, peak 255); inf when identical."""
+    mse = float(np.mean((fake.astype(np.float64) - real.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def encoding_label(data: bytes) -> str:
+    """How a stored image is encoded, as the preview shows it: ``PNG``, ``WEBP`` or ``JPEG q90 4:2:0``."""
+    from sefdata.imageio import SUBSAMPLING_NAMES, jpeg_encoding_of
+
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG":
+        enc = jpeg_encoding_of(img)
+        return f"JPEG q{enc.quality} {SUBSAMPLING_NAMES.get(enc.subsampling, enc.subsampling)}"
+    return str(img.format)
+
+
+def fake_fields(folder: Path, sample: dict) -> list[str]:
+    """The fake fields in the build's generator order (manifest.json), else in the order the sample holds them."""
+    try:
+        fields = json.loads((folder / "manifest.json").read_text())["sef"]["fields"]
+    except (OSError, ValueError, KeyError, TypeError):
+        fields = list(dict.fromkeys(k.split(".")[0] for k in sample if "." in k and not k.startswith("__")))
+    return [f for f in fields if f not in ("real", "json")]
 
 
 def _crop(img: np.ndarray, tile: int) -> np.ndarray:
@@ -77,7 +105,7 @@ def make_preview(folder: str | Path, out: str | Path, *, samples: int = 4, tile:
     """Write the preview grid of the first ``samples`` samples of the shards in ``folder`` to ``out`` (PNG)."""
     folder, out = Path(folder), Path(out)
     rows = _samples(folder, samples)
-    fields = sorted({k.split(".")[0] for k in rows[0] if "." in k and not k.startswith("__")} - {"real", "json"})
+    fields = fake_fields(folder, rows[0])
     titles = ["real"] + [t for f in fields for t in (f, f"{f} residual x{gain:g}", f"{f} spectrum")]
     font = ImageFont.load_default(size=13)
     grid = Image.new("RGB", (tile * len(titles), LABEL_HEIGHT + len(rows) * (tile + LABEL_HEIGHT)), "white")
@@ -88,10 +116,15 @@ def make_preview(folder: str | Path, out: str | Path, *, samples: int = 4, tile:
         y = LABEL_HEIGHT + r * (tile + LABEL_HEIGHT)
         ext = {k.split(".")[0]: k for k in sample if "." in k}
         real = _load(sample[ext["real"]])
-        draw.text((4, y + 4), f"{sample['__key__']}  {real.shape[1]}x{real.shape[0]}", fill="black", font=font)
+        label = f"{sample['__key__']}  {real.shape[1]}x{real.shape[0]}"
+        while len(label) > 4 and draw.textlength(label, font=font) > tile - 8:  # keep to the real's column
+            label = label[:-5] + "..."
+        draw.text((4, y + 4), label, fill="black", font=font)
         tiles = [real]
-        for f in fields:
+        for i, f in enumerate(fields):
             fake = _load(sample[ext[f]])
+            label = f"PSNR {psnr(real, fake):.1f} dB, {encoding_label(sample[ext[f]])}"
+            draw.text((tile * (1 + 3 * i) + 4, y + 4), label, fill="black", font=font)
             spectrum = Image.fromarray(residual_spectrum(real, fake)).resize((tile, tile), Image.Resampling.NEAREST)
             tiles += [fake, residual_image(real, fake, gain), np.asarray(spectrum)]
         for c, img in enumerate(tiles):

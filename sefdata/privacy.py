@@ -91,3 +91,19 @@ def file_local_paths(path: Path) -> list[str]:
         except ValueError:
             pass
     return local_paths(text)
+
+
+def public_text(text: str) -> str:
+    """``text`` with every absolute local path in it reduced to its file or folder name."""
+    return _ABSOLUTE.sub(lambda m: public_name(m.group(0)), text)
+
+
+def public_json(value: object) -> object:
+    """A JSON value with every absolute local path among its strings reduced to its file or folder name."""
+    if isinstance(value, str):
+        return public_name(value) if is_local_path(value) else public_text(value)
+    if isinstance(value, dict):
+        return {k: public_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_json(v) for v in value]
+    return value

@@ -1,13 +1,29 @@
-"""sefmodel: detection half of the SEF toolkit (backbones, LoRA experts, gated fusion, detector save/load)."""
+"""sefmodel: detection half of the SEF toolkit (backbones, LoRA experts, gated fusion, detector save/load).
 
-from .backbones import Backbone, CNNBackbone, ViTBackbone, get_backbone_class, known_backbones, register_backbone
-from .config import DetectorConfig
-from .detector import SEFDetector
-from .fusion import known_fusions, register_fusion
-from .lora import LoraSettings
-from .pipeline import Scores
-from .preprocess import ImageProcessor
-from .serialization import UnsafeCheckpointError
+The names below load on first use (PEP 562), so that reading a config or a command's help does not import torch
+and the model stacks."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Backbone": "backbones",
+    "CNNBackbone": "backbones",
+    "DetectorConfig": "config",
+    "ImageProcessor": "preprocess",
+    "LoraSettings": "lora",
+    "SEFDetector": "detector",
+    "Scores": "pipeline",
+    "UnsafeCheckpointError": "serialization",
+    "ViTBackbone": "backbones",
+    "get_backbone_class": "backbones",
+    "known_backbones": "backbones",
+    "known_fusions": "fusion",
+    "register_backbone": "backbones",
+    "register_fusion": "fusion",
+}
 
 __all__ = [
     "Backbone",
@@ -25,3 +41,28 @@ __all__ = [
     "register_backbone",
     "register_fusion",
 ]
+
+if TYPE_CHECKING:
+    from .backbones import (
+        Backbone,
+        CNNBackbone,
+        ViTBackbone,
+        get_backbone_class,
+        known_backbones,
+        register_backbone,
+    )
+    from .config import DetectorConfig
+    from .detector import SEFDetector
+    from .fusion import known_fusions, register_fusion
+    from .lora import LoraSettings
+    from .pipeline import Scores
+    from .preprocess import ImageProcessor
+    from .serialization import UnsafeCheckpointError
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sefmodel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

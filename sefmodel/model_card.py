@@ -79,7 +79,10 @@ def _metrics_table(results: dict) -> list[str]:
     return rows
 
 
-def make_model_card(detector, repo_id: str, license: str, datasets: list[str], results: dict | None) -> ModelCard:
+def make_model_card(
+    detector, repo_id: str, license: str, datasets: list[str], results: dict | None, local_data: list[str] = ()
+) -> ModelCard:
+    """The published card; ``datasets`` are Hub dataset ids, ``local_data`` lines naming unpublished local builds."""
     cfg = detector.config
     eval_results, model_name = None, repo_id.split("/")[-1]
     if results and results.get("model-index"):
@@ -114,10 +117,15 @@ def make_model_card(detector, repo_id: str, license: str, datasets: list[str], r
         "",
         f"or `sefmodel predict {repo_id} IMAGES_OR_DIRS`. Input: "
         f"{card_fields(cfg, detector.processor)['preprocessing']}, by the image processor stored with it "
-        "(`preprocessor_config.json`). Only the trained tensors are stored here (`model.safetensors`, no pickles); "
-        "the backbone loads from its own repository by id and revision.",
+        f"(`preprocessor_config.json`). {card_fields(cfg, detector.processor)['storage_note']} No pickles.",
         "",
-    ]
+        "## Training data",
+        "",
+        *([f"- Hugging Face dataset [{d}](https://huggingface.co/datasets/{d})" for d in datasets]
+          + [f"- {line}, not published" for line in local_data]
+          or ["- not recorded (no `train_config.json` in the run folder)"]),
+        "",
+    ]  # fmt: skip
     if results:
         body += ["## Evaluation", "", *_metrics_table(results), "",
                  "Full report, robustness curves and plots: [eval/results.md](eval/results.md).", ""]  # fmt: skip

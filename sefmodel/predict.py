@@ -51,8 +51,9 @@ def resolve_run(run: str | os.PathLike) -> str:
         raise SefError(f"{path} is neither a detector folder nor a run folder with {sub}/: {problem}")
     if path.exists():
         raise SefError(f"{path} is a file; RUN must be a detector folder, a run folder or a Hub id")
-    if str(run).count("/") != 1 or str(run).startswith((".", "/", "~")):
-        raise SefError(f"no detector at {run}: not a folder, and not a Hub repo id of the form OWNER/NAME")
+    from sefdata.hub import require_hub_repo
+
+    require_hub_repo(str(run), "detector", cached_file=CONFIG_NAME)
     return str(run)
 
 
@@ -73,8 +74,30 @@ def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector:
         raise
     except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
         raise SefError(f"cannot load the detector from {source}: {e}") from None
-    except OSError as e:  # Hub: repository or revision not found, no network, ...
-        raise SefError(f"cannot load the detector from {source}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # Hub: repository or revision not found, no network, ...
+        from sefdata.hub import network_failure
+
+        reason = network_failure(e)
+        if reason:
+            backbone = _backbone_of(source)
+            what = f"the backbone {backbone!r} of {source}" if backbone else f"the detector {source}"
+            raise SefError(
+                f"cannot fetch {what} from the Hugging Face Hub ({reason}); run once where the Hub is reachable to "
+                "cache it (HF_HOME), or use a detector whose config.json names a local backbone folder"
+            ) from None
+        if not isinstance(e, OSError):
+            raise
+        raise SefError(
+            f"cannot load the detector from {source}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
+
+
+def _backbone_of(source: str) -> str | None:
+    """The backbone id a local detector folder references, if it is one."""
+    try:
+        return json.loads((Path(source) / CONFIG_NAME).read_text()).get("backbone_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ---- streaming scores ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 
 from sefdata.errors import SefError
 from sefdata.hub import check_repo_id, staged_files, upload_folder
+from sefdata.privacy import public_json, public_text
 from sefmodel.model_card import make_model_card
 from sefmodel.predict import load_detector, resolve_run
 
@@ -37,14 +38,40 @@ def _find_eval(run: Path, detector_dir: Path) -> Path | None:
     return None
 
 
-def _training_datasets(run: Path) -> list[str]:
-    """Hub dataset ids the run trained on, read from the trainer's config if it names hf:// shards."""
-    config = run / "train_config.json"
-    if not config.is_file():
-        return []
-    text = config.read_text()
-    ids = {part.split("/")[0] + "/" + part.split("/")[1] for part in text.split("hf://datasets/")[1:]}
-    return sorted(i.strip('"') for i in ids)
+def _training_data(run: Path) -> tuple[list[str], list[str]]:
+    """What the detector was trained on, read from the trainer's config (and, for a fusion run, from its experts'):
+    the Hub dataset ids (``hf://datasets/OWNER/NAME/...`` shards), and a line for each local build, by folder name
+    and manifest, never by path."""
+    hub, local = set(), {}
+    runs, seen = [run], set()
+    while runs:
+        folder = runs.pop()
+        if folder in seen or not (folder / "train_config.json").is_file():
+            continue
+        seen.add(folder)
+        try:
+            config = json.loads((folder / "train_config.json").read_text())
+        except ValueError:
+            continue
+        data = config.get("data", [])
+        for entry in [data] if isinstance(data, str) else data:
+            if entry.startswith("hf://datasets/"):
+                hub.add("/".join(entry.removeprefix("hf://datasets/").split("/")[:2]))
+            elif entry:
+                local[Path(entry).name] = _describe_build(Path(entry))
+        for expert in config.get("experts", []):  # fusion: the experts' data is the detector's training data too
+            path = Path(expert)
+            runs.append(path.parent if path.name == "detector" else path)
+    return sorted(hub), [f"`{name}`{detail}" for name, detail in sorted(local.items())]
+
+
+def _describe_build(path: Path) -> str:
+    folder = path if path.is_dir() else path.parent
+    try:
+        sef = json.loads((folder / "manifest.json").read_text())["sef"]
+        return f" (a sefdata build: {sef['totals']['written']} samples, fields {', '.join(sef['fields'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return " (local shards)"
 
 
 def stage(run: str | Path, staging: str | Path, *, repo_id: str, license: str = "apache-2.0") -> StagedDetector:
@@ -57,15 +84,21 @@ def stage(run: str | Path, staging: str | Path, *, repo_id: str, license: str = 
         shutil.rmtree(staging)
     detector.save_pretrained(staging)
     eval_dir = _find_eval(run, detector_dir)
-    results = json.loads((eval_dir / "results.json").read_text()) if eval_dir else None
+    results = public_json(json.loads((eval_dir / "results.json").read_text())) if eval_dir else None
     if eval_dir:
         (staging / "eval").mkdir()
-        for name in EVAL_FILES:
+        for name in EVAL_FILES:  # where the benchmarks and the run lay on this machine stays here
             if (eval_dir / name).is_file():
-                shutil.copy2(eval_dir / name, staging / "eval" / name)
+                text = (eval_dir / name).read_text(encoding="utf-8")
+                if name.endswith(".json"):
+                    text = json.dumps(public_json(json.loads(text)), indent=2) + "\n"
+                else:
+                    text = public_text(text)
+                (staging / "eval" / name).write_text(text, encoding="utf-8")
         if (eval_dir / "plots").is_dir():
             shutil.copytree(eval_dir / "plots", staging / "eval" / "plots")
-    card = make_model_card(detector, repo_id, license, _training_datasets(run), results)
+    datasets, local_data = _training_data(run)
+    card = make_model_card(detector, repo_id, license, datasets, results, local_data)
     card.save(staging / "README.md")
     files = staged_files(staging)
     return StagedDetector(folder=staging, files=files, card=card)

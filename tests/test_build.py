@@ -286,3 +286,14 @@ def test_no_input_and_bad_flags_are_clear_errors(tmp_path, gens):
     Image.fromarray(px).save(tmp_path / "a.png")
     with pytest.raises(SefError, match="--crop 12 must be a multiple of 8"):
         build(_config([tmp_path / "a.png"], tmp_path / "o2", gens, crop=12), progress=False)
+
+
+def test_the_manifest_is_a_wids_index(corpus, gens, tmp_path):
+    """README: wids.ShardListDataset("DIR/manifest.json") reads the build by index (run where wids is installed)."""
+    wids = pytest.importorskip("wids")
+    out = tmp_path / "out"
+    build(_config([corpus], out, gens[1:2]), progress=False)
+    dataset = wids.ShardListDataset(str(out / "manifest.json"))
+    samples = _samples(out)
+    assert len(dataset) == len(samples)
+    assert dataset[len(samples) - 1]["__key__"] == samples[-1]["__key__"]

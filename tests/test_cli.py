@@ -22,7 +22,7 @@ def test_build_help_documents_every_contract_option():
     for option in ("--gen", "--format", "--max-side", "--shard-size", "--batch-size", "--device", "--dtype", "--seed",
                    "--rank", "--world", "--limit", "--recipe", "--out"):  # fmt: skip
         assert option in result.output
-    assert "(default: match)" in result.output and "(default: 1000)" in result.output
+    assert "[default: match]" in result.output and "[default: 1000]" in result.output
 
 
 def _recipe(tmp_path: Path, tiny_sr_file: Path, body: str = "") -> Path:

@@ -77,3 +77,28 @@ def test_cli_dry_run(evaluated_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "model.safetensors" in result.output and "README.md" in result.output
+
+
+def test_card_lists_local_training_data_and_says_where_the_backbone_is(evaluated_run, tmp_path):
+    """A fusion run's card names its own and its experts' data (local builds by name, never by path); a random
+    test backbone is stored as backbone.safetensors and the card says so; staged eval files carry no local path."""
+    from sefdata.privacy import file_local_paths
+
+    expert = tmp_path / "runs" / "recon"
+    expert.mkdir(parents=True)
+    (expert / "train_config.json").write_text(json.dumps({"data": [str(tmp_path / "shards" / "coco-aligned")]}))
+    run = tmp_path / "runs" / "sef"
+    randomize_trained(tiny_detector()).save_pretrained(run / "detector")
+    (run / "train_config.json").write_text(json.dumps({"data": ["hf://datasets/me/aligned/data/x.tar"],
+                                                       "experts": [str(expert)]}))  # fmt: skip
+    (run / "eval").mkdir()
+    for name in ("results.json", "results.md", "results.csv"):
+        (run / "eval" / name).write_text((evaluated_run / "eval" / name).read_text())
+    assert file_local_paths(run / "eval" / "results.json")  # the run's own report names where things lay
+    staged = publish(run, "me/sef-tiny", dry_run=True, staging=tmp_path / "stage")
+    card = (staged.folder / "README.md").read_text()
+    assert "[me/aligned](https://huggingface.co/datasets/me/aligned)" in card and "`coco-aligned`" in card
+    assert str(tmp_path) not in card
+    assert "backbone.safetensors" in staged.files and "stored here too (`backbone.safetensors`)" in card
+    for name in ("eval/results.json", "eval/results.md", "eval/results.csv"):
+        assert file_local_paths(staged.folder / name) == [], name

@@ -157,12 +157,11 @@ def test_cli_trains_from_flags_and_toml_and_reports_domain_errors(shards, tmp_pa
     res = runner.invoke(app, [*args, "--stage", "expert", "--domain", "recon", "--out", str(tmp_path / "recon")])
     assert res.exit_code == 0, res.output
     out = str(tmp_path / "sef")
-    plain = tmp_path / "plain.toml"  # fusion takes its detector from the experts: no [detector] table
-    plain.write_text(conf.read_text().split("[detector]")[0])
-    args[args.index(str(conf))] = str(plain)
+    # the experts' config file serves the fusion stage too: its detector comes from the experts, with a note
     res = runner.invoke(app, [*args, "--stage", "fusion", "--experts", str(tmp_path / "recon"), str(tmp_path / "sr"),
                               "--out", out, "--steps", "3", "--stop-after", "1"])  # fmt: skip
     assert res.exit_code == 0 and "stopped at step 1" in res.output, res.output
+    assert "note: the fusion stage takes its detector from the experts; ignoring detector settings" in res.output
     res = runner.invoke(app, ["train", "--resume", "--out", out, "--no-progress"])
     assert res.exit_code == 0 and "trained fusion for 3 steps" in res.output, res.output
 

@@ -1,11 +1,24 @@
 """Training harness for SEF detectors: streaming paired data, stages as tasks, one generic loop (accelerate).
 
-``sefmodel`` itself never imports this package: scoring an image needs no trainer.
+``sefmodel`` itself never imports this package: scoring an image needs no trainer. The names below load on first
+use (PEP 562): the CLI reads :class:`TrainConfig` for its options without importing torch.
 """
 
-from .config import TrainConfig, load_toml
-from .tasks import Task, get_task, register_task
-from .trainer import Trainer, TrainResult, train
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Task": "tasks",
+    "TrainConfig": "config",
+    "TrainResult": "trainer",
+    "Trainer": "trainer",
+    "get_task": "tasks",
+    "load_toml": "config",
+    "register_task": "tasks",
+    "train": "trainer",
+}
 
 __all__ = [
     "Task",
@@ -17,3 +30,16 @@ __all__ = [
     "register_task",
     "train",
 ]
+
+if TYPE_CHECKING:
+    from .config import TrainConfig, load_toml
+    from .tasks import Task, get_task, register_task
+    from .trainer import Trainer, TrainResult, train
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sefmodel.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

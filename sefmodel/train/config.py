@@ -9,11 +9,12 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..augment import AugmentConfig
-from ..data import DEFAULT_DOMAINS
 from ..fields import from_known_fields
+
+if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not when `--help` reads the options
+    from ..augment import AugmentConfig
 
 STAGE_NAMES = ("expert", "fusion", "mixed")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -38,7 +39,7 @@ class TrainConfig:
         default=None, metadata=_help("expert stage: the domain to learn (a key of domains, e.g. recon or sr)")
     )
     domains: dict[str, list[str]] = field(
-        default_factory=lambda: copy.deepcopy(DEFAULT_DOMAINS),
+        default_factory=lambda: _default_domains(),
         metadata=_help("domain -> the shard fields holding its fakes (default recon=vae,ddim,taesd sr=sr)"),
     )
     experts: list[str] = field(
@@ -74,7 +75,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_help("seeds the model init, data order, augmentation and dropout"))
     num_workers: int = field(default=4, metadata=_help("data-loading processes per rank (0: in the main process)"))
     shuffle_buffer: int = field(default=256, metadata=_help("raw samples per data worker kept for shuffling"))
-    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=_help("paired augmentation settings"))
+    augment: AugmentConfig = field(default_factory=lambda: _augment(), metadata=_help("paired augmentation settings"))
     val_every: int = field(default=500, metadata=_help("validate every N steps (and at the end)"))
     val_max_samples: int | None = field(default=None, metadata=_help("cap on held-out samples per validation"))
     save_every: int = field(
@@ -92,7 +93,7 @@ class TrainConfig:
         if isinstance(self.val_data, str):
             self.val_data = [self.val_data]
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig.from_dict(self.augment)
+            self.augment = _augment(self.augment)
         if self.stage not in STAGE_NAMES:
             raise ValueError(f"unknown stage {self.stage!r}; known: {', '.join(STAGE_NAMES)}")
         if not isinstance(self.domains, dict) or not all(
@@ -124,8 +125,13 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
         if not isinstance(self.detector, dict):
             raise ValueError("detector must be a dict of DetectorConfig fields")
-        if self.stage == "fusion" and set(self.detector) - {"gate_hidden"}:
-            raise ValueError("the fusion stage takes its detector from the experts; only gate_hidden can be set")
+        self.notes: list[str] = []  # said to the user, not saved: settings that were given but do not apply
+        ignored = sorted(set(self.detector) - {"gate_hidden"}) if self.stage == "fusion" else []
+        if ignored:  # the experts' config file can train the fusion stage too
+            self.detector = {k: v for k, v in self.detector.items() if k == "gate_hidden"}
+            self.notes.append(
+                f"the fusion stage takes its detector from the experts; ignoring detector settings {', '.join(ignored)}"
+            )
         if self.stage != "fusion" and set(self.detector) & {"experts", "fusion"}:
             raise ValueError("detector.experts and detector.fusion are set by the stage, not by hand")
 
@@ -173,6 +179,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config {str(path)!r}: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
     return out
+
+
+def _augment(values: dict[str, Any] | None = None) -> AugmentConfig:
+    from ..augment import AugmentConfig
+
+    return AugmentConfig.from_dict(values or {})
+
+
+def _default_domains() -> dict[str, list[str]]:
+    from ..data import DEFAULT_DOMAINS  # late: the data pipeline imports torch, reading the options does not
+
+    return copy.deepcopy(DEFAULT_DOMAINS)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

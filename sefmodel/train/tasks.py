@@ -11,6 +11,7 @@ A new task is one class plus one ``register_task`` line.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,26 @@ def expert_folder(ref: str) -> str:
     return ref
 
 
+def _local_expert_names(refs: Sequence[str]) -> list[str] | None:
+    """The expert names that local single-expert folders hold (read from their config.json); None if any is not
+    local."""
+    names = []
+    for ref in refs:
+        try:
+            config = json.loads((Path(expert_folder(ref)) / CONFIG_NAME).read_text())
+            names.append(config["experts"][0])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+    return names
+
+
 class FusionTask(Task):
     stage = "fusion"
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
-        self._names: Sequence[str] | None = None
+        # known before any model loads when the experts are local folders (the trainer checks the data first)
+        self._names: Sequence[str] | None = _local_expert_names(config.experts)
 
     @property
     def wanted_domains(self) -> list[str] | None:

@@ -139,16 +139,17 @@ class Trainer:
         self.micro = micro
         self.accumulation = config.batch_size // (micro * self.world)
 
+        # data, domains and shard fields are checked before any model loads: a typo costs no download
         self.train_set = resolve_shards(config.data)
         self.task = get_task(config.stage)(config)
-        torch.manual_seed(config.seed)  # every rank builds the same random parts
-        self.detector = self.task.build_detector()
         self.domains = resolve_domains(config.domains, self.task.wanted_domains, self.train_set.fields)
         check_split(len(self.train_set), self.world, config.num_workers)
         self.val_set = resolve_shards(config.val_data) if config.val_data else None
         self.val_domains = (
             resolve_domains(config.domains, list(self.domains), self.val_set.fields) if self.val_set else {}
         )
+        torch.manual_seed(config.seed)  # every rank builds the same random parts
+        self.detector = self.task.build_detector()
 
         self.detector.to(acc.device)
         self.params = self.detector.set_stage(self.task.stage, self.task.expert)

@@ -1,0 +1,205 @@
+"""Command-line options derived from a config dataclass: an option is declared once, as a field.
+
+A field's name gives the flag (``max_side`` -> ``--max-side``), its type the value type (``list[...]`` makes it
+repeatable, ``bool`` a switch), its help (``metadata["help"]``, or the attribute docstring) the help, and its
+default the ``[default: ...]`` shown. The command receives only the flags given on the command line, as a dict of
+field values, so that they can override a recipe or config file, which in turn overrides the defaults the
+dataclass owns.
+
+    @app.command()
+    @config_options(BuildConfig, exclude=("sources", "out", "recipe"))
+    def build(..., config_flags: dict) -> None: ...
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import importlib.util
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .common import split_default
+
+PARAM = "config_flags"
+
+
+@dataclasses.dataclass
+class FieldSpec:
+    """What an option needs to know about a config field."""
+
+    name: str
+    annotation: Any
+    default: Callable[[], Any]  # called only for fields that become options (a factory may import heavy code)
+    help: str
+
+
+def field_help(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def specs_of(cls: type) -> list[FieldSpec]:
+    """The fields of a config dataclass whose help is in ``field(metadata={"help": ...})``."""
+    hints = _type_hints(cls)
+    return [FieldSpec(f.name, hints[f.name], functools.partial(_default, f), f.metadata.get("help", ""))
+            for f in dataclasses.fields(cls)]  # fmt: skip
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Field annotations, resolved where they can be; a type only imported for type checkers reads as Any (such a
+    field has no command-line form anyway)."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:
+        namespace = vars(importlib.import_module(cls.__module__))
+        out = {}
+        for name, text in cls.__annotations__.items():
+            try:
+                out[name] = eval(text, namespace) if isinstance(text, str) else text
+            except NameError:
+                out[name] = Any
+        return out
+
+
+def specs_in_source(module: str, class_name: str) -> list[FieldSpec]:
+    """The fields of a dataclass documented the attribute-docstring way (``name: type = default`` then a string),
+    read from its module's source without importing the module: a model config may live beside torch code that
+    ``--help`` must not load. Defaults are read when they are literals (others show none)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"cannot find module {module}")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    names = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "Any": Any}
+    out = []
+    for node, after in zip(cls.body, [*cls.body[1:], None], strict=True):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        try:  # builtin type names and | only; anything else (a nested config) has no command-line form
+            annotation = eval(ast.unparse(node.annotation), {"__builtins__": {}}, names)
+        except NameError:
+            annotation = Any
+        try:
+            default = ast.literal_eval(node.value) if node.value is not None else None
+        except ValueError:
+            default = None
+        doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else ""
+        out.append(FieldSpec(node.target.id, annotation, functools.partial(lambda d: d, default),
+                             " ".join(str(doc).split())))  # fmt: skip
+    return out
+
+
+def _shown(value: Any) -> str | None:
+    """How a default reads in help; None for "no default worth showing" (None, off, empty)."""
+    if value is None or value is False or value in ("", [], {}):
+        return None
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _value_type(annotation: Any) -> tuple[Any, bool]:
+    """(the scalar type, repeatable?) of a field annotation such as ``int | None``, ``list[str]``, ``str | list``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next((a for a in args if a in (str, int, float, bool)), args[0])
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    if annotation in (str, int, float, bool):
+        return annotation, False
+    raise TypeError(f"no command-line form for a field of type {annotation!r}")
+
+
+_METAVARS = {str: "TEXT", int: "N", float: "X"}
+
+
+def config_options(
+    source: type | list[FieldSpec],
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    prefix: str = "",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    param: str = PARAM,
+) -> Callable[[Callable], Callable]:
+    """Add one option per field of ``source`` (a config dataclass, or :func:`specs_in_source`) to a typer command.
+
+    Fields: ``include`` (default: all) minus ``exclude``; flags are ``--{prefix}{name}``. The decorated function
+    takes a keyword parameter ``param``: a dict of the fields given on the command line, by field name.
+    ``overrides`` maps a field name to typer.Option keyword arguments (``help``, ``metavar``, extra flag names in
+    ``names``) for the few that need more than their field says."""
+    specs = specs_of(source) if isinstance(source, type) else list(source)
+    wanted = [s.name for s in specs] if include is None else list(include)
+    missing = set(wanted) - {s.name for s in specs}
+    if missing:
+        raise ValueError(f"no such config fields: {sorted(missing)}")
+    skip = set(exclude)
+    fields = sorted((s for s in specs if s.name in wanted and s.name not in skip), key=lambda s: wanted.index(s.name))
+    overrides = overrides or {}
+    unknown = set(overrides) - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"overrides for fields that are not options: {sorted(unknown)}")
+
+    def decorate(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+        annotations = typing.get_type_hints(func)
+        own = [p for p in signature.parameters.values() if p.name != param]
+        clash = {p.name for p in own} & {prefix + f.name for f in fields}
+        if clash:
+            raise ValueError(f"{func.__name__} declares {sorted(clash)} itself and as config fields")
+        added = []
+        for f in fields:
+            kind, repeatable = _value_type(f.annotation)
+            extra = dict(overrides.get(f.name, {}))
+            names = [f"--{(prefix + f.name).replace('_', '-')}", *extra.pop("names", [])]
+            help_text, stated = split_default(extra.pop("help", None) or f.help)
+            shown = stated or _shown(f.default())
+            if repeatable:
+                help_text += "; repeatable"
+            option = typer.Option(
+                None,
+                *names,
+                help=help_text,
+                show_default=shown or False,
+                metavar=None if kind is bool else extra.pop("metavar", _METAVARS.get(kind, "TEXT")),
+                **extra,
+            )
+            annotation = list[kind] if repeatable else kind | None
+            added.append(inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                           annotation=annotation))  # fmt: skip
+            annotations[prefix + f.name] = annotation
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {}
+            for f in fields:
+                value = kwargs.pop(prefix + f.name)
+                if value is not None and value != [] and value != ():
+                    given[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+            return func(*args, **kwargs, **{param: given})
+
+        # arguments and required options first, then the config's options, then the command's own
+        first = [p for p in own if isinstance(p.default, typer.models.ArgumentInfo) or
+                 getattr(p.default, "default", None) is ...]  # fmt: skip
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in first]
+        command.__signature__ = signature.replace(parameters=[*first, *added, *rest])  # type: ignore[attr-defined]
+        annotations.pop(param, None)
+        command.__annotations__ = annotations
+        return command
+
+    return decorate

@@ -1,0 +1,130 @@
+"""Help as users of Unix tools expect it, and options declared once: in the config dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from sef_cli import sefdata as sefdata_cli
+from sef_cli import sefmodel as sefmodel_cli
+from sef_cli.common import App
+from sef_cli.options import config_options
+from typer.testing import CliRunner
+
+from sefdata.config import BuildConfig
+from sefmodel.train.config import TrainConfig
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+APPS = {"sefdata": sefdata_cli.app, "sefmodel": sefmodel_cli.app}
+COMMANDS = [(tool, cmd.name or cmd.callback.__name__) for tool, app in APPS.items() for cmd in app.registered_commands]
+ODD = ("{", "<bool>", "<str>", "<int>", "<path>", "[[", "list[")
+
+
+def _help(tool: str, *args: str) -> str:
+    result = runner.invoke(APPS[tool], list(args), env={"COLUMNS": "120"}, prog_name=tool)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(("tool", "command"), COMMANDS)
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_every_command_has_conventional_help(tool, command, flag):
+    text = _help(tool, command, flag)
+    assert text.startswith(f"Usage: {tool} {command} [OPTIONS]")
+    for odd in ODD:
+        assert odd not in text, (odd, text)
+    assert re.search(r"^  -h, --help\s", text, re.M)
+
+
+@pytest.mark.parametrize(
+    ("tool", "command", "usage"),
+    [("sefdata", "build", "[OPTIONS] [SOURCE]..."), ("sefdata", "publish", "[OPTIONS] FOLDER"),
+     ("sefdata", "verify", "[OPTIONS] FOLDER"), ("sefmodel", "predict", "[OPTIONS] RUN INPUTS..."),
+     ("sefmodel", "explain", "[OPTIONS] RUN IMAGE"), ("sefmodel", "train", "[OPTIONS] [RUN]..."),
+     ("sefmodel", "eval", "[OPTIONS] RUN")],
+)  # fmt: skip
+def test_usage_lines(tool, command, usage):
+    assert _help(tool, command, "-h").splitlines()[0] == f"Usage: {tool} {command} {usage}"
+
+
+def test_switches_are_flags_and_defaults_read_one_way():
+    text = _help("sefdata", "publish", "-h")
+    assert re.search(r"^  --dry-run\s+only write", text, re.M)  # no value after a switch
+    assert "[default: unknown]" in text and "[default: FOLDER/.publish]" in text and "(default:" not in text
+    train = _help("sefmodel", "train", "-h")
+    assert re.search(r"^  --cpu\s+train on the CPU", train, re.M)
+    assert "[default: 5000]" in train and "(default:" not in train
+
+
+@pytest.mark.parametrize("tool", APPS)
+def test_version_and_top_level_help(tool):
+    assert _help(tool, "--version").strip() == f"{tool} {version('sef-toolkit')}"
+    text = _help(tool, "-h")
+    assert text.startswith(f"Usage: {tool} [OPTIONS] COMMAND [ARGS]...") and "--version" in text
+
+
+def test_every_config_field_is_an_option_and_a_recipe_key():
+    build = _help("sefdata", "build", "-h")
+    for f in dataclasses.fields(BuildConfig):
+        if f.name not in ("sources", "recipe"):
+            assert f"--{f.name.replace('_', '-')}" in build, f.name
+    train = _help("sefmodel", "train", "-h")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("detector", "domains", "augment", "record_keys"):
+            assert f"--{f.name.replace('_', '-')}" in train, f.name
+    for flag in ("--backbone", "--backbone-id", "--config", "--domain-fields", "--aug"):
+        assert flag in train
+
+
+def test_a_new_field_is_a_new_option_with_its_help_and_default():
+    """What adding a build option costs: one field. The adapter gives it a flag, a type, help and its default."""
+
+    @dataclasses.dataclass
+    class Config:
+        tile_overlap: int = dataclasses.field(default=16, metadata={"help": "pixels shared by neighbouring tiles"})
+        names: list[str] = dataclasses.field(default_factory=list, metadata={"help": "names"})
+        dry: bool = dataclasses.field(default=False, metadata={"help": "do nothing"})
+
+    app = App(help="test")
+    seen = {}
+
+    @app.command()
+    @config_options(Config)
+    def run(*, config_flags: dict) -> None:
+        seen.update(config_flags)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    text = runner.invoke(app, ["run", "-h"], env={"COLUMNS": "120"}).output
+    assert re.search(r"--tile-overlap N\s+pixels shared by neighbouring tiles  \[default: 16\]", text)
+    assert re.search(r"^  --dry\s+do nothing$", text, re.M)
+    result = runner.invoke(app, ["run", "--tile-overlap", "8", "--names", "a", "--names", "b", "--dry"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"tile_overlap": 8, "names": ["a", "b"], "dry": True}
+    seen.clear()
+    assert runner.invoke(app, ["run"]).exit_code == 0 and seen == {}  # unset flags leave the config's defaults
+
+
+@pytest.mark.parametrize("tool", APPS)
+def test_help_imports_no_model_stack(tool):
+    """--help is fast because it loads no torch, transformers or numpy (timed by bench/cli_help.py, not here)."""
+    code = (
+        f"import sys; from sef_cli import {tool} as m\n"
+        "for args in (['--help'], ['train' if 'model' in m.__name__ else 'build', '--help']):\n"
+        "    try: m.app(args, prog_name='x')\n"
+        "    except SystemExit: pass\n"
+        "print(sorted(n for n in ('torch', 'transformers', 'diffusers', 'peft', 'numpy') if n in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
