@@ -307,8 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone-id", default=None, help="MobileNetV2 folder (default: the shared or demo kit's)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder")
     parser.add_argument("--data-dir", type=Path, default=None, help="build tiles and shards here and reuse them")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"results JSON (default: {RESULTS.name}; with --heldout-photos: "
+        "learning_own_photos.json in the current folder, so the committed results stay as they are)"
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.out = args.out or (Path("learning_own_photos.json") if args.heldout_photos else RESULTS)
     torch.set_num_threads(args.threads)
     assets = find_assets()
     if assets is None:
