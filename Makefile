@@ -1,4 +1,4 @@
-# Two commands (see README):  `make demo`  sets up and runs the offline demo build;  `make test`  runs the tests.
+# Two commands (see README):  `make demo`  sets up and runs the offline demo (build, then a small detector);  `make test`  runs the tests.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,11 +19,31 @@ setup: $(BIN)/.installed
 PHOTOS ?= examples/photos
 RECIPE ?= manifests/recipes/demo.toml
 OUT ?= out/demo
+# The demo detector: trained on DEMO_TRAIN, tested on DEMO_TEST (photos it never saw), on the frozen pretrained backbone.
+DEMO_TRAIN ?= examples/photos/demo-train.txt
+DEMO_TEST ?= examples/photos/demo-heldout.txt
+BACKBONE ?= examples/weights/mobilenet_v2_1.0_224
+DET := $(OUT)/detector
+TRAIN := $(BIN)/sefmodel train --config examples/demo-train.toml --data $(DET)/train --no-progress
+EXPERT := $(TRAIN) --backbone mobilenet_v2 --backbone-id $(BACKBONE) --image-size 96 --feature-layer 6 \
+	--feature-pool mean_std --stage expert
+demo: export HF_HUB_OFFLINE = 1
 demo: setup
 	$(BIN)/sefdata build $(PHOTOS) --recipe $(RECIPE) --out $(OUT)
 	$(BIN)/sefdata preview $(OUT) --out $(OUT)/preview.png
 	@echo "shards:  $(OUT)/shard-*.tar  (manifest: $(OUT)/manifest.json)"
 	@echo "preview: $(OUT)/preview.png"
+	@test -f $(BACKBONE)/model.safetensors || { echo "error: no pretrained backbone at $(BACKBONE) (config.json + model.safetensors; see examples/weights/README.md)" >&2; exit 2; }
+	rm -rf $(DET)
+	$(BIN)/sefdata build $(DEMO_TRAIN) --recipe manifests/recipes/demo-detector.toml --out $(DET)/train
+	$(BIN)/sefdata build $(DEMO_TEST) --recipe manifests/recipes/demo-detector.toml --out $(DET)/test
+	$(EXPERT) --domain recon --out $(DET)/recon
+	$(EXPERT) --domain sr --out $(DET)/sr
+	$(TRAIN) --stage fusion --experts $(DET)/recon $(DET)/sr --gate-hidden 32 --steps 60 --out $(DET)/sef
+	$(BIN)/python examples/demo_bench.py $(DET)/test $(DET)/bench
+	$(BIN)/sefmodel eval $(DET)/sef --bench $(DET)/bench --out $(DET)/eval --no-progress
+	@cat $(DET)/eval/results.md
+	@echo "detector: $(DET)/sef/detector  report: $(DET)/eval/results.md  plots: $(DET)/eval/plots/"
 
 lint: setup
 	$(BIN)/ruff check .

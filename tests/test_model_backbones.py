@@ -27,6 +27,13 @@ def test_unknown_backbone_lists_known_ones():
         assert name in message
 
 
+@pytest.mark.parametrize("missing", ["{tmp}/no_such_backbone", "./no/such/backbone", "examples/weights/no_such"])
+def test_a_missing_local_backbone_folder_is_a_clear_error(tmp_path, missing):
+    # a path, not a Hub id: it must not reach transformers' Hub lookup (which complains about repo id syntax)
+    with pytest.raises(FileNotFoundError, match="backbone folder .* not found"):
+        get_backbone_class("mobilenet_v2").from_pretrained(missing.format(tmp=tmp_path))
+
+
 def test_duplicate_registration_is_refused():
     cls = get_backbone_class("dinov2")
     with pytest.raises(ValueError, match="already registered"):

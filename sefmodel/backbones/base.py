@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -77,7 +78,11 @@ class Backbone(nn.Module):
             ``local_files_only``...).
         """
         kwargs.setdefault("use_safetensors", True)  # transformers would otherwise fall back to torch.load
-        model = cls.model_class.from_pretrained(model_id or cls.default_model_id, revision=revision, **kwargs)
+        model_id = model_id or cls.default_model_id
+        if _looks_local(model_id) and not Path(model_id).expanduser().is_dir():
+            # transformers would take it for a Hub id and fail with a message about repo id syntax
+            raise FileNotFoundError(f"backbone folder {model_id!r} not found (Hub ids are NAME or OWNER/NAME)")
+        model = cls.model_class.from_pretrained(model_id, revision=revision, **kwargs)
         return cls(model)
 
     @classmethod
@@ -289,3 +294,8 @@ def _required_extra_args(block_type: type) -> int:
     params = list(inspect.signature(block_type.forward).parameters.values())[2:]  # skip self, hidden_states
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(1 for p in params if p.kind in positional and p.default is inspect.Parameter.empty)
+
+
+def _looks_local(model_id: str) -> bool:
+    """A path rather than a Hub id: starts like one, or has more than one ``/`` (Hub ids have at most one)."""
+    return model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
