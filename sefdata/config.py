@@ -210,7 +210,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
     ``auto`` picks the fastest precision that keeps the fakes faithful: bf16 where the hardware computes it natively
     (its 8-bit exponent cannot overflow; on a 2-core AVX512-BF16 CPU, TAEF2 runs 2x faster and its PSNR against the
-    real moves by under 0.05 dB, ``bench/results/generation.json``), else fp16 on a GPU, else fp32 (emulated bf16 is
+    real moves by under 0.05 dB, measured 2026-11-25), else fp16 on a GPU, else fp32 (emulated bf16 is
     slower than fp32 on a CPU). Generators that are unsafe in the chosen precision still fall back to fp32 on their
     own (VAEs that force upcasting, models spandrel marks fp32-only). The resolved precision is recorded per shard.
     """
