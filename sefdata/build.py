@@ -384,6 +384,7 @@ class Builder:
             raise SefError(f"no input images found in {', '.join(self.config.sources)}")
         mine = [p for p in plans if p.index % self.world == self.rank]
         built, already, inputs, written, failed, skipped, empty = [], 0, 0, 0, Counter(), [], []
+        written_before = 0  # samples in this rank's shards that earlier runs finished
         bar = tqdm(
             total=sum(len(p.items) for p in mine), unit="img", desc=f"build rank {self.rank}/{self.world}",
             disable=not self.progress, dynamic_ncols=True,
@@ -394,6 +395,7 @@ class Builder:
                     stats = read_stats(self.out, plan.index)
                     self._check_settings(stats, stats_path(self.out, plan.index).name)
                     already += 1
+                    written_before += stats["written"]
                     bar.update(len(plan.items))
                     continue
                 self.generators()  # load models before the first shard that needs them
@@ -407,8 +409,7 @@ class Builder:
                 if not stats["written"]:
                     empty.append(stats)
                 bar.set_postfix(shard=plan.index, written=written, skipped=sum(failed.values()))
-        if empty and written == 0 and not any(read_stats(self.out, p.index)["written"] for p in mine if is_done(
-                self.out, p.index)):  # fmt: skip
+        if empty and written == 0 and written_before == 0:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(failed.items()))
             first = ", ".join(f"{e['source']} ({e['reason']})" for e in skipped[:3])
             raise NothingWritten(
