@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .backbones import get_backbone_class
-from .fields import from_known_fields
+from .fields import from_versioned_dict
 from .fusion import known_fusions
 from .lora import LoraSettings
 from .preprocess import CROP_MODES, SMALL_MODES
@@ -137,13 +137,7 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not be silently ignored)."""
-        data = dict(data)
-        version = data.get("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"detector format_version {version} is not supported (this code reads {FORMAT_VERSION})")
-        for key in _META_KEYS:
-            data.pop(key, None)
-        return from_known_fields(cls, data, "detector config keys")
+        return from_versioned_dict(cls, data, version=FORMAT_VERSION, meta_keys=_META_KEYS, what="detector config")
 
 
 def _check_int(name: str, value: Any, minimum: int | None = None) -> None:

@@ -16,3 +16,14 @@ def from_known_fields(cls: type[T], data: dict[str, Any], what: str) -> T:
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; known: {known}")
     return cls(**data)
+
+
+def from_versioned_dict(
+    cls: type[T], data: dict[str, Any], *, version: int, meta_keys: tuple[str, ...], what: str
+) -> T:
+    """:func:`from_known_fields` on a dict written with a ``format_version`` and other bookkeeping keys: a file of
+    another format version is a ``ValueError``; ``meta_keys`` (the version among them) are not fields."""
+    found = data.get("format_version", version)
+    if found != version:
+        raise ValueError(f"{what} format_version {found} is not supported (this code reads {version})")
+    return from_known_fields(cls, {k: v for k, v in data.items() if k not in meta_keys}, f"{what} keys")

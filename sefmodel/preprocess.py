@@ -197,15 +197,11 @@ class ImageProcessor:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageProcessor:
         """Inverse of :meth:`to_dict`; an unknown key is an error (a typo must not be silently ignored)."""
-        from .fields import from_known_fields
+        from .fields import from_versioned_dict
 
-        data = dict(data)
-        version = data.get("format_version", PROCESSOR_FORMAT_VERSION)
-        if version != PROCESSOR_FORMAT_VERSION:
-            raise ValueError(f"{PROCESSOR_NAME} format_version {version} is not supported")
-        for key in _META_KEYS:
-            data.pop(key, None)
-        return from_known_fields(cls, data, "image processor keys")
+        return from_versioned_dict(
+            cls, data, version=PROCESSOR_FORMAT_VERSION, meta_keys=_META_KEYS, what="image processor"
+        )
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write ``folder/preprocessor_config.json``."""
