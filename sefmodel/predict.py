@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -248,19 +249,22 @@ def open_image_file(
             raise
         names = ", ".join(formats)
         raise ImageRejected(f"not an image in an accepted format ({names}), judged from its bytes") from None
-    except Image.DecompressionBombError as e:
+    except Image.DecompressionBombError as e:  # Pillow's own guard (2x its MAX_IMAGE_PIXELS) read the header first
         if max_pixels is None:
             raise
-        raise ImageRejected(f"too many pixels: {e} (the limit here is {max_pixels:,} pixels)") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageRejected(_too_many(f"{int(found.group(1)) / 1e6:.1f}" if found else "over", max_pixels)) from None
     with image:
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
-            raise ImageRejected(
-                f"too many pixels: {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
-                f"{max_pixels / 1e6:.1f} megapixels (read from the header, nothing decoded)"
-            )
+            raise ImageRejected(_too_many(f"{width}x{height} = {width * height / 1e6:.1f}", max_pixels))
         image.load()
         return image
+
+
+def _too_many(megapixels: str, limit: int) -> str:
+    return (f"too many pixels: {megapixels} megapixels, over the limit of {limit / 1e6:.1f} megapixels (read from "
+            "the header, nothing decoded)")  # fmt: skip
 
 
 def _open_path(path: Path) -> Opener:

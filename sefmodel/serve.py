@@ -368,6 +368,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
+        sock.listen(2048)  # connections made before uvicorn accepts (right after the URL is printed) wait, not fail
     except OSError as e:
         sock.close()
         raise SefError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
