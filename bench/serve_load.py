@@ -8,7 +8,8 @@ both stay in memory and spill to Starlette's temporary files.
 
 In the same run:
   * baseline: after one untimed warm-up request, each image sent alone, one request after another (the reference
-    record of each image, and the sequential throughput); the records are checked against ``predict_files`` run here on the same files;
+    record of each image, and the sequential throughput); the records are checked against ``predict_files`` run
+    here on the same files;
   * the burst: ``--requests`` clients (one thread and one connection each, one image each, cycling through the
     images) released at once by a barrier. Each answer is counted as ``scored`` (HTTP 200 and the reference record,
     prob within 1e-6), ``busy`` (503 with a JSON ``error`` starting "busy"), ``wrong`` (200 but another record) or

@@ -248,7 +248,8 @@ def open_image_file(
         if formats is None:
             raise
         names = ", ".join(formats)
-        raise ImageRejected(f"not an image in an accepted format ({names}), judged from its bytes") from None
+        raise ImageRejected(f"not an image in an accepted format ({names}), judged from its bytes, or its header "
+                            "is damaged") from None  # fmt: skip
     except Image.DecompressionBombError as e:  # Pillow's own guard (2x its MAX_IMAGE_PIXELS) read the header first
         if max_pixels is None:
             raise
