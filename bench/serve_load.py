@@ -19,7 +19,7 @@ peak during the burst; after the server stops (SIGINT), the temporary folder it 
 
 Writes bench/results/serve_load.json; headline: the server's peak RSS growth during the burst (MiB).
 
-    python bench/serve_load.py [--requests 200] [--queue 8] [--run RUN]
+    python bench/serve_load.py [--requests 200] [--queue 8] [--run RUN] [--threads N]
 """
 
 from __future__ import annotations
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--requests", type=int, default=200, help="concurrent requests in the burst")
     parser.add_argument("--queue", type=int, default=8, help="the server's --queue")
     parser.add_argument("--run", help="detector to serve (default: the demo architecture with random heads)")
+    parser.add_argument("--threads", type=int, default=0, help="the server's --threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
     args = parser.parse_args(argv)
 
@@ -236,12 +237,13 @@ def main(argv: list[str] | None = None) -> dict:
         noise.write_bytes(noise_png())
         files = [*photos, noise]
         images = [(p.name, p.read_bytes()) for p in files]
-        result = run_load(run, images, args.requests, args.queue)
+        result = run_load(run, images, args.requests, args.queue, ("--threads", str(args.threads)))
         # the API's records are sefmodel predict's (same files, same detector, batches of one as the server runs them)
         expected = {Path(r["path"]).name: r for r in predict_files(load_detector(run, "cpu"), files, batch_size=1)}
         mismatched = [n for n, r in result.pop("reference").items() if not same_record(r, expected[n] | {"path": n})]
     result.update({
         "images": len(images),
+        "server_threads": args.threads or "torch default",
         "detector": "given" if args.run else "demo architecture (pretrained MobileNetV2, random heads)",
         "records_equal_to_predict": not mismatched,
         "mismatched": mismatched,

@@ -421,6 +421,10 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
 
     with user_errors(hub=True):
         report = find_report(run, config)
+        if config.threads:
+            import torch
+
+            torch.set_num_threads(config.threads)
         detector = load_detector(run, config.device)
         web = create_app(detector, config, report)
         if not config.loopback:

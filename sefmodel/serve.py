@@ -68,6 +68,9 @@ class ServeConfig:
     """Crops per image, center or multi (default: the detector's config)"""
     device: str = "auto"
     """auto, cpu or cuda[:i]."""
+    threads: int = 0
+    """Threads torch computes with while scoring; 0 keeps torch's default (one per core). On a machine busy with
+    other work, 1 avoids threads spinning while they wait for a core."""
     batch_size: int = 4
     """Images per forward pass (decoded images wait in memory until their batch runs)."""
     max_upload_mb: float = 64.0
@@ -91,6 +94,8 @@ class ServeConfig:
         for name in ("batch_size", "max_pixels", "max_files", "queue"):
             if getattr(self, name) < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise SefError(f"--threads must be >= 0, got {self.threads}")
         if self.max_upload_mb <= 0:
             raise SefError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
 

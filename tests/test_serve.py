@@ -172,7 +172,7 @@ def test_a_burst_is_answered_in_bounded_memory_and_leaves_no_files(tiny_run):
     bench = _load_bench()
     images = [(f"p{i}.png", _png(photo_like(64 + i, 48, i))) for i in range(5)]
     images.append(("noise.png", bench.noise_png()))  # 1.9 MB: spills to a temporary file
-    result = bench.run_load(tiny_run, images, requests=40, queue=4)
+    result = bench.run_load(tiny_run, images, requests=40, queue=4, server_args=("--threads", "1"))
     assert result["answers"]["wrong"] == 0 and result["answers"]["failed"] == 0, result
     assert result["answered"] == 40 and result["answers"]["scored"] >= 4
     assert result["server_rss_mib"]["growth_during_burst"] < 200, result["server_rss_mib"]
