@@ -164,9 +164,12 @@ class Scorer:
         records = list(predict_records(self.detector, inputs, c.batch_size, c.crop, c.threshold))
         if heatmaps and not c.no_heatmaps:
             for record, (_, file) in zip(records, uploads, strict=True):
-                if "error" not in record:
-                    record["explain"] = self._explain(open_image_file(file, max_pixels=c.max_pixels,
-                                                                      formats=UPLOAD_FORMATS))  # fmt: skip
+                if "error" in record:
+                    continue
+                try:
+                    record["explain"] = self._explain(opener(file)())
+                except Exception as e:  # the score stands; only its heatmaps are missing, and the record says why
+                    record["explain_error"] = f"no heatmaps: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         return records
 
     def _explain(self, image: Any) -> dict[str, Any]:
@@ -300,8 +303,11 @@ def create_app(detector: "SEFDetector", config: ServeConfig | None = None, repor
     @app.post("/api/score")
     async def api_score(request: Request) -> JSONResponse:
         if scorer.admitted >= config.queue:
-            async for _ in request.stream():  # read and drop: the client then reads the answer, not a reset
-                pass
+            drained = 0
+            async for chunk in request.stream():  # read and drop: the client then reads the answer, not a reset
+                drained += len(chunk)
+                if drained > config.max_upload_bytes:
+                    break
             return error(503, f"busy: {config.queue} requests are being scored or waiting; try again shortly",
                          {"Retry-After": "1"})  # fmt: skip
         scorer.admitted += 1
