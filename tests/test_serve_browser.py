@@ -42,14 +42,19 @@ def browser(tmp_path_factory):
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         _require("headless-browser tests need selenium (pip install -e '.[dev]')")
+    profile = tmp_path_factory.mktemp("chromium-profile")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1600",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):  # fmt: skip
+                 "--disable-dev-shm-usage", "--disable-breakpad", "--disable-crash-reporter", "--window-size=1280,1600",
+                 f"--user-data-dir={profile / 'data'}"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    # Chromium keeps crash-report settings and dconf state under HOME whatever --user-data-dir says: give it a home
+    # inside the temporary profile, so that nothing is written outside it
+    home = {"HOME": str(profile), **{f"XDG_{k}_HOME": str(profile / k.lower()) for k in ("CONFIG", "CACHE", "DATA")}}
+    service = Service(driver_path, env={**os.environ, **home})
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(WAIT_S)
     yield driver
     driver.quit()
