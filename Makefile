@@ -44,6 +44,7 @@ demo: setup
 	$(BIN)/sefmodel eval $(DET)/sef --bench $(DET)/bench --out $(DET)/eval --no-progress
 	@cat $(DET)/eval/results.md
 	@echo "detector: $(DET)/sef/detector  report: $(DET)/eval/results.md  plots: $(DET)/eval/plots/"
+	@echo "try it in a browser: $(BIN)/sefmodel serve $(DET)/sef --report $(DET)/eval   (then open http://127.0.0.1:7860/)"
 
 lint: setup
 	$(BIN)/ruff check .

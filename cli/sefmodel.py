@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -372,13 +373,13 @@ def explain(
     from PIL import UnidentifiedImageError
 
     from sefmodel.explain import explain_file
-    from sefmodel.predict import describe_error, load_detector
+    from sefmodel.predict import ImageRejected, describe_error, load_detector
 
     with user_errors(hub=True):
         detector = load_detector(run, device)
         try:
             ex = explain_file(detector, image, out, layer)
-        except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        except (OSError, UnidentifiedImageError, SyntaxError, ImageRejected) as e:
             if isinstance(e, OSError) and e.filename == str(out):
                 raise SefError(f"cannot write {out}: {e.strerror or e}") from None
             raise SefError(f"{image}: {describe_error(e)}") from None
@@ -388,6 +389,55 @@ def explain(
         ", gate " + ", ".join(f"{n} {w:.2f}" for n, w in ex.gate_weights.items()) if ex.gate_weights else ""
     )  # fmt: skip
     typer.echo(f"P(generated) {ex.prob:.3f}{gates}; figure: {out}")
+
+
+@app.command(no_args_is_help=True)
+@config_options(
+    specs_in_source("sefmodel.serve", "ServeConfig"),
+    overrides={"host": {"metavar": "ADDRESS"}, "report": {"metavar": "DIR"}, "threshold": {"metavar": "P"},
+               "crop": {"metavar": "center|multi"}, "device": {"metavar": "DEVICE"},
+               "max_upload_mb": {"metavar": "MIB"}, "port": {"names": ["-p"]}},
+)  # fmt: skip
+def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, config_flags: dict) -> None:
+    """A local web page and JSON API to try a detector: drop images (or a folder) on the page and see, per image,
+    P(generated), the decision at the threshold, the gate weights over the experts and each expert's Grad-CAM
+    heatmap; the run's evaluation report is at /report.
+
+    \b
+      sefmodel serve out/demo/detector/sef --report out/demo/detector/eval
+      curl -F files=@photo.jpg http://127.0.0.1:7860/api/score      # the records of sefmodel predict, as JSON
+
+    Listens on 127.0.0.1 (this machine only) unless --host says otherwise. Uploads are limited in size, files and
+    pixels (read from the header, before decoding) and sniffed for their format; a full queue answers 503 busy.
+    Nothing is written outside a temporary folder that is removed when the server stops (Ctrl-C)."""
+    with user_errors():
+        _check_ref(run)
+        from sefmodel.serve import ServeConfig
+
+        config = ServeConfig(**config_flags)
+    from sefmodel.predict import load_detector
+    from sefmodel.serve import create_app, find_report
+    from sefmodel.serve import serve as run_server
+
+    with user_errors(hub=True):
+        report = find_report(run, config)
+        if config.threads:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        detector = load_detector(run, config.device)
+        web = create_app(detector, config, report)
+        if not config.loopback:
+            typer.echo(f"note: listening on {config.host}: anyone who can reach this machine can use the detector",
+                       err=True)  # fmt: skip
+
+        def announce(url: str) -> None:
+            typer.echo(f"serving {run} at {url}" + (f"  (report: {url}report/)" if report else ""), err=False)
+            typer.echo("press Ctrl-C to stop", err=True)
+
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: not a failure
+            run_server(web, config, announce)
+    typer.echo("stopped", err=True)
 
 
 @app.command()

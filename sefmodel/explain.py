@@ -14,6 +14,7 @@ detector is needed: a hook on the block (:meth:`Backbone.cam_hook`) captures the
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,10 +183,28 @@ def figure(explanation: Explanation, title: str = "") -> Figure:
 
 def explain_file(detector: SEFDetector, path: str | Path, out: str | Path, layer: int | None = None) -> Explanation:
     """Explain one image file and write the figure to ``out`` (PNG, or any format matplotlib knows by suffix)."""
+    from .predict import open_image_file
     from .report import save
 
-    with Image.open(path) as image:
-        image.load()
-        explanation = grad_cam(detector, image, layer)
+    explanation = grad_cam(detector, open_image_file(path), layer)
     save(figure(explanation, title=f"{Path(path).name}: Grad-CAM per expert"), out)
     return explanation
+
+
+def heatmap_png(explanation: Explanation, name: str | None, side: int = 192) -> bytes:
+    """The heatmap ``name`` (an expert or ``"fused"``) over the crop, drawn by :func:`overlay` without axes, as a
+    ``side`` x ``side`` PNG; ``name=None`` gives the crop alone. For pages that show the maps one by one."""
+    from matplotlib.figure import Figure
+
+    from .report import DPI
+
+    fig = Figure(figsize=(side / DPI, side / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    if name is None:
+        ax.imshow(explanation.crop)
+    else:
+        overlay(ax, explanation.crop, explanation.maps[name])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -116,8 +117,14 @@ class ScoreResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class ImageRejected(ValueError):
+    """An image refused by a limit of :func:`open_image_file` before decoding; its message is the reason."""
+
+
 def describe_error(e: BaseException) -> str:
     """One readable line for why an image could not be read."""
+    if isinstance(e, ImageRejected):
+        return str(e)
     if isinstance(e, FileNotFoundError):
         return "no such file"
     if isinstance(e, IsADirectoryError):
@@ -214,15 +221,55 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _open_path(path: Path) -> Opener:
-    def opener() -> Image.Image:
-        if path.is_file() and path.stat().st_size == 0:
-            raise ValueError("empty (zero-byte) file")
-        with Image.open(path) as image:
-            image.load()
-            return image
+def open_image_file(
+    source: str | os.PathLike | BinaryIO, *, max_pixels: int | None = None, formats: Sequence[str] | None = None
+) -> Image.Image:
+    """Decode one image file (a path or a binary file object) for scoring: the one opener of ``predict``,
+    ``explain`` and ``serve``.
 
-    return opener
+    Args:
+        max_pixels: refuse images with more pixels (:class:`ImageRejected`), judged from the header before any pixel
+            is decoded; None leaves only Pillow's own decompression-bomb guard.
+        formats: Pillow format names to accept (e.g. ``("JPEG", "PNG")``); the format is sniffed from the bytes,
+            never taken from a file name or content type. None accepts every format Pillow reads.
+    Raises ``ImageRejected``, ``OSError``, ``UnidentifiedImageError`` ... (see :func:`describe_error`)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageRejected("empty (zero-byte) file")
+    else:
+        source.seek(0)
+        if not source.read(1):
+            raise ImageRejected("empty (zero-byte) file")
+        source.seek(0)
+    try:
+        image = Image.open(source, formats=formats)
+    except UnidentifiedImageError:
+        if formats is None:
+            raise
+        names = ", ".join(formats)
+        raise ImageRejected(f"not an image in an accepted format ({names}), judged from its bytes, or its header "
+                            "is damaged") from None  # fmt: skip
+    except Image.DecompressionBombError as e:  # Pillow's own guard (2x its MAX_IMAGE_PIXELS) read the header first
+        if max_pixels is None:
+            raise
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageRejected(_too_many(f"{int(found.group(1)) / 1e6:.1f}" if found else "over", max_pixels)) from None
+    with image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageRejected(_too_many(f"{width}x{height} = {width * height / 1e6:.1f}", max_pixels))
+        image.load()
+        return image
+
+
+def _too_many(megapixels: str, limit: int) -> str:
+    return (f"too many pixels: {megapixels} megapixels, over the limit of {limit / 1e6:.1f} megapixels (read from "
+            "the header, nothing decoded)")  # fmt: skip
+
+
+def _open_path(path: Path) -> Opener:
+    return lambda: open_image_file(path)
 
 
 def predict_files(
@@ -234,8 +281,19 @@ def predict_files(
 ) -> Iterator[dict[str, Any]]:
     """One record per path, in order: ``path``, ``prob``, ``label`` (``generated`` if prob > threshold, else
     ``real``), ``num_crops`` and, for SEF, ``gate_weights`` {expert: weight}; or ``path`` and ``error``."""
+    yield from predict_records(detector, ((str(p), _open_path(p)) for p in paths), batch_size, crop, threshold)
+
+
+def predict_records(
+    detector: SEFDetector,
+    inputs: Iterable[tuple[str, Opener]],
+    batch_size: int = 16,
+    crop: str | None = None,
+    threshold: float = 0.5,
+) -> Iterator[dict[str, Any]]:
+    """The records of :func:`predict_files` for ``(name, open_image)`` pairs; ``path`` is the name."""
     experts = detector.expert_names
-    for result in score_stream(detector, ((str(p), _open_path(p)) for p in paths), batch_size, crop):
+    for result in score_stream(detector, inputs, batch_size, crop):
         if result.error is not None:
             yield {"path": result.key, "error": result.error}
             continue

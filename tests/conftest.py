@@ -4,6 +4,8 @@ from config. Nothing here downloads anything."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,22 @@ def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black RGB PNG of width x height written in bands: 15000 x 15000 (225 megapixels, 675 MB
+    decoded) costs a 3 MB file, about a second, and 5 MB of memory."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    band = 100
+    z = zlib.compressobj(1)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        parts = [z.compress(bytes((1 + 3 * width) * min(band, height - y))) for y in range(0, height, band)]
+        f.write(chunk(b"IDAT", b"".join(parts) + z.flush()) + chunk(b"IEND", b""))
+    return path
+
+
 def jpeg_bytes(pixels: np.ndarray, **save) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", **save)
@@ -144,6 +162,20 @@ def corpus(tmp_path: Path, assets: Path) -> Path:
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
     (root / "notes.txt").write_text("not listed: no image extension")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A trainer-style run folder holding a tiny random SEF detector in RUN/detector/ (RUN/config.json is the
+    trainer's); one per test module, since commands such as eval write into it."""
+    import json
+
+    from conftest_model import randomize_trained, tiny_detector
+
+    run = tmp_path_factory.mktemp("run")
+    randomize_trained(tiny_detector()).save_pretrained(run / "detector")
+    (run / "config.json").write_text(json.dumps({"stage": "fusion", "lr": 1e-4}))
+    return run
 
 
 class FakeHubApi:

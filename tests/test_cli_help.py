@@ -48,7 +48,7 @@ def test_every_command_has_conventional_help(tool, command, flag):
     [("sefdata", "build", "[OPTIONS] [SOURCE]..."), ("sefdata", "publish", "[OPTIONS] FOLDER"),
      ("sefdata", "verify", "[OPTIONS] FOLDER"), ("sefmodel", "predict", "[OPTIONS] RUN INPUTS..."),
      ("sefmodel", "explain", "[OPTIONS] RUN IMAGE"), ("sefmodel", "train", "[OPTIONS] [RUN]..."),
-     ("sefmodel", "eval", "[OPTIONS] RUN")],
+     ("sefmodel", "eval", "[OPTIONS] RUN"), ("sefmodel", "serve", "[OPTIONS] RUN")],
 )  # fmt: skip
 def test_usage_lines(tool, command, usage):
     assert _help(tool, command, "-h").splitlines()[0] == f"Usage: {tool} {command} {usage}"
@@ -119,10 +119,12 @@ def test_help_imports_no_model_stack(tool):
     """--help is fast because it loads no torch, transformers or numpy (timed by bench/cli_help.py, not here)."""
     code = (
         f"import sys; from sef_cli import {tool} as m\n"
-        "for args in (['--help'], ['train' if 'model' in m.__name__ else 'build', '--help']):\n"
+        "for args in (['--help'], ['train' if 'model' in m.__name__ else 'build', '--help'], "
+        "             ['serve' if 'model' in m.__name__ else 'verify', '--help']):\n"
         "    try: m.app(args, prog_name='x')\n"
         "    except SystemExit: pass\n"
-        "print(sorted(n for n in ('torch', 'transformers', 'diffusers', 'peft', 'numpy') if n in sys.modules))"
+        "heavy = ('torch', 'transformers', 'diffusers', 'peft', 'numpy', 'fastapi', 'uvicorn', 'starlette')\n"
+        "print(sorted(n for n in heavy if n in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)

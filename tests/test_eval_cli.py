@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import photo_like
-from conftest_model import SIZE, randomize_trained, tiny_detector
+from conftest_model import SIZE
 from PIL import Image
 from sef_cli.sefmodel import app
 from typer.testing import CliRunner
@@ -23,12 +23,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A trainer-style run folder: the detector lives in RUN/detector/, RUN/config.json is the trainer's."""
-    run = tmp_path_factory.mktemp("run")
-    randomize_trained(tiny_detector()).save_pretrained(run / "detector")
-    (run / "config.json").write_text(json.dumps({"stage": "fusion", "lr": 1e-4}))
-    return run
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
