@@ -48,6 +48,29 @@ def pooled(family: str, model: torch.nn.Module, stage_map: torch.Tensor, last: b
     return mean if pool == "mean" else torch.cat([mean, stage_map.std(dim=(2, 3), correction=0)], dim=1)
 
 
+def test_loading_a_classifier_checkpoint_is_quiet_and_missing_weights_warn(tmp_path, caplog, capsys):
+    """A backbone loads from a whole classification checkpoint (its head unused: no report, no progress bar);
+    weights the checkpoint lacks are named in one warning, since they stay random."""
+    from safetensors.torch import load_file, save_file
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    torch.manual_seed(0)
+    MobileNetV2ForImageClassification(MobileNetV2Config(**CNN_TINY["mobilenet_v2"])).save_pretrained(tmp_path)
+    family = get_backbone_class("mobilenet_v2")
+    with caplog.at_level("WARNING"):
+        backbone = family.from_pretrained(str(tmp_path))
+    assert backbone.num_layers == 17 and not caplog.records
+    assert "LOAD REPORT" not in capsys.readouterr().err
+
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "conv_1x1" not in k}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    with caplog.at_level("WARNING"):
+        family.from_pretrained(str(tmp_path))
+    (record,) = [r for r in caplog.records if "randomly initialised" in r.getMessage()]
+    assert "conv_1x1" in record.getMessage() and "\n" not in record.getMessage()
+
+
 # ---- registry and configuration -----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+logger = logging.getLogger(__name__)
 
 # Module-path fragments that mark a Linear inside a block as attention or MLP. Matching on the path rather
 # than on fixed leaf names keeps LoRA targeting stable across transformers releases that rename the
@@ -82,7 +86,25 @@ class Backbone(nn.Module):
         if _looks_local(model_id) and not Path(model_id).expanduser().is_dir():
             # transformers would take it for a Hub id and fail with a message about repo id syntax
             raise FileNotFoundError(f"backbone folder {model_id!r} not found (Hub ids are NAME or OWNER/NAME)")
-        model = cls.model_class.from_pretrained(model_id, revision=revision, **kwargs)
+        # transformers prints a table of every checkpoint key the backbone does not use (an ImageNet head, CLIP's
+        # text tower): expected for a backbone, so it is kept quiet; weights the checkpoint lacks are what matters.
+        verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # a bar for a load that takes a fraction of a second
+        try:
+            model, info = cls.model_class.from_pretrained(
+                model_id, revision=revision, output_loading_info=True, **kwargs
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bar:
+                hf_logging.enable_progress_bar()
+        if info.get("missing_keys"):
+            missing = sorted(info["missing_keys"])
+            logger.warning(
+                "%s: %d backbone weights are not in %s and stay randomly initialised (e.g. %s)",
+                cls.__name__, len(missing), model_id, ", ".join(missing[:3]),
+            )  # fmt: skip
         return cls(model)
 
     @classmethod
