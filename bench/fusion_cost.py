@@ -1,14 +1,26 @@
-"""Forward cost of a fused SEF detector relative to a single expert (DESIGN.md §11), on CPU, offline.
+"""Forward cost of a fused SEF detector relative to a single expert (DESIGN.md §11), on CPU, offline, for the
+default detector configuration and for other LoRA placements, side by side with what each placement gave on
+held-out photos in ``bench/learning.py``.
 
-Times, in the same run and on the same random backbone, the forward pass of
+For each configuration (case), in the same run and on the same random backbone built from config, it times the
+forward pass of
   * a single expert (one LoRA + head): the baseline;
   * a fused two-expert SEF detector, straightforward (the backbone runs once per expert);
-  * the same fused detector in shared-trunk mode (blocks before the LoRA blocks run once, then branch),
-and writes ``bench/results/fusion_cost.json``. Headline: fused shared-trunk cost / single-expert cost.
-Expected: straightforward about 2x; shared trunk (L - k + 2k) / L, i.e. 14/12 = 1.17x for LoRA in the last
-k = 2 of L = 12 blocks.
+  * the same fused detector in shared-trunk mode (blocks before the first LoRA block run once, then branch).
+Every forward of every case is interleaved with the others, so drift in machine load hits them alike.
 
-    python bench/fusion_cost.py [--repeats 7] [--batch 8] [--size 224]
+Cases:
+  * ``vit_default``: a ViT-S/16-shaped DINOv2 with the default ``LoraSettings`` (LoRA in every block: nothing
+    before the first adapted block, so no shared trunk; expected 2x) — what a detector gets unless told otherwise;
+  * ``vit_last:2``: the same with LoRA in the last 2 of 12 blocks (expected (12 - 2 + 2*2) / 12 = 1.17x);
+  * ``mobilenet_v2_<placement>``: the MobileNetV2 architecture (random weights, same FLOPs as the pretrained one)
+    at the stage, pooling and tile size that ``bench/learning.py`` chose, for each LoRA placement it tried, each
+    row carrying that placement's experts' validation and held-out AP from ``bench/results/learning.json``.
+
+Writes ``bench/results/fusion_cost.json``. Headline: the default configuration's fused (shared-trunk mode) cost
+over a single expert.
+
+    python bench/fusion_cost.py [--repeats 9] [--batch 8] [--size 224]
 """
 
 from __future__ import annotations
@@ -19,40 +31,54 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from sefmodel import DetectorConfig, SEFDetector
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fusion_cost.json"
-# A ViT-S/16-shaped DINOv2 at 224 px with LoRA in the last two blocks: small enough for CPU, deep enough that
-# the trunk/branch split behaves like the real 24-block ViT-L.
-BACKBONE = dict(
-    hidden_size=192, num_hidden_layers=12, num_attention_heads=3, mlp_ratio=4, image_size=224, patch_size=16
-)
+RESULTS = Path(__file__).resolve().parent / "results"
+LEARNING = RESULTS / "learning.json"
+# A ViT-S/16-shaped DINOv2 at 224 px: small enough for CPU, deep enough that the trunk/branch split behaves like
+# the real 24-block ViT-L.
+VIT = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, mlp_ratio=4, image_size=224, patch_size=16)
+# The MobileNetV2 setting when learning.json has none yet (its defaults: the 1.0 / 224 architecture).
+CNN_FALLBACK = {"feature_layer": 3, "feature_pool": "mean_std", "image_size": 96, "placements": ["all", "last:1"]}
 
 
-def build(experts: list[str], fusion: str, last_k: int, size: int) -> SEFDetector:
-    torch.manual_seed(0)  # same backbone weights for every detector
-    config = DetectorConfig(
-        backbone="dinov2",
-        backbone_config=BACKBONE,
-        image_size=size,
-        experts=experts,
-        fusion=fusion,
-        lora={"rank": 8, "blocks": f"last:{last_k}"},
-    )
+def build(case: dict, experts: list[str], fusion: str) -> SEFDetector:
+    torch.manual_seed(0)  # same backbone weights for every detector of a case
+    config = DetectorConfig(experts=experts, fusion=fusion, **case["config"])
     return SEFDetector(config).eval()
 
 
-def time_ms(fn, x: torch.Tensor, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        out.append((time.perf_counter() - start) * 1000)
+def cases(size: int) -> list[dict]:
+    """The configurations timed: the default, a cheaper ViT placement, and the learning bench's placements."""
+    vit = {"backbone": "dinov2", "backbone_config": VIT, "image_size": size}
+    out = [
+        {"name": "vit_default", "config": vit, "note": "DetectorConfig defaults (LoRA in every block)"},
+        {"name": "vit_last:2", "config": {**vit, "lora": {"blocks": "last:2"}}, "note": "LoRA in the last 2 of 12"},
+    ]
+    learned = json.loads(LEARNING.read_text()) if LEARNING.is_file() else {}
+    detector = learned.get("detector", {})
+    rows = {row["lora_blocks"]: row for row in learned.get("placements", [])}
+    setting = {k: detector.get(k, CNN_FALLBACK[k]) for k in ("feature_layer", "feature_pool", "image_size")}
+    for blocks in rows or CNN_FALLBACK["placements"]:
+        row = rows.get(blocks, {})
+        out.append({
+            "name": f"mobilenet_v2_{blocks}",
+            "config": {"backbone": "mobilenet_v2", "backbone_config": {}, **setting, "lora": {"blocks": blocks}},
+            "note": f"the learning bench's setting, LoRA blocks {blocks!r}",
+            "accuracy": {k: row[k] for k in ("val_experts_own_family_ap", "heldout_experts_own_family_ap") if k in row},
+        })  # fmt: skip
     return out
+
+
+def time_ms(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    fn(x)
+    return (time.perf_counter() - start) * 1000
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,8 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=9, help="timed forwards per mode, interleaved (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forwards per mode first")
     parser.add_argument("--batch", type=int, default=8, help="images per forward")
-    parser.add_argument("--size", type=int, default=224, help="input side in pixels")
-    parser.add_argument("--last-k", type=int, default=2, help="LoRA in the last K blocks")
+    parser.add_argument("--size", type=int, default=224, help="input side of the ViT cases in pixels")
     parser.add_argument(
         "--threads",
         type=int,
@@ -69,55 +94,63 @@ def main(argv: list[str] | None = None) -> dict:
         help="torch CPU threads; 1 (default) measures compute cost without thread-scheduling noise on small "
         "or shared machines, where 2+ threads made single runs swing by 5x",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fusion_cost.json", help="results JSON path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    single = build(["recon"], "single", args.last_k, args.size)
-    fused = build(["recon", "sr"], "sef", args.last_k, args.size)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
-    modes = {
-        "single_expert": lambda t: single(t),
-        "fused_straightforward": lambda t: fused(t, shared_trunk=False),
-        "fused_shared_trunk": lambda t: fused(t, shared_trunk=True),
-    }
-    samples: dict[str, list[float]] = {name: [] for name in modes}
-    with torch.inference_mode():
-        for fn in modes.values():
-            time_ms(fn, x, args.warmup)
-        # Interleave the modes so drift in machine load hits all three alike.
-        for _ in range(args.repeats):
-            for name, fn in modes.items():
-                samples[name] += time_ms(fn, x, 1)
-        straight, shared = fused(x, shared_trunk=False), fused(x, shared_trunk=True)
-        max_diff = (straight["logits"] - shared["logits"]).abs().max().item()
+    timed: list[tuple[str, str, Callable, torch.Tensor]] = []  # (case, mode, forward, input)
+    checks: dict[str, float] = {}
+    table = cases(args.size)
+    for case in table:
+        single, fused = build(case, ["recon"], "single"), build(case, ["recon", "sr"], "sef")
+        side = fused.image_size
+        x = torch.randn(args.batch, 3, side, side, generator=torch.Generator().manual_seed(0))
+        case.update(image_size=side, trunk_blocks=fused.trunk_split, blocks=fused.feature_index + 1)
+        timed += [
+            (case["name"], "single_expert", single, x),
+            (case["name"], "fused_straightforward", lambda t, f=fused: f(t, shared_trunk=False), x),
+            (case["name"], "fused_shared_trunk", lambda t, f=fused: f(t, shared_trunk=True), x),
+        ]
+        with torch.inference_mode():
+            straight, shared = fused(x, shared_trunk=False), fused(x, shared_trunk=True)
+        checks[case["name"]] = (straight["logits"] - shared["logits"]).abs().max().item()
 
-    median = {name: statistics.median(v) for name, v in samples.items()}
-    shared_ratio = median["fused_shared_trunk"] / median["single_expert"]
-    straight_ratio = median["fused_straightforward"] / median["single_expert"]
-    layers, k = BACKBONE["num_hidden_layers"], args.last_k
+    samples: dict[str, dict[str, list[float]]] = {c["name"]: {} for c in table}
+    with torch.inference_mode():
+        for _, _, fn, x in timed:
+            for _ in range(args.warmup):
+                fn(x)
+        for _ in range(args.repeats):  # one forward of every mode of every case per round
+            for name, mode, fn, x in timed:
+                samples[name].setdefault(mode, []).append(time_ms(fn, x))
+
+    rows = []
+    for case in table:
+        median = {mode: statistics.median(v) for mode, v in samples[case["name"]].items()}
+        rows.append({
+            "name": case["name"], "note": case["note"], "config": case["config"], "image_size": case["image_size"],
+            "shared_trunk_blocks": case["trunk_blocks"], "blocks_run": case["blocks"],
+            "fused_shared_over_single": round(median["fused_shared_trunk"] / median["single_expert"], 3),
+            "fused_straightforward_over_single": round(median["fused_straightforward"] / median["single_expert"], 3),
+            "ms_per_batch_median": {m: round(v, 2) for m, v in median.items()},
+            "ms_per_batch_spread": {m: [round(min(v), 2), round(max(v), 2)] for m, v in samples[case["name"]].items()},
+            "max_abs_logit_diff_shared_vs_straightforward": checks[case["name"]],
+            **({"accuracy_from_learning_json": case["accuracy"]} if case.get("accuracy") else {}),
+        })  # fmt: skip
+    vit_k = 2
     result = {
-        "headline": {"metric": "fused_shared_over_single_cost", "value": round(shared_ratio, 3), "unit": "x"},
-        "ratios": {
-            "fused_shared_over_single": round(shared_ratio, 3),
-            "fused_straightforward_over_single": round(straight_ratio, 3),
-            "expected_shared_block_ratio": round((layers - k + 2 * k) / layers, 3),
-            "expected_straightforward_block_ratio": 2.0,
+        "headline": {
+            "metric": "default_fused_over_single_cost",
+            "value": rows[0]["fused_shared_over_single"],
+            "unit": "x",
+            "is": "the default detector configuration's two-expert SEF forward over one expert's (shared-trunk mode)",
         },
-        "ms_per_batch_median": {name: round(v, 2) for name, v in median.items()},
-        "ms_per_batch_samples": {name: [round(s, 2) for s in v] for name, v in samples.items()},
-        "max_abs_logit_diff_shared_vs_straightforward": max_diff,
-        "config": {
-            "backbone": "dinov2 (random, from config)",
-            "backbone_config": BACKBONE,
-            "experts": 2,
-            "fusion": "sef",
-            "lora": {"rank": 8, "blocks": f"last:{k}", "targets": ["attention", "mlp"]},
-            "batch": args.batch,
-            "image_size": args.size,
-            "repeats": args.repeats,
-            "warmup": args.warmup,
+        "cases": rows,
+        "expected_block_ratios": {
+            "vit_default": 2.0,
+            "vit_last:2": round((VIT["num_hidden_layers"] - vit_k + 2 * vit_k) / VIT["num_hidden_layers"], 3),
         },
+        "settings": {"batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, "interleaved": True},
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -126,16 +159,17 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
-            "processor": platform.processor() or platform.uname().machine,
             "platform": platform.platform(),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, value in median.items():
-        print(f"{name:24s} {value:9.1f} ms/batch")
-    print(f"fused straightforward / single: {straight_ratio:.2f}x")
-    print(f"fused_shared_over_single_cost: {shared_ratio:.2f}x")
+    for row in rows:
+        acc = row.get("accuracy_from_learning_json", {}).get("heldout_experts_own_family_ap", {}).get("mean")
+        print(f"{row['name']:24s} fused/single {row['fused_shared_over_single']:.2f}x shared trunk, "
+              f"{row['fused_straightforward_over_single']:.2f}x straightforward"
+              + (f"; held-out experts AP {acc:.3f}" if acc is not None else ""))  # fmt: skip
+    print(f"default_fused_over_single_cost: {rows[0]['fused_shared_over_single']:.2f}x")
     return result
 
 
