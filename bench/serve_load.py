@@ -1,9 +1,9 @@
 """Load test of ``sefmodel serve`` (DESIGN.md §11): a burst of concurrent uploads over loopback, every one answered.
 
-Starts ``sefmodel serve`` (this checkout's, ``python -m cli.sefmodel``) in a subprocess on 127.0.0.1 with a free
-port and its temporary folder under a folder of this script's. The detector: ``--run RUN``, else one built from
+Starts ``sefmodel serve`` (the installed one, ``python -m sef_cli.sefmodel``) in a subprocess on 127.0.0.1 with a
+free port and its temporary folder under a folder of this script's. The detector: ``--run RUN``, else one built from
 config on the pretrained MobileNetV2 of the shared assets with random heads (the demo detector's compute: 96-px
-crops of hidden state 6, two experts, SEF gate). Images: the shared photos plus one 1.9 MB noise PNG, so uploads
+crops of hidden state 2, two experts, SEF gate). Images: the shared photos plus one 1.9 MB noise PNG, so uploads
 both stay in memory and spill to Starlette's temporary files.
 
 In the same run:
@@ -71,7 +71,7 @@ def demo_like_detector(folder: Path, assets: Path) -> Path:
     torch.manual_seed(0)
     config = DetectorConfig(
         backbone="mobilenet_v2", backbone_id=str(assets / "weights" / "mobilenet_v2_1.0_224"), image_size=96,
-        feature_layer=6, feature_pool="mean_std", gate_hidden=32, experts=["recon", "sr"], fusion="sef",
+        feature_layer=2, feature_pool="mean_std", gate_hidden=32, experts=["recon", "sr"], fusion="sef",
     )  # fmt: skip
     SEFDetector(config).save_pretrained(folder)
     return folder
@@ -82,8 +82,7 @@ class Server:
 
     def __init__(self, run: Path | str, args: list[str], spool: Path) -> None:
         env = {**os.environ, "TMPDIR": str(spool), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "cli.sefmodel", "serve", str(run), "--port", "0", "--device", "cpu", *args]
+        command = [sys.executable, "-m", "sef_cli.sefmodel", "serve", str(run), "--port", "0", "--device", "cpu", *args]
         self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)  # fmt: skip
         line = self.proc.stdout.readline()
