@@ -373,7 +373,8 @@ def explain(
     from PIL import UnidentifiedImageError
 
     from sefmodel.explain import explain_file
-    from sefmodel.predict import ImageRejected, describe_error, load_detector
+    from sefmodel.images import ImageRejected, describe_error
+    from sefmodel.predict import load_detector
 
     with user_errors(hub=True):
         detector = load_detector(run, device)

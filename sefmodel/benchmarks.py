@@ -37,6 +37,8 @@ from PIL import Image
 from sefdata.errors import SefError
 from sefdata.presets import MANIFESTS
 
+from .images import open_image_file
+
 BENCHMARKS_DIR = MANIFESTS / "benchmarks"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"})
 LABELS = {"real": 0, "fake": 1}
@@ -335,9 +337,7 @@ class BenchItem:
         """The decoded image (any mode; the detector converts it). Raises on unreadable files."""
         if self.loader is not None:
             return self.loader()
-        with Image.open(self.path) as image:
-            image.load()
-            return image
+        return open_image_file(self.path)
 
     def in_subset(self, subset: str) -> bool:
         if self.serves is not None and self.label == 0:

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from sefdata.imageio import to_rgb
 
 from .augment import AugmentConfig, AugmentParams, apply, sample_params
+from .images import open_image_file
 from .preprocess import ImageProcessor
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
@@ -205,9 +206,7 @@ def _field_key(sample: dict[str, Any], field: str) -> str:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return to_rgb(image)  # the build's rule; shards it wrote are RGB already
+    return to_rgb(open_image_file(io.BytesIO(data)))  # the build's rule; shards it wrote are RGB already
 
 
 # ---- streams --------------------------------------------------------------------------------------------------

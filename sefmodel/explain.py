@@ -183,7 +183,7 @@ def figure(explanation: Explanation, title: str = "") -> Figure:
 
 def explain_file(detector: SEFDetector, path: str | Path, out: str | Path, layer: int | None = None) -> Explanation:
     """Explain one image file and write the figure to ``out`` (PNG, or any format matplotlib knows by suffix)."""
-    from .predict import open_image_file
+    from .images import open_image_file
     from .report import save
 
     explanation = grad_cam(detector, open_image_file(path), layer)

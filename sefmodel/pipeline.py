@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from .images import open_image_file
 from .preprocess import ImageProcessor
 
 if TYPE_CHECKING:
@@ -48,9 +49,11 @@ def open_image(image: Any, index: int = 0) -> Iterator[Image.Image]:
     if isinstance(image, Image.Image):
         yield image
     elif isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as opened:
-            opened.load()
+        opened = open_image_file(image)
+        try:
             yield opened
+        finally:
+            opened.close()
     else:
         raise TypeError(f"image {index}: expected a PIL image or a path, got {type(image).__name__}")
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sefdata.errors import SefError
 
 from .benchmarks import IMAGE_EXTENSIONS
 from .config import DetectorConfig
 from .detector import SEFDetector
+from .images import describe_error, open_image_file
 from .metrics import is_generated
 from .serialization import CONFIG_NAME, UnsafeCheckpointError
 
@@ -117,29 +117,6 @@ class ScoreResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class ImageRejected(ValueError):
-    """An image refused by a limit of :func:`open_image_file` before decoding; its message is the reason."""
-
-
-def describe_error(e: BaseException) -> str:
-    """One readable line for why an image could not be read."""
-    if isinstance(e, ImageRejected):
-        return str(e)
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory"
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    if isinstance(e, Image.DecompressionBombError):
-        return f"too many pixels (Pillow's decompression-bomb guard): {e}"
-    if isinstance(e, UnidentifiedImageError):
-        return "not an image Pillow can read (unknown format or damaged header)"
-    if isinstance(e, (OSError, SyntaxError, EOFError, ValueError)):
-        return f"corrupt or truncated image: {e}"
-    return f"{type(e).__name__}: {e}"
-
-
 Opener = Callable[[], Image.Image]
 
 
@@ -219,53 +196,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             out.append(path)  # a missing file is reported as that file's error
     return out
-
-
-def open_image_file(
-    source: str | os.PathLike | BinaryIO, *, max_pixels: int | None = None, formats: Sequence[str] | None = None
-) -> Image.Image:
-    """Decode one image file (a path or a binary file object) for scoring: the one opener of ``predict``,
-    ``explain`` and ``serve``.
-
-    Args:
-        max_pixels: refuse images with more pixels (:class:`ImageRejected`), judged from the header before any pixel
-            is decoded; None leaves only Pillow's own decompression-bomb guard.
-        formats: Pillow format names to accept (e.g. ``("JPEG", "PNG")``); the format is sniffed from the bytes,
-            never taken from a file name or content type. None accepts every format Pillow reads.
-    Raises ``ImageRejected``, ``OSError``, ``UnidentifiedImageError`` ... (see :func:`describe_error`)."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_file() and path.stat().st_size == 0:
-            raise ImageRejected("empty (zero-byte) file")
-    else:
-        source.seek(0)
-        if not source.read(1):
-            raise ImageRejected("empty (zero-byte) file")
-        source.seek(0)
-    try:
-        image = Image.open(source, formats=formats)
-    except UnidentifiedImageError:
-        if formats is None:
-            raise
-        names = ", ".join(formats)
-        raise ImageRejected(f"not an image in an accepted format ({names}), judged from its bytes, or its header "
-                            "is damaged") from None  # fmt: skip
-    except Image.DecompressionBombError as e:  # Pillow's own guard (2x its MAX_IMAGE_PIXELS) read the header first
-        if max_pixels is None:
-            raise
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        raise ImageRejected(_too_many(f"{int(found.group(1)) / 1e6:.1f}" if found else "over", max_pixels)) from None
-    with image:
-        width, height = image.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageRejected(_too_many(f"{width}x{height} = {width * height / 1e6:.1f}", max_pixels))
-        image.load()
-        return image
-
-
-def _too_many(megapixels: str, limit: int) -> str:
-    return (f"too many pixels: {megapixels} megapixels, over the limit of {limit / 1e6:.1f} megapixels (read from "
-            "the header, nothing decoded)")  # fmt: skip
 
 
 def _open_path(path: Path) -> Opener:

@@ -12,7 +12,7 @@ Routes:
 * ``GET /api/info``: the detector and the limits.  ``GET /report/``: the run's ``results.md`` with its plots.
 
 Limits for a public demo (:class:`ServeConfig`): the request body size, files per request and pixels per image
-(judged from the header before decoding; :func:`sefmodel.predict.open_image_file`), formats sniffed from the bytes,
+(judged from the header before decoding; :func:`sefmodel.images.open_image_file`), formats sniffed from the bytes,
 one scoring thread behind a bounded admission count (beyond it: 503 ``busy`` at once, the body read and discarded,
 never held), loopback by default (with a Host-header check against DNS rebinding). Uploads are parsed by Starlette:
 up to 1 MB per file in memory, beyond it in a temporary file; :func:`serve` points those temporary files at a
@@ -154,7 +154,8 @@ class Scorer:
 
     def score(self, uploads: list[tuple[str, Any]], heatmaps: bool) -> list[dict[str, Any]]:
         """Records for ``(name, binary file)`` pairs, in order (runs on the worker thread)."""
-        from .predict import open_image_file, predict_records
+        from .images import open_image_file
+        from .predict import predict_records
 
         def opener(file: Any) -> Callable:
             return lambda: open_image_file(file, max_pixels=self.config.max_pixels, formats=UPLOAD_FORMATS)
