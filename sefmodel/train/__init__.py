@@ -6,8 +6,9 @@ use (PEP 562): the CLI reads :class:`TrainConfig` for its options without import
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "Task": "tasks",
@@ -37,9 +38,4 @@ if TYPE_CHECKING:
     from .trainer import Trainer, TrainResult, train
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sefmodel.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
