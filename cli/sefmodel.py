@@ -198,6 +198,12 @@ PREDICT_EXIT = (
 )
 
 
+THREADS_HELP = (
+    "threads torch computes with; 0 keeps torch's default (one per core). On a machine busy with other work, 1 "
+    "keeps threads from spinning while they wait for a core (measured: 50x faster scoring on a loaded 2-core box)"
+)
+
+
 @app.command("eval", no_args_is_help=True)
 def eval_(
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
@@ -252,6 +258,7 @@ def eval_(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG plots"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
 ) -> None:
     """Evaluate a detector on benchmarks: accuracy at 0.5, real/fake accuracy, AP, AUROC and calibrated accuracy
     per benchmark and subset, mean and worst case, robustness curves. Writes results.json, results.md,
@@ -270,6 +277,7 @@ def eval_(
             if not Path(run).is_dir():
                 raise SefError("RUN is not a local folder: say where the results go with --out")
             out = Path(run) / "eval"
+        _use_threads(threads)
         detector = load_detector(run, device)
         results = evaluate(detector, config, out, detector_source=str(run), progress=progress,
                            log=lambda m: typer.echo(m, err=True))  # fmt: skip
@@ -287,6 +295,16 @@ def _check_ref(ref: str, what: str = "detector") -> None:
         from sefdata.hub import require_hub_repo
 
         require_hub_repo(ref, what)
+
+
+def _use_threads(threads: int) -> None:
+    """Set torch's compute threads (0: leave torch's default)."""
+    if threads < 0:
+        raise SefError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -309,6 +327,7 @@ def predict(
         None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
 ) -> None:
     """Score images of any size and format. One record per input: path, prob (P(generated)), label, num_crops and,
     for SEF detectors, the gate weights; an unreadable file gets a record with an error instead."""
@@ -326,6 +345,7 @@ def predict(
         paths = expand_inputs(inputs)
         if not paths:
             raise SefError(f"no image files found in {', '.join(inputs)}")
+        _use_threads(threads)
         detector = load_detector(run, device)
         try:
             handle = out.open("w", newline="", encoding="utf-8") if out else sys.stdout
@@ -365,6 +385,7 @@ def explain(
         None, "--layer", metavar="N", help="block whose input tokens are explained (default: the feature block)"
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
 ) -> None:
     """Grad-CAM heatmap of each expert (and of the fused score) on the crop the detector scores, side by side with
     the gate weights: where each expert looks for artifacts."""
@@ -377,6 +398,7 @@ def explain(
     from sefmodel.predict import load_detector
 
     with user_errors(hub=True):
+        _use_threads(threads)
         detector = load_detector(run, device)
         try:
             ex = explain_file(detector, image, out, layer)
@@ -422,10 +444,7 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
 
     with user_errors(hub=True):
         report = find_report(run, config)
-        if config.threads:
-            import torch
-
-            torch.set_num_threads(config.threads)
+        _use_threads(config.threads)
         detector = load_detector(run, config.device)
         web = create_app(detector, config, report)
         if not config.loopback:

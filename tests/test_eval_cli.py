@@ -106,6 +106,25 @@ def test_predict_csv_exit_codes(run_dir, mixed_folder, tmp_path):
     assert "Exit status: 0 every input was scored; 1" in runner.invoke(app, ["predict", "--help"]).output
 
 
+@pytest.mark.parametrize("command", ["predict", "explain", "eval"])
+def test_threads_option_sets_torch_threads_and_refuses_negative(command, run_dir, mixed_folder, tmp_path):
+    import torch
+
+    good = str(mixed_folder / "good.png")
+    args = {"predict": [good], "explain": [good, "--out", str(tmp_path / "cam.png")],
+            "eval": ["--bench", str(tmp_path / "nothing"), "--out", str(tmp_path / "e")]}[command]  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = runner.invoke(app, [command, str(run_dir), *args, "--device", "cpu", "--threads", "1"])
+        assert torch.get_num_threads() == 1, result.output
+    finally:
+        torch.set_num_threads(before)
+    bad = runner.invoke(app, [command, str(run_dir), *args, "--threads", "-1"])
+    assert bad.exit_code == 2 and "--threads must be >= 0, got -1" in bad.output
+    assert "Traceback" not in bad.output
+
+
 # ---- eval ----------------------------------------------------------------------------------------------------
 
 
