@@ -164,6 +164,16 @@ def corpus(tmp_path: Path, assets: Path) -> Path:
     return root
 
 
+def scoring_inputs(root: Path) -> Path:
+    """The inputs every scoring front end (predict, serve) must take or refuse one by one: a plain PNG, a CMYK
+    JPEG, a 16-bit greyscale PNG and a JPEG cut off after 200 bytes."""
+    Image.fromarray(photo_like(50, 40, 1)).save(root / "good.png")
+    Image.fromarray(photo_like(64, 48, 2)).convert("CMYK").save(root / "cmyk.jpg", quality=90)
+    Image.fromarray(photo_like(48, 40, 3)[:, :, 0].astype(np.uint16) * 257).save(root / "sixteen.png")
+    (root / "corrupt.jpg").write_bytes(jpeg_bytes(photo_like(64, 64, 6))[:200])
+    return root
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A trainer-style run folder holding a tiny random SEF detector in RUN/detector/ (RUN/config.json is the

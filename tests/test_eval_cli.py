@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import photo_like
+from conftest import photo_like, scoring_inputs
 from conftest_model import SIZE
 from PIL import Image
 from sef_cli.sefmodel import app
@@ -50,16 +50,10 @@ def _bench(root: Path, layout=("real", "fake"), subsets=("a", "b"), n=3) -> Path
 
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("predict")
-    Image.fromarray(photo_like(50, 40, 1)).save(root / "good.png")
-    Image.fromarray(photo_like(64, 48, 2)).convert("CMYK").save(root / "cmyk.jpg", quality=90)
-    Image.fromarray(photo_like(48, 40, 3)[:, :, 0].astype(np.uint16) * 257).save(root / "sixteen.png")
+    root = scoring_inputs(tmp_path_factory.mktemp("predict"))
     assert Image.open(root / "sixteen.png").mode == "I;16"
     Image.fromarray(photo_like(10000, 64, 4)).save(root / "wide.png")
     Image.fromarray(photo_like(10000, 8, 5)).save(root / "thin.png")
-    good = io.BytesIO()
-    Image.fromarray(photo_like(64, 64, 6)).save(good, "JPEG")
-    (root / "corrupt.jpg").write_bytes(good.getvalue()[:200])
     (root / "notes.txt").write_text("not an image: not picked up from a folder")
     return root
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import urllib3
-from conftest import REPO, huge_png, photo_like
+from conftest import REPO, huge_png, photo_like, scoring_inputs
 from PIL import Image
 from sef_cli.sefmodel import app
 from typer.testing import CliRunner
@@ -34,14 +34,8 @@ def _load_bench():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("uploads")
-    Image.fromarray(photo_like(50, 40, 1)).save(root / "good.png")
-    Image.fromarray(photo_like(64, 48, 2)).convert("CMYK").save(root / "cmyk.jpg", quality=90)
-    Image.fromarray(photo_like(48, 40, 3)[:, :, 0].astype(np.uint16) * 257).save(root / "sixteen.png")
+    root = scoring_inputs(tmp_path_factory.mktemp("uploads"))
     Image.fromarray(photo_like(300, 200, 4)).save(root / "wide.webp", quality=90)
-    good = io.BytesIO()
-    Image.fromarray(photo_like(64, 64, 6)).save(good, "JPEG")
-    (root / "corrupt.jpg").write_bytes(good.getvalue()[:200])
     (root / "notes.png").write_text("<html>not an image, whatever the name says</html>")
     (root / "empty.png").write_bytes(b"")
     huge_png(root / "huge.png", 15000, 15000)  # 225 megapixels
