@@ -235,6 +235,10 @@ def render_report(folder: Path) -> str:
         .enable("table")
         .render((folder / "results.md").read_text(encoding="utf-8"))
     )
+    return _report_page(body)
+
+
+def _report_page(body: str) -> str:
     return _static("report.html").replace("<!--REPORT-->", body)
 
 
@@ -263,7 +267,7 @@ def create_app(detector: "SEFDetector", config: ServeConfig | None = None, repor
     app = FastAPI(title="SEF detector", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.scorer = scorer
     if config.loopback:  # a page elsewhere cannot reach this server through a rebound DNS name
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -358,7 +362,7 @@ def create_app(detector: "SEFDetector", config: ServeConfig | None = None, repor
         if report is None:
             missing = ("<p class=error>No evaluation report for this detector: run <code>sefmodel eval RUN --bench "
                        "...</code> and start the server with <code>--report DIR</code>.</p>")  # fmt: skip
-            return HTMLResponse(_static("report.html").replace("<!--REPORT-->", missing), status_code=404)
+            return HTMLResponse(_report_page(missing), status_code=404)
         return HTMLResponse(render_report(report))
 
     @app.get("/report/plots/{name}")
@@ -393,7 +397,7 @@ def _url(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _server(app: "FastAPI", sock: socket.socket) -> Any:
+def _server(app: "FastAPI") -> Any:
     import uvicorn
 
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
@@ -403,7 +407,7 @@ def _server(app: "FastAPI", sock: socket.socket) -> Any:
 def background_server(app: "FastAPI", host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run ``app`` on a uvicorn thread for the duration of the block; yields its URL (tests, notebooks)."""
     sock = _bind(host, port)
-    server = _server(app, sock)
+    server = _server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -427,7 +431,7 @@ def serve(app: "FastAPI", config: ServeConfig, announce: Callable[[str], None] =
     previous, tempfile.tempdir = tempfile.tempdir, spool
     try:
         announce(_url(sock, config.host))
-        _server(app, sock).run(sockets=[sock])
+        _server(app).run(sockets=[sock])
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(spool, ignore_errors=True)
