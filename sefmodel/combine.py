@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 # must be equal for experts to share a backbone and a fusion head
 SHARED_CONFIG = ("backbone", "backbone_id", "backbone_revision", "backbone_config", "feature_layer", "feature_pool",
-                 "lora")  # fmt: skip
+                 "lora", "spectrum", "input_filter")  # fmt: skip
 # what each expert's training saw of an image: must be equal too (the crop mode is only a scoring default)
 SHARED_PROCESSING = ("size", "image_mean", "image_std", "resize", "small")
 
@@ -29,6 +29,7 @@ def combine_experts(
     fusion: str = "sef",
     names: Sequence[str] | None = None,
     gate_hidden: int | None = None,
+    gate_input: str | None = None,
     **load_kwargs: Any,
 ) -> SEFDetector:
     """See :meth:`SEFDetector.from_experts`."""
@@ -60,6 +61,8 @@ def combine_experts(
     config.fusion = fusion
     if gate_hidden is not None:
         config.gate_hidden = gate_hidden
+    if gate_input is not None:
+        config.gate_input = gate_input
     config = DetectorConfig.from_dict(config.to_dict())  # re-validate the combination
     detector = cls(config, processor=loaded[0].processor)
     for entry in loaded:

@@ -9,11 +9,12 @@ from typing import Any
 
 from .backbones import get_backbone_class
 from .fields import from_versioned_dict
-from .fusion import known_fusions
+from .fusion import GATE_INPUTS, known_fusions
 from .lora import LoraSettings
 from .preprocess import CROP_MODES, SMALL_MODES
 
 FORMAT_VERSION = 1
+INPUT_FILTERS = ("none", "highpass")
 _EXPERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 # Keys written next to the config fields in config.json; not configuration.
 _META_KEYS = ("format_version", "library")
@@ -48,6 +49,15 @@ class DetectorConfig:
     sef, mean, concat."""
     gate_hidden: int = 256
     """Hidden width of the SEF gating MLP; 0 makes the gate linear."""
+    gate_input: str = "features"
+    """What a gate (fusions sef and moe) sees: features (the experts' features, concatenated), logits (each
+    expert's own logit) or both."""
+    spectrum: bool = False
+    """Append the periodic-spectrum feature of the crop (sefmodel.spectrum: power at the 8/4/2 px periods of
+    decoders and upsamplers, as log power and ratio to its neighbours) to every expert's feature."""
+    input_filter: str = "none"
+    """What the backbone sees: none (the normalised crop) or highpass (the crop minus its 3x3 mean, scaled to unit
+    standard deviation per image: the fine structure, without colour or the photo's overall amount of detail)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA settings shared by all experts."""
     shared_trunk: bool = True
@@ -116,6 +126,12 @@ class DetectorConfig:
             raise ValueError(f"fusion='single' takes exactly one expert, got {self.experts}")
         if self.fusion != "single" and len(self.experts) < 2:
             raise ValueError(f"fusion={self.fusion!r} needs at least two experts, got {self.experts}")
+        if self.gate_input not in GATE_INPUTS:
+            raise ValueError(f"unknown gate_input {self.gate_input!r}; known: {', '.join(GATE_INPUTS)}")
+        if self.input_filter not in INPUT_FILTERS:
+            raise ValueError(f"unknown input_filter {self.input_filter!r}; known: {', '.join(INPUT_FILTERS)}")
+        if not isinstance(self.spectrum, bool):
+            raise ValueError(f"spectrum must be true or false, got {self.spectrum!r}")
         _check_int("feature_layer", self.feature_layer)
         _check_int("gate_hidden", self.gate_hidden, minimum=0)
         _check_int("crops_per_side", self.crops_per_side, minimum=1)

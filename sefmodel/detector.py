@@ -43,6 +43,7 @@ from .pipeline import Scores
 from .pipeline import score as score_images
 from .preprocess import ImageProcessor
 from .serialization import load_folder, resolve_folder, save_detector
+from .spectrum import highpass, periodic_spectrum, spectrum_dim
 
 STAGES = ("expert", "mixed", "fusion")
 _ADAPTER_KEY = re.compile(r"\.(lora_[A-Za-z_]+)\.([^.]+)(\.|$)")
@@ -124,11 +125,13 @@ class SEFDetector(
         self._tuner_layers = [m for m in backbone.model.modules() if isinstance(m, BaseTunerLayer)]
 
         dim = backbone.feature_dim(self.feature_index, config.feature_pool)
+        if config.spectrum:
+            dim += spectrum_dim(self.image_size)
         self.heads = nn.ModuleDict({name: nn.Linear(dim, 1) for name in config.experts})
         self.fusion = (
             None
             if config.fusion == "single"
-            else get_fusion_class(config.fusion)(len(config.experts), dim, config.gate_hidden)
+            else get_fusion_class(config.fusion)(len(config.experts), dim, config.gate_hidden, config.gate_input)
         )
 
         self.stage: str | None = None
@@ -241,7 +244,7 @@ class SEFDetector(
                 raise ValueError(f"unknown expert {name!r}; this detector has {self.expert_names}")
         shared = self.config.shared_trunk if shared_trunk is None else shared_trunk
         bb = self.backbone
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        pixel_values, spectrum = self._inputs(pixel_values)
         stop = self.feature_index + 1
         if shared and self.trunk_split > 0 and len(experts) > 1:
             start = self.trunk_split
@@ -253,15 +256,33 @@ class SEFDetector(
             self._activate(name)
             hidden = trunk if trunk is not None else bb.embed(pixel_values)
             feats.append(self._feature(bb.run_blocks(hidden, start, stop)))
-        return torch.stack(feats, dim=1)
+        stacked = torch.stack(feats, dim=1)
+        if spectrum is not None:  # the same evidence beside every expert's feature
+            stacked = torch.cat([stacked, spectrum[:, None].expand(-1, len(experts), -1)], dim=-1)
+        return stacked
+
+    def _inputs(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised crops -> (what the backbone sees, the spectrum feature (B, F) or None), by the config's
+        ``input_filter`` and ``spectrum``."""
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        spectrum = None
+        if self.config.spectrum:
+            mean = torch.tensor(self.processor.image_mean, device=pixel_values.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.processor.image_std, device=pixel_values.device).view(1, 3, 1, 1)
+            spectrum = periodic_spectrum(pixel_values.float() * std + mean).to(self.dtype)
+        if self.config.input_filter == "highpass":
+            pixel_values = highpass(pixel_values)
+        return pixel_values, spectrum
 
     def _feature(self, hidden: torch.Tensor) -> torch.Tensor:
         """The feature block's output -> (B, D) features, pooled as the config says."""
         return self.backbone.feature(hidden, self.feature_index, self.config.feature_pool)
 
     def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Features (B, D) of the bare frozen backbone, every adapter bypassed (reference / analysis)."""
+        """Features (B, D) of the bare frozen backbone, every adapter bypassed (reference / analysis): the pooled
+        block output of what the backbone sees (after ``input_filter``), without the spectrum feature."""
         bb = self.backbone
+        pixel_values = self._inputs(pixel_values)[0] if self.config.input_filter != "none" else pixel_values
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         for layer in self._tuner_layers:
             layer.enable_adapters(False)
@@ -292,18 +313,20 @@ class SEFDetector(
             ``logits`` (B,) real-vs-generated logit (sigmoid -> P(generated)); ``features`` (B, E, D)
             per-expert features. Fused detectors also return ``fused`` (the classifier input),
             ``expert_logits`` (B, E) from the
-            experts' own heads and, for SEF, ``gate_weights`` (B, E), each row a distribution over experts.
+            experts' own heads and, for gated fusions (sef, moe), ``gate_weights`` (B, E), each row a
+            distribution over experts.
         """
         if expert is not None or self.fusion is None:
             name = expert or self.expert_names[0]
             feats = self.expert_features(pixel_values, [name], shared_trunk)
             return {"logits": self.heads[name](feats[:, 0]).squeeze(-1), "features": feats}
         feats = self.expert_features(pixel_values, None, shared_trunk)
-        out = self.fusion(feats, gate_weights)
-        out["features"] = feats
-        out["expert_logits"] = torch.stack(
+        expert_logits = torch.stack(
             [self.heads[n](feats[:, i]).squeeze(-1) for i, n in enumerate(self.expert_names)], dim=1
         )
+        out = self.fusion(feats, expert_logits, gate_weights)
+        out["features"] = feats
+        out["expert_logits"] = expert_logits
         return out
 
     @property
@@ -430,15 +453,19 @@ class SEFDetector(
         fusion: str = "sef",
         names: Sequence[str] | None = None,
         gate_hidden: int | None = None,
+        gate_input: str | None = None,
         **load_kwargs: Any,
     ) -> SEFDetector:
         """Combine trained single-expert detectors (objects, folders or Hub ids) into one fused detector.
 
         The experts' adapters and heads are copied under ``names`` (default: each source's expert name); the
-        fusion head is fresh. All sources must share the backbone, feature layer, LoRA settings and image
+        fusion head is fresh (``fusion``, ``gate_hidden`` and ``gate_input`` as in :class:`DetectorConfig`). All
+        sources must share the backbone, feature layer, LoRA settings, spectrum and input filter, and image
         processing (crop side, normalisation, resize and small-image rules: what their training saw).
         """
-        return combine_experts(cls, sources, fusion=fusion, names=names, gate_hidden=gate_hidden, **load_kwargs)
+        return combine_experts(
+            cls, sources, fusion=fusion, names=names, gate_hidden=gate_hidden, gate_input=gate_input, **load_kwargs
+        )
 
     @staticmethod
     def rename_expert_key(key: str, old: str, new: str) -> str:

@@ -427,7 +427,8 @@ def _write_report(
     """Add ``plots`` and ``model-index`` to ``results`` and write every file of the report into ``out``."""
     results["plots"] = _plots(results, scores, out) if plots else {}
     results["model-index"] = model_index(results, results["detector"]["source"] or "sef-detector")
-    experts = results["detector"]["experts"] if results["detector"]["fusion"] == "sef" else []
+    gated = any(c.gates is not None for s in scores for c in s.conditions.values())
+    experts = results["detector"]["experts"] if gated else []
     _write_scores_csv(out / "scores.csv", scores, experts)
     _write_results_csv(out / "results.csv", results, per_condition)
     (out / "results.md").write_text(markdown(results), encoding="utf-8")

@@ -239,7 +239,8 @@ def predict_records(
 
 
 def csv_header(detector: SEFDetector) -> list[str]:
-    gates = [f"gate_{n}" for n in detector.expert_names] if detector.config.fusion == "sef" else []
+    gated = detector.fusion is not None and detector.fusion.has_gate
+    gates = [f"gate_{n}" for n in detector.expert_names] if gated else []
     return ["path", "prob", "label", *gates, "num_crops", "error"]
 
 

@@ -73,6 +73,36 @@ def test_fusion_run_trains_only_the_gate_over_two_expert_runs(expert_runs, shard
     assert fused(x)["gate_weights"].shape == (2, 2)
 
 
+def test_fixed_rule_fusion_is_validated_and_saved_without_training(expert_runs, shards, tmp_path):
+    cfg = tiny_train_config(tmp_path / "max", shards["train"], stage="fusion", domain=None, fusion="max",
+                            experts=[str(expert_runs["recon"]), str(expert_runs["sr"])],
+                            val_data=[str(shards["val"])])  # fmt: skip
+    result = train(cfg, progress=False)
+    assert result.finished and result.best_ap is not None
+    fused = SEFDetector.from_pretrained(result.detector)
+    best = SEFDetector.from_pretrained(tmp_path / "max" / "checkpoints" / "best")
+    assert fused.config.fusion == best.config.fusion == "max"
+    x = pixels(2)
+    with torch.no_grad():
+        out = fused(x)
+    torch.testing.assert_close(out["logits"], out["expert_logits"].max(dim=1).values)
+    assert [m["split"] for m in metrics(tmp_path / "max")] == ["val"]
+
+
+def test_moe_fusion_over_logits_trains_only_its_gate(expert_runs, shards, tmp_path):
+    cfg = tiny_train_config(tmp_path / "moe", shards["train"], stage="fusion", domain=None, fusion="moe",
+                            experts=[str(expert_runs["recon"]), str(expert_runs["sr"])])  # fmt: skip
+    cfg.detector["gate_input"] = "logits"
+    result = train(cfg, progress=False)
+    fused = SEFDetector.from_pretrained(result.detector)
+    assert fused.config.gate_input == "logits" and fused.fusion.gate.net[0].in_features == 2
+    start = SEFDetector.from_experts([expert_runs["recon"] / "detector", expert_runs["sr"] / "detector"],
+                                     fusion="moe", gate_input="logits")  # fmt: skip
+    after, before = fused.trained_state_dict(), start.trained_state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("fusion.gate.") for k in changed)
+
+
 def test_mixed_run_trains_one_lora_on_both_domains(shards, tmp_path):
     cfg = tiny_train_config(tmp_path / "mixed", shards["train"], stage="mixed", domain=None, record_keys=True)
     result = train(cfg, progress=False)

@@ -29,7 +29,7 @@ async function init() {
     $("detector").textContent = "error: cannot reach the server";
     return;
   }
-  const fusion = info.fusion === "sef" ? "SEF gate" : info.fusion;
+  const fusion = { sef: "SEF gate", moe: "gated mixture of the experts", stack: "stacking", noisy_or: "noisy-OR" }[info.fusion] || info.fusion;
   $("detector").textContent =
     `Detector: ${info.backbone} backbone, experts ${info.experts.join(", ")} (fusion: ${fusion}), ` +
     `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}.`;

@@ -23,16 +23,21 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 def save_checkpoint(
     folder: Path,
     detector: SEFDetector,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: Any,
     state: dict[str, Any],
     scaler: Any | None = None,
 ) -> None:
-    """Write the checkpoint to ``folder.tmp`` and swap it into place, so a crash never leaves half a checkpoint."""
+    """Write the checkpoint to ``folder.tmp`` and swap it into place, so a crash never leaves half a checkpoint.
+    Without an optimizer (a detector with nothing to train) it is a detector folder with the trainer state."""
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     detector.save_pretrained(tmp)
+    if optimizer is None:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        _swap(tmp, folder, old)
+        return
     opt = optimizer.state_dict()
     tensors, layout = {}, {}
     for index, entry in opt["state"].items():
@@ -48,6 +53,10 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None else None,
     }
     (tmp / STATE_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    _swap(tmp, folder, old)
+
+
+def _swap(tmp: Path, folder: Path, old: Path) -> None:
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         folder.rename(old)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not
 STAGE_NAMES = ("expert", "fusion", "mixed")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 CONFIG_FILE = "train_config.json"
+# The detector settings the fusion stage takes (the rest comes from the experts).
+FUSION_DETECTOR_KEYS = ("gate_hidden", "gate_input")
 # Fields that may change when a run resumes: they change neither the data stream nor the maths.
 RESUMABLE_CHANGES = ("out", "log_every", "tensorboard", "val_every", "val_data", "val_max_samples")
 
@@ -45,7 +47,10 @@ class TrainConfig:
     experts: list[str] = field(
         default_factory=list, metadata=_help("fusion stage: expert run folders (or detector folders / Hub ids)")
     )
-    fusion: str = field(default="sef", metadata=_help("fusion stage: fusion head, sef, mean or concat"))
+    fusion: str = field(
+        default="sef",
+        metadata=_help("fusion stage: fusion head, sef, moe, stack, max, noisy_or, mean or concat (docs/detector.md)"),
+    )
     detector: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help("DetectorConfig fields for the new detector (backbone, backbone_id, lora, image_size, ...)"),
@@ -126,9 +131,9 @@ class TrainConfig:
         if not isinstance(self.detector, dict):
             raise ValueError("detector must be a dict of DetectorConfig fields")
         self.notes: list[str] = []  # said to the user, not saved: settings that were given but do not apply
-        ignored = sorted(set(self.detector) - {"gate_hidden"}) if self.stage == "fusion" else []
+        ignored = sorted(set(self.detector) - set(FUSION_DETECTOR_KEYS)) if self.stage == "fusion" else []
         if ignored:  # the experts' config file can train the fusion stage too
-            self.detector = {k: v for k, v in self.detector.items() if k == "gate_hidden"}
+            self.detector = {k: v for k, v in self.detector.items() if k in FUSION_DETECTOR_KEYS}
             self.notes.append(
                 f"the fusion stage takes its detector from the experts; ignoring detector settings {', '.join(ignored)}"
             )

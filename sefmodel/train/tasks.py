@@ -141,6 +141,7 @@ class FusionTask(Task):
             [expert_folder(e) for e in self.config.experts],
             fusion=self.config.fusion,
             gate_hidden=self.config.detector.get("gate_hidden"),
+            gate_input=self.config.detector.get("gate_input"),
         )
         self._names = detector.expert_names
         return detector

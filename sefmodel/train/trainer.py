@@ -153,6 +153,15 @@ class Trainer:
 
         self.detector.to(acc.device)
         self.params = self.detector.set_stage(self.task.stage, self.task.expert)
+        if not self.params:  # a fixed rule (fusion max / noisy_or): validated and saved, nothing to train
+            self.model, self.optimizer, self.scheduler = acc.prepare(self.detector), None, None
+            self.step, self.best_ap, self.best_step = 0, None, None
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                config.save(self.run_dir)
+            self.log = MetricsLog(self.run_dir, self.is_main, config.tensorboard)
+            self.last_val: dict[str, float | int | None] = {}
+            return
         self.detector.train()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         warmup = round(config.warmup * config.steps)
@@ -205,6 +214,8 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         """Train to ``config.steps`` (or stop, resumable, once ``stop_after`` steps are done)."""
         cfg, acc = self.config, self.accelerator
+        if self.optimizer is None:
+            return self._save_fixed()
         bar = tqdm(
             total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
             disable=not (self.progress and self.is_main), desc=f"train {cfg.stage}",
@@ -249,6 +260,19 @@ class Trainer:
         if self.is_main:
             self.detector.save_pretrained(detector_dir)
         acc.wait_for_everyone()
+        return TrainResult(self.run_dir, self.step, True, detector_dir, self.last_val, self.best_ap, self.is_main)
+
+    def _save_fixed(self) -> TrainResult:
+        """A detector with nothing to train: validate it once (its ``best`` checkpoint) and save it."""
+        self.step = self.config.steps
+        if self.val_set is not None:
+            self._validate()
+        self._save("last")
+        detector_dir = self.run_dir / "detector"
+        if self.is_main:
+            self.detector.save_pretrained(detector_dir)
+        self.accelerator.wait_for_everyone()
+        self.log.close()
         return TrainResult(self.run_dir, self.step, True, detector_dir, self.last_val, self.best_ap, self.is_main)
 
     def _optimizer_step(self, batches, keys_file: Path | None) -> torch.Tensor:
@@ -316,7 +340,8 @@ class Trainer:
         if self.is_main:
             state = {"step": self.step, "best_ap": self.best_ap, "best_step": self.best_step}
             save_checkpoint(
-                self.run_dir / "checkpoints" / name, self.detector, self.optimizer.optimizer, self.scheduler, state,
+                self.run_dir / "checkpoints" / name, self.detector,
+                self.optimizer.optimizer if self.optimizer is not None else None, self.scheduler, state,
                 acc.scaler,
             )  # fmt: skip
         acc.wait_for_everyone()
