@@ -73,7 +73,10 @@ class TrainConfig:
     )
     cpu: bool = field(default=False, metadata=_help("train on the CPU even if a GPU is visible"))
     seed: int = field(default=0, metadata=_help("seeds the model init, data order, augmentation and dropout"))
-    num_workers: int = field(default=4, metadata=_help("data-loading processes per rank (0: in the main process)"))
+    num_workers: int = field(
+        default=4,
+        metadata=_help("data-loading processes per rank (0: in the main process); at most the rank's shard count"),
+    )
     shuffle_buffer: int = field(default=256, metadata=_help("raw samples per data worker kept for shuffling"))
     augment: AugmentConfig = field(default_factory=lambda: _augment(), metadata=_help("paired augmentation settings"))
     val_every: int = field(default=500, metadata=_help("validate every N steps (and at the end)"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import EvalStream, PairStream, check_split, make_loader, resolve_domains, resolve_shards
+from ..data import EvalStream, PairStream, data_workers, make_loader, resolve_domains, resolve_shards
 from ..metrics import detection_metrics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CONFIG_FILE, TrainConfig
@@ -143,7 +144,14 @@ class Trainer:
         self.train_set = resolve_shards(config.data)
         self.task = get_task(config.stage)(config)
         self.domains = resolve_domains(config.domains, self.task.wanted_domains, self.train_set.fields)
-        check_split(len(self.train_set), self.world, config.num_workers)
+        # a data worker without a shard would starve its rank: small builds train with fewer workers
+        self.workers = data_workers(len(self.train_set), self.world, config.num_workers)
+        if self.workers < config.num_workers and self.is_main:
+            print(
+                f"note: {len(self.train_set)} training shard(s) over {self.world} rank(s): "
+                f"{self.workers} data worker(s) per rank instead of {config.num_workers}",
+                file=sys.stderr,
+            )
         self.val_set = resolve_shards(config.val_data) if config.val_data else None
         self.val_domains = (
             resolve_domains(config.domains, list(self.domains), self.val_set.fields) if self.val_set else {}
@@ -198,7 +206,7 @@ class Trainer:
             augment=self.config.augment, seed=self.config.seed, segment=segment, rank=self.rank, world=self.world,
             skip_batches=skip, shuffle_buffer=self.config.shuffle_buffer, with_keys=True,
         )  # fmt: skip
-        return iter(make_loader(stream, self.config.num_workers))
+        return iter(make_loader(stream, self.workers))
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
