@@ -60,6 +60,11 @@ class Task:
         """The expert whose adapter trains (expert/mixed stages)."""
         return None
 
+    @property
+    def detector_stage(self) -> str:
+        """What trains, as :meth:`SEFDetector.set_stage` names it (by default the stage's own name)."""
+        return self.stage
+
     def build_detector(self) -> SEFDetector:
         raise NotImplementedError
 

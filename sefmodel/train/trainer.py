@@ -160,7 +160,7 @@ class Trainer:
         self.detector = self.task.build_detector()
 
         self.detector.to(acc.device)
-        self.params = self.detector.set_stage(self.task.stage, self.task.expert)
+        self.params = self.detector.set_stage(self.task.detector_stage, self.task.expert)
         self.detector.train()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         warmup = round(config.warmup * config.steps)
@@ -272,7 +272,8 @@ class Trainer:
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             last = i == self.accumulation - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                out = self.task(self.model, batch)
+                with acc.autocast():  # the whole task: a model it runs itself (a distill teacher) gets the precision
+                    out = self.task(self.model, batch)
                 acc.backward(out["loss"] / self.accumulation)
             total += out["loss"].detach() / self.accumulation
         if cfg.grad_clip > 0:
