@@ -46,8 +46,8 @@ def _number(text: str) -> int | float | str:
     TrainConfig,
     exclude=("out", "detector", "domains", "augment"),
     overrides={"data": {"metavar": "SHARDS"}, "val_data": {"metavar": "SHARDS"}, "experts": {"metavar": "RUN"},
-               "stage": {"metavar": "STAGE"}, "domain": {"metavar": "NAME"}, "fusion": {"metavar": "HEAD"},
-               "mixed_precision": {"metavar": "MODE"}, "record_keys": {"hidden": True}},
+               "teacher": {"metavar": "RUN"}, "stage": {"metavar": "STAGE"}, "domain": {"metavar": "NAME"},
+               "fusion": {"metavar": "HEAD"}, "mixed_precision": {"metavar": "MODE"}, "record_keys": {"hidden": True}},
 )  # fmt: skip
 @config_options(
     specs_in_source("sefmodel.config", "DetectorConfig"),
@@ -73,7 +73,8 @@ def train(
         "--config",
         metavar="TOML",
         help="file with any of these options as keys (and tables augment, detector, domains); flags override it. "
-        "The fusion stage accepts the experts' file: it takes the detector from the experts",
+        "The fusion stage accepts the experts' file: it takes the detector from the experts (distill: from the "
+        "teacher, under the file's detector settings)",
     ),
     domain_fields: list[str] = typer.Option(
         None,
@@ -104,6 +105,7 @@ def train(
       sefmodel train --data shards/train --stage expert --domain sr --out runs/sr
       sefmodel train --data shards/train --stage fusion --experts runs/recon runs/sr --out runs/sef
       sefmodel train --data shards/train --stage mixed --out runs/mixed
+      sefmodel train --data shards/train --stage distill --teacher runs/sef --out runs/distilled
 
     Offline: --backbone-id DIR loads the backbone from a local folder. Several GPUs or nodes: launch the same
     command with torchrun or accelerate (see docs/training.md).
@@ -114,10 +116,14 @@ def train(
         )
         for ref in config.experts:
             _check_ref(ref, "expert run")
+        if config.teacher:
+            _check_ref(config.teacher, "teacher")
     for note in config.notes:
         typer.echo(f"note: {note}", err=True)
     if config.stage == "fusion":
         fetching, hint = "the expert detectors or their backbones", "give local expert run folders (--experts DIR)"
+    elif config.stage == "distill":
+        fetching, hint = "the teacher detector or the backbones", "give a local teacher run folder (--teacher DIR)"
     else:
         fetching, hint = f"the backbone {_backbone_ref(config.detector)}", "give a local copy with --backbone-id DIR"
     try:

@@ -4,8 +4,9 @@ Nothing is loaded into memory beyond a shuffle buffer of raw samples. Shards are
 paths, brace/glob patterns, build folders (their ``manifest.json``) or ``hf://`` / http(s) URLs (via fsspec).
 
 **Splitting.** Training shards are split by rank (``shards[rank::world]``), then by data-loader worker
-(``rank_shards[w::workers]``), so ranks and workers see disjoint data. Fewer shards than ``world * workers`` is an
-error (a worker without a shard would otherwise starve its rank and hang the others).
+(``rank_shards[w::workers]``), so ranks and workers see disjoint data. A worker without a shard would starve its rank
+and hang the others, so the trainer runs at most as many workers per rank as the rank has shards
+(:func:`data_workers`); fewer shards than ranks is an error.
 
 **Resampled shards and the data position.** Each worker draws shards *with replacement* from its own subset, for
 ever, so every rank yields as many batches as asked and all ranks take the same number of steps. The stream is a
@@ -183,14 +184,22 @@ def resolve_domains(
     return out
 
 
+def data_workers(num_shards: int, world: int, workers: int) -> int:
+    """The data workers each rank can feed: ``workers``, lowered to the shards per rank (never below one when
+    ``workers`` asks for processes; 0 stays 0). Raises ``ValueError`` when there are fewer shards than ranks."""
+    check_split(num_shards, world, 0)
+    return min(workers, num_shards // world)
+
+
 def check_split(num_shards: int, world: int, workers: int) -> None:
     """Every (rank, worker) needs at least one shard of its own, or it would starve."""
     need = world * max(1, workers)
     if num_shards < need:
+        fix = "Lower --num-workers, or rebuild" if workers > 1 else "Use fewer ranks, or rebuild"
         raise ValueError(
             f"{num_shards} training shard(s) cannot feed {world} rank(s) x {max(1, workers)} data worker(s) "
-            f"= {need} readers; each needs a shard of its own. Lower --num-workers, or rebuild with a smaller "
-            "--shard-size so there are more shards"
+            f"= {need} readers; each needs a shard of its own. {fix} with a smaller --shard-size so there are "
+            "more shards"
         )
 
 
@@ -423,6 +432,7 @@ __all__ = [
     "PairStream",
     "ShardSet",
     "check_split",
+    "data_workers",
     "iter_samples",
     "make_loader",
     "open_shard",

@@ -16,6 +16,7 @@ from sefmodel.data import (
     EvalStream,
     PairStream,
     check_split,
+    data_workers,
     iter_samples,
     make_loader,
     resolve_domains,
@@ -128,6 +129,17 @@ def test_ranks_and_workers_read_disjoint_shards_and_too_few_shards_is_an_error(t
         check_split(4, 2, 3)
     with pytest.raises(ValueError, match="cannot feed"):
         next(iter(make_loader(stream(urls, world=5), 0)))
+
+
+def test_data_workers_are_lowered_to_the_shards_per_rank_and_fewer_shards_than_ranks_is_an_error():
+    assert data_workers(2, 1, 4) == 2  # a build of 2 shards trains with 2 workers, not the default 4
+    assert data_workers(5, 2, 4) == 2  # rank 0 holds 3 shards, rank 1 only 2: every worker of every rank is fed
+    assert data_workers(8, 2, 4) == 4
+    assert data_workers(1, 1, 4) == 1
+    assert data_workers(3, 1, 0) == 0  # in the main process stays so
+    for workers in (0, 4):
+        with pytest.raises(ValueError, match=r"3 training shard\(s\) cannot feed 4 rank\(s\) x 1 .*Use fewer ranks"):
+            data_workers(3, 4, workers)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -11,7 +11,7 @@ import train_helpers
 from conftest_model import pixels
 from safetensors.torch import load_file
 from sef_cli.sefmodel import app
-from train_helpers import TINY_DETECTOR, tiny_train_config
+from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shards
 from typer.testing import CliRunner
 
 from sefmodel import SEFDetector
@@ -109,6 +109,21 @@ def test_mixed_run_trains_one_lora_on_both_domains(shards, tmp_path):
     detector = SEFDetector.from_pretrained(result.detector)
     assert detector.expert_names == ["mixed"] and detector.config.fusion == "single"
     assert sum(1 for _ in (tmp_path / "mixed" / "keys-rank0.txt").open()) == 4 * 2  # 4 steps x 2 pairs
+
+
+def test_a_build_of_fewer_shards_than_workers_trains_with_one_worker_per_shard(tmp_path, capsys):
+    write_contract_shards(tmp_path / "train", 2, 4)
+    val_shards = write_contract_shards(tmp_path / "val", 1, 3)  # held-out data is split by sample: 1 shard serves
+    cfg = tiny_train_config(tmp_path / "run", tmp_path / "train", stage="mixed", domain=None, num_workers=4,
+                            steps=2, val_data=val_shards, record_keys=True)  # fmt: skip
+    result = train(cfg, progress=False)
+    assert result.finished and result.val["n"] == 3 * 3  # every held-out real and its two fakes, once
+    err = capsys.readouterr().err
+    assert err.count("note: 2 training shard(s) over 1 rank(s): 2 data worker(s) per rank instead of 4") == 1
+    # both workers were fed: batch b comes from worker b % 2, i.e. from shard b % 2 (keys s0000-s0003 | s0004-s0007)
+    keys = [line.split("\t")[1] for line in (tmp_path / "run" / "keys-rank0.txt").read_text().splitlines()]
+    shard_of = [int(k[1:]) // 4 for k in keys]
+    assert shard_of == [0, 0, 1, 1]  # 2 steps x 2 pairs
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(shards, tmp_path):

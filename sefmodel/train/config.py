@@ -16,7 +16,7 @@ from ..fields import from_known_fields
 if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not when `--help` reads the options
     from ..augment import AugmentConfig
 
-STAGE_NAMES = ("expert", "fusion", "mixed")
+STAGE_NAMES = ("expert", "fusion", "mixed", "distill")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 CONFIG_FILE = "train_config.json"
 # The detector settings the fusion stage takes (the rest comes from the experts).
@@ -36,7 +36,10 @@ class TrainConfig:
         metadata=_help("training shards: build folders, .tar paths, brace/glob patterns or hf:// URLs"),
     )
     out: str = field(default="", metadata=_help("run folder: config, checkpoints, metrics.jsonl, detector/"))
-    stage: str = field(default="expert", metadata=_help("expert (one domain), fusion (gate over experts) or mixed"))
+    stage: str = field(
+        default="expert",
+        metadata=_help("expert (one domain), fusion (gate over experts), mixed or distill (one LoRA from a teacher)"),
+    )
     domain: str | None = field(
         default=None, metadata=_help("expert stage: the domain to learn (a key of domains, e.g. recon or sr)")
     )
@@ -50,6 +53,16 @@ class TrainConfig:
     fusion: str = field(
         default="sef",
         metadata=_help("fusion stage: fusion head, sef, moe, stack, max, noisy_or, mean or concat (docs/detector.md)"),
+    )
+    teacher: str | None = field(
+        default=None, metadata=_help("distill stage: the detector to learn from: run folder, detector folder or Hub id")
+    )
+    distill_alpha: float = field(
+        default=0.5,
+        metadata=_help("distill stage: loss = alpha x BCE(labels) + (1 - alpha) x BCE(teacher's probability)"),
+    )
+    distill_temperature: float = field(
+        default=1.0, metadata=_help("distill stage: soften teacher and student logits by this (the soft term x T^2)")
     )
     detector: dict[str, Any] = field(
         default_factory=dict,
@@ -78,7 +91,10 @@ class TrainConfig:
     )
     cpu: bool = field(default=False, metadata=_help("train on the CPU even if a GPU is visible"))
     seed: int = field(default=0, metadata=_help("seeds the model init, data order, augmentation and dropout"))
-    num_workers: int = field(default=4, metadata=_help("data-loading processes per rank (0: in the main process)"))
+    num_workers: int = field(
+        default=4,
+        metadata=_help("data-loading processes per rank (0: in the main process); at most the rank's shard count"),
+    )
     shuffle_buffer: int = field(default=256, metadata=_help("raw samples per data worker kept for shuffling"))
     augment: AugmentConfig = field(default_factory=lambda: _augment(), metadata=_help("paired augmentation settings"))
     val_every: int = field(default=500, metadata=_help("validate every N steps (and at the end)"))
@@ -113,6 +129,14 @@ class TrainConfig:
             raise ValueError("the fusion stage needs at least two expert runs (--experts RUN_A RUN_B)")
         if self.stage != "fusion" and self.experts:
             raise ValueError(f"experts are for the fusion stage, not {self.stage!r}")
+        if self.stage == "distill" and not self.teacher:
+            raise ValueError("the distill stage needs a teacher: a fused detector's run folder (--teacher RUN)")
+        if self.stage != "distill" and self.teacher:
+            raise ValueError(f"a teacher is for the distill stage, not {self.stage!r}")
+        if not _is_number(self.distill_alpha) or not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}")
+        if not _is_number(self.distill_temperature) or not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature!r}")
         for name in ("steps", "batch_size", "val_every", "save_every", "log_every", "shuffle_buffer"):
             _check_int(name, getattr(self, name), 1)
         _check_int("num_workers", self.num_workers, 0)
@@ -136,6 +160,12 @@ class TrainConfig:
             self.detector = {k: v for k, v in self.detector.items() if k in FUSION_DETECTOR_KEYS}
             self.notes.append(
                 f"the fusion stage takes its detector from the experts; ignoring detector settings {', '.join(ignored)}"
+            )
+        unused = [f.name for f in dataclasses.fields(self) if f.name.startswith("distill_")
+                  and self.stage != "distill" and getattr(self, f.name) != f.default]  # fmt: skip
+        if unused:
+            self.notes.append(
+                f"ignoring {', '.join(unused)}: only the distill stage uses {'it' if len(unused) == 1 else 'them'}"
             )
         if self.stage != "fusion" and set(self.detector) & {"experts", "fusion"}:
             raise ValueError("detector.experts and detector.fusion are set by the stage, not by hand")
@@ -196,6 +226,10 @@ def _default_domains() -> dict[str, list[str]]:
     from ..data import DEFAULT_DOMAINS  # late: the data pipeline imports torch, reading the options does not
 
     return copy.deepcopy(DEFAULT_DOMAINS)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

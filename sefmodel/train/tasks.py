@@ -4,13 +4,16 @@ model-specific parts and returns a dict with ``loss`` (STYLE.md).
 * ``expert``: a single-expert detector named after the domain, trained on real vs that domain's fakes;
 * ``mixed``: the baseline, one LoRA (expert ``mixed``) trained on real vs every domain's fakes;
 * ``fusion``: the trained experts combined by :meth:`SEFDetector.from_experts`; only the fusion head trains, on real
-  vs the experts' domains.
+  vs the experts' domains;
+* ``distill``: one LoRA student (expert ``distilled``, the cost of one expert) trained like ``mixed`` on every
+  domain, against the labels and a frozen teacher's (a fused detector's) probabilities on the same pixels.
 
 A new task is one class plus one ``register_task`` line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..combine import SHARED_PROCESSING
 from ..config import DetectorConfig
 from ..detector import SEFDetector
 from ..serialization import CONFIG_NAME
@@ -59,6 +63,11 @@ class Task:
     def expert(self) -> str | None:
         """The expert whose adapter trains (expert/mixed stages)."""
         return None
+
+    @property
+    def detector_stage(self) -> str:
+        """What trains, as :meth:`SEFDetector.set_stage` names it (by default the stage's own name)."""
+        return self.stage
 
     def build_detector(self) -> SEFDetector:
         raise NotImplementedError
@@ -147,6 +156,103 @@ class FusionTask(Task):
         return detector
 
 
+STUDENT = "distilled"
+_BACKBONE_WEIGHTS = ("backbone_id", "backbone_revision", "backbone_config")
+
+
+def student_config(teacher: DetectorConfig, overrides: dict[str, Any]) -> DetectorConfig:
+    """The distill stage's student: the teacher's backbone, feature layer, LoRA and image settings, with the
+    ``overrides`` (DetectorConfig fields; ``lora`` merged key by key) over them, as one expert with its own head.
+
+    Overrides that name other backbone weights (``backbone``, ``backbone_id``, ...) replace the teacher's weights
+    reference as a whole; another backbone family also takes that family's default feature pooling and LoRA
+    targets."""
+    values = dataclasses.asdict(teacher)
+    overrides = dict(overrides)
+    if any(k in overrides and overrides[k] != values[k] for k in ("backbone", *_BACKBONE_WEIGHTS)):
+        for key in _BACKBONE_WEIGHTS:
+            values.pop(key)
+        if overrides.get("backbone", teacher.backbone) != teacher.backbone:
+            values.pop("feature_pool")
+            values["lora"]["targets"] = None
+    lora = {**values.pop("lora"), **overrides.pop("lora", {})}
+    return DetectorConfig(**{**values, **overrides, "lora": lora, "experts": [STUDENT], "fusion": "single"})
+
+
+class DistillTask(MixedTask):
+    """One LoRA student against a frozen teacher: ``alpha * BCE(student, label) + (1 - alpha) * T^2 *
+    BCE(student / T, sigmoid(teacher / T))`` (``distill_alpha``, ``distill_temperature``).
+
+    The teacher is not handed to accelerate (nothing of it trains): the task holds it, in eval mode with no
+    gradients, and moves it to the batch's device on first use. It scores the very pixels the student trains on,
+    so both must share the image processing (checked when the student is built)."""
+
+    stage = "distill"
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self.teacher: SEFDetector | None = None
+
+    @property
+    def expert(self) -> str | None:
+        return STUDENT
+
+    @property
+    def detector_stage(self) -> str:
+        return "mixed"  # one LoRA and its head on a single-expert detector, fed every domain
+
+    def build_detector(self) -> SEFDetector:
+        teacher = SEFDetector.from_pretrained(expert_folder(self.config.teacher))
+        teacher.requires_grad_(False)
+        teacher.eval()
+        config = student_config(teacher.config, self.config.detector)
+        torch.manual_seed(self.config.seed)  # the student's init does not depend on what loading the teacher drew
+        student = SEFDetector(config)
+        mine, theirs = student.processor, teacher.processor
+        diff = [f"{k} {getattr(mine, k)!r} vs {getattr(theirs, k)!r}"
+                for k in SHARED_PROCESSING if getattr(mine, k) != getattr(theirs, k)]  # fmt: skip
+        if diff:
+            raise ValueError(
+                f"the student's image processing differs from the teacher's ({'; '.join(diff)}): it must see the "
+                "pixels the teacher scores; keep the teacher's image settings"
+            )
+        if config.backbone_config is not None and config.backbone_config == teacher.config.backbone_config:
+            _copy_backbone(teacher, student)  # a random backbone (tests): the teacher's, not a fresh draw
+        self.teacher = teacher
+        return student
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        pixels = batch["pixels"]
+        if self.teacher is None:
+            raise RuntimeError("build_detector() loads the teacher; call it before training")
+        if self.teacher.device != pixels.device:
+            self.teacher.to(pixels.device)
+        with torch.no_grad():
+            target = self.teacher(pixels)["logits"].float()
+        logits = model(pixels)["logits"].float()
+        labels = batch["labels"].to(logits.device)
+        t, alpha = self.config.distill_temperature, self.config.distill_alpha
+        hard = F.binary_cross_entropy_with_logits(logits, labels)
+        soft = F.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(target / t)) * (t * t)
+        loss = alpha * hard + (1 - alpha) * soft
+        return {"loss": loss, "logits": logits.detach(), "teacher_logits": target}
+
+
+def _copy_backbone(source: SEFDetector, target: SEFDetector) -> None:
+    """Load ``source``'s frozen backbone tensors into ``target`` (same architecture; LoRA placement may differ:
+    peft keeps an adapted layer's own weights under ``base_layer``)."""
+
+    def plain(key: str) -> str:
+        return key.replace(".base_layer.", ".")
+
+    tensors = {plain(k): v for k, v in source.backbone_state_dict().items()}
+    wanted = target.backbone_state_dict()
+    if set(map(plain, wanted)) != set(tensors):
+        raise ValueError("the student's backbone does not match the teacher's random backbone")
+    target.load_state_dict({k: tensors[plain(k)] for k in wanted}, strict=False)
+
+
 register_task("expert", ExpertTask)
 register_task("mixed", MixedTask)
 register_task("fusion", FusionTask)
+register_task("distill", DistillTask)

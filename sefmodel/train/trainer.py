@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import EvalStream, PairStream, check_split, make_loader, resolve_domains, resolve_shards
+from ..data import EvalStream, PairStream, data_workers, make_loader, resolve_domains, resolve_shards
 from ..metrics import detection_metrics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CONFIG_FILE, TrainConfig
@@ -143,7 +144,14 @@ class Trainer:
         self.train_set = resolve_shards(config.data)
         self.task = get_task(config.stage)(config)
         self.domains = resolve_domains(config.domains, self.task.wanted_domains, self.train_set.fields)
-        check_split(len(self.train_set), self.world, config.num_workers)
+        # a data worker without a shard would starve its rank: small builds train with fewer workers
+        self.workers = data_workers(len(self.train_set), self.world, config.num_workers)
+        if self.workers < config.num_workers and self.is_main:
+            print(
+                f"note: {len(self.train_set)} training shard(s) over {self.world} rank(s): "
+                f"{self.workers} data worker(s) per rank instead of {config.num_workers}",
+                file=sys.stderr,
+            )
         self.val_set = resolve_shards(config.val_data) if config.val_data else None
         self.val_domains = (
             resolve_domains(config.domains, list(self.domains), self.val_set.fields) if self.val_set else {}
@@ -152,7 +160,7 @@ class Trainer:
         self.detector = self.task.build_detector()
 
         self.detector.to(acc.device)
-        self.params = self.detector.set_stage(self.task.stage, self.task.expert)
+        self.params = self.detector.set_stage(self.task.detector_stage, self.task.expert)
         if not self.params:  # a fixed rule (fusion max / noisy_or): validated and saved, nothing to train
             self.model, self.optimizer, self.scheduler = acc.prepare(self.detector), None, None
             self.step, self.best_ap, self.best_step = 0, None, None
@@ -207,7 +215,7 @@ class Trainer:
             augment=self.config.augment, seed=self.config.seed, segment=segment, rank=self.rank, world=self.world,
             skip_batches=skip, shuffle_buffer=self.config.shuffle_buffer, with_keys=True,
         )  # fmt: skip
-        return iter(make_loader(stream, self.config.num_workers))
+        return iter(make_loader(stream, self.workers))
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
@@ -288,7 +296,8 @@ class Trainer:
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             last = i == self.accumulation - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                out = self.task(self.model, batch)
+                with acc.autocast():  # the whole task: a model it runs itself (a distill teacher) gets the precision
+                    out = self.task(self.model, batch)
                 acc.backward(out["loss"] / self.accumulation)
             total += out["loss"].detach() / self.accumulation
         if cfg.grad_clip > 0:
