@@ -26,7 +26,7 @@ BACKBONE ?= examples/weights/mobilenet_v2_1.0_224
 DET := $(OUT)/detector
 TRAIN := $(BIN)/sefmodel train --config examples/demo-train.toml --data $(DET)/train --no-progress
 EXPERT := $(TRAIN) --backbone mobilenet_v2 --backbone-id $(BACKBONE) --image-size 96 --feature-layer 2 \
-	--feature-pool mean_std --stage expert
+	--feature-pool mean_std --input-filter highpass --spectrum --stage expert
 demo: export HF_HUB_OFFLINE = 1
 demo: setup
 	$(BIN)/sefdata build $(PHOTOS) --recipe $(RECIPE) --out $(OUT)
@@ -39,7 +39,7 @@ demo: setup
 	$(BIN)/sefdata build $(DEMO_TEST) --recipe manifests/recipes/demo-detector.toml --out $(DET)/test
 	$(EXPERT) --domain recon --out $(DET)/recon
 	$(EXPERT) --domain sr --out $(DET)/sr
-	$(TRAIN) --stage fusion --experts $(DET)/recon $(DET)/sr --gate-hidden 32 --steps 80 --out $(DET)/sef
+	$(TRAIN) --stage fusion --fusion moe --experts $(DET)/recon $(DET)/sr --gate-hidden 32 --out $(DET)/sef
 	$(BIN)/python examples/demo_bench.py $(DET)/test $(DET)/bench
 	$(BIN)/sefmodel eval $(DET)/sef --bench $(DET)/bench --out $(DET)/eval --no-progress
 	@cat $(DET)/eval/results.md

@@ -1,24 +1,26 @@
-"""Forward cost of a fused SEF detector relative to a single expert (DESIGN.md §11), on CPU, offline, for the
-default detector configuration and for other LoRA placements, side by side with what each placement gave on
-held-out photos in ``bench/learning.py``.
+"""Forward cost of a fused SEF detector and of its distilled student relative to a single expert (DESIGN.md §11), on
+CPU, offline, for the default detector configuration, a cheaper LoRA placement and the learning bench's detector,
+side by side with what that detector scored on held-out photos in ``bench/learning.py``.
 
 For each configuration (case), in the same run and on the same random backbone built from config, it times the
 forward pass of
   * a single expert (one LoRA + head): the baseline;
-  * a fused two-expert SEF detector, straightforward (the backbone runs once per expert);
-  * the same fused detector in shared-trunk mode (blocks before the first LoRA block run once, then branch).
+  * a fused two-expert detector, straightforward (the backbone runs once per expert);
+  * the same fused detector in shared-trunk mode (blocks before the first LoRA block run once, then branch);
+  * the distilled student of that fused detector (``--stage distill``: one LoRA, the teacher's settings).
 Every forward of every case is interleaved with the others, so drift in machine load hits them alike.
 
 Cases:
   * ``vit_default``: a ViT-S/16-shaped DINOv2 with the default ``LoraSettings`` (LoRA in every block: nothing
     before the first adapted block, so no shared trunk; expected 2x) — what a detector gets unless told otherwise;
   * ``vit_last:2``: the same with LoRA in the last 2 of 12 blocks (expected (12 - 2 + 2*2) / 12 = 1.17x);
-  * ``mobilenet_v2_<placement>``: the MobileNetV2 architecture (random weights, same FLOPs as the pretrained one)
-    at the stage, pooling and tile size that ``bench/learning.py`` chose, for each LoRA placement it tried, each
-    row carrying that placement's experts' validation and held-out AP from ``bench/results/learning.json``.
+  * ``mobilenet_v2_learning``: the MobileNetV2 architecture (random weights, same FLOPs as the pretrained one) at
+    the setting and with the fusion head that ``bench/learning.py`` chose (stage, pooling, input filter, spectrum
+    feature, tile size), carrying the held-out AP of its experts, fused detector and student from
+    ``bench/results/learning.json`` (by-source split).
 
 Writes ``bench/results/fusion_cost.json``. Headline: the default configuration's fused (shared-trunk mode) cost
-over a single expert.
+over a single expert; each case also reports its student's cost over a single expert.
 
     python bench/fusion_cost.py [--repeats 9] [--batch 8] [--size 224]
 """
@@ -37,6 +39,7 @@ from pathlib import Path
 import torch
 
 from sefmodel import DetectorConfig, SEFDetector
+from sefmodel.train.tasks import student_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEARNING = RESULTS / "learning.json"
@@ -44,18 +47,25 @@ LEARNING = RESULTS / "learning.json"
 # the real 24-block ViT-L.
 VIT_LAST_K = 2  # the cheaper ViT placement timed beside the default
 VIT = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, mlp_ratio=4, image_size=224, patch_size=16)
-# The MobileNetV2 setting when learning.json has none yet (its defaults: the 1.0 / 224 architecture).
-CNN_FALLBACK = {"feature_layer": 3, "feature_pool": "mean_std", "image_size": 96, "placements": ["all", "last:1"]}
+# The MobileNetV2 setting when learning.json has none yet.
+CNN_FALLBACK = {"feature_layer": 2, "feature_pool": "mean_std", "input_filter": "none", "spectrum": False}
 
 
 def build(case: dict, experts: list[str], fusion: str) -> SEFDetector:
     torch.manual_seed(0)  # same backbone weights for every detector of a case
-    config = DetectorConfig(experts=experts, fusion=fusion, **case["config"])
+    head = {k: v for k, v in case.get("fusion_head", {}).items() if k != "fusion"} if fusion != "single" else {}
+    config = DetectorConfig(experts=experts, fusion=fusion, **case["config"], **head)
     return SEFDetector(config).eval()
 
 
+def student_of(fused: SEFDetector) -> SEFDetector:
+    """The distill stage's student of ``fused``: its settings, one expert (as ``--stage distill`` builds it)."""
+    torch.manual_seed(0)
+    return SEFDetector(student_config(fused.config, {})).eval()
+
+
 def cases(size: int) -> list[dict]:
-    """The configurations timed: the default, a cheaper ViT placement, and the learning bench's placements."""
+    """The configurations timed: the default, a cheaper ViT placement, and the learning bench's detector."""
     vit = {"backbone": "dinov2", "backbone_config": VIT, "image_size": size}
     out = [
         {"name": "vit_default", "config": vit, "note": "DetectorConfig defaults (LoRA in every block)"},
@@ -66,17 +76,18 @@ def cases(size: int) -> list[dict]:
         },
     ]
     learned = json.loads(LEARNING.read_text()) if LEARNING.is_file() else {}
-    detector = learned.get("detector", {})
-    rows = {row["lora_blocks"]: row for row in learned.get("placements", [])}
-    setting = {k: detector.get(k, CNN_FALLBACK[k]) for k in ("feature_layer", "feature_pool", "image_size")}
-    for blocks in rows or CNN_FALLBACK["placements"]:
-        row = rows.get(blocks, {})
-        out.append({
-            "name": f"mobilenet_v2_{blocks}",
-            "config": {"backbone": "mobilenet_v2", "backbone_config": {}, **setting, "lora": {"blocks": blocks}},
-            "note": f"the learning bench's setting, LoRA blocks {blocks!r}",
-            "accuracy": {k: row[k] for k in ("val_experts_own_family_ap", "heldout_experts_own_family_ap") if k in row},
-        })  # fmt: skip
+    split = learned.get("by_source", {})
+    chosen = split.get("chosen", {})
+    setting = {k: chosen.get("setting", {}).get(k, v) for k, v in CNN_FALLBACK.items()}
+    held = split.get("heldout", {})
+    out.append({
+        "name": "mobilenet_v2_learning",
+        "config": {"backbone": "mobilenet_v2", "backbone_config": {}, **setting,
+                   "image_size": learned.get("data", {}).get("tile", 96), "lora": {"blocks": "all"}},
+        "fusion_head": chosen.get("fusion_head", {"fusion": "sef"}),
+        "note": f"the learning bench's detector and fusion ({chosen.get('fusion', 'sef, no learning.json yet')})",
+        "accuracy": {name: held[name]["map"] for name in ("recon", "sr", "sef", "distilled") if name in held},
+    })  # fmt: skip
     return out
 
 
@@ -107,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     checks: dict[str, float] = {}
     table = cases(args.size)
     for case in table:
-        single, fused = build(case, ["recon"], "single"), build(case, ["recon", "sr"], "sef")
+        single = build(case, ["recon"], "single")
+        fused = build(case, ["recon", "sr"], case.get("fusion_head", {}).get("fusion", "sef"))
+        student = student_of(fused)
         side = fused.image_size
         x = torch.randn(args.batch, 3, side, side, generator=torch.Generator().manual_seed(0))
         case.update(image_size=side, trunk_blocks=fused.trunk_split, blocks=fused.feature_index + 1)
@@ -115,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             (case["name"], "single_expert", single, x),
             (case["name"], "fused_straightforward", lambda t, f=fused: f(t, shared_trunk=False), x),
             (case["name"], "fused_shared_trunk", lambda t, f=fused: f(t, shared_trunk=True), x),
+            (case["name"], "distilled_student", student, x),
         ]
         with torch.inference_mode():
             straight, shared = fused(x, shared_trunk=False), fused(x, shared_trunk=True)
@@ -137,10 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
             "shared_trunk_blocks": case["trunk_blocks"], "blocks_run": case["blocks"],
             "fused_shared_over_single": round(median["fused_shared_trunk"] / median["single_expert"], 3),
             "fused_straightforward_over_single": round(median["fused_straightforward"] / median["single_expert"], 3),
+            "distilled_over_single": round(median["distilled_student"] / median["single_expert"], 3),
+            "fusion": case.get("fusion_head", {"fusion": "sef"}),
             "ms_per_batch_median": {m: round(v, 2) for m, v in median.items()},
             "ms_per_batch_spread": {m: [round(min(v), 2), round(max(v), 2)] for m, v in samples[case["name"]].items()},
             "max_abs_logit_diff_shared_vs_straightforward": checks[case["name"]],
-            **({"accuracy_from_learning_json": case["accuracy"]} if case.get("accuracy") else {}),
+            **({"heldout_map_from_learning_json": case["accuracy"]} if case.get("accuracy") else {}),
         })  # fmt: skip
     layers = VIT["num_hidden_layers"]
     result = {
@@ -170,10 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
-        acc = row.get("accuracy_from_learning_json", {}).get("heldout_experts_own_family_ap", {}).get("mean")
+        acc = row.get("heldout_map_from_learning_json", {})
         print(f"{row['name']:24s} fused/single {row['fused_shared_over_single']:.2f}x shared trunk, "
-              f"{row['fused_straightforward_over_single']:.2f}x straightforward"
-              + (f"; held-out experts AP {acc:.3f}" if acc is not None else ""))  # fmt: skip
+              f"{row['fused_straightforward_over_single']:.2f}x straightforward, "
+              f"student/single {row['distilled_over_single']:.2f}x"
+              + (f"; held-out mean AP {acc}" if acc else ""))  # fmt: skip
     print(f"default_fused_over_single_cost: {rows[0]['fused_shared_over_single']:.2f}x")
     return result
 

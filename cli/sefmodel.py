@@ -51,9 +51,11 @@ def _number(text: str) -> int | float | str:
 )  # fmt: skip
 @config_options(
     specs_in_source("sefmodel.config", "DetectorConfig"),
-    include=("backbone", "backbone_id", "image_size", "feature_layer", "feature_pool", "gate_hidden"),
+    include=("backbone", "backbone_id", "image_size", "feature_layer", "feature_pool", "input_filter", "spectrum",
+             "gate_hidden", "gate_input"),
     overrides={"backbone": {"metavar": "FAMILY"}, "backbone_id": {"metavar": "HUB_ID_OR_DIR"},
-               "image_size": {"metavar": "PIXELS"}, "feature_pool": {"metavar": "POOL"}},
+               "image_size": {"metavar": "PIXELS"}, "feature_pool": {"metavar": "POOL"},
+               "input_filter": {"metavar": "none|highpass"}, "gate_input": {"metavar": "features|logits|both"}},
     param="detector_flags",
 )  # fmt: skip
 @config_options(

@@ -2,8 +2,9 @@
 
 Usage: python examples/make_kit.py [ASSETS_DIR]   (default: ../shared/assets)
 
-Photos larger than 640 px are downscaled (Lanczos). JPEGs are re-encoded with their *own* quantisation tables and
-chroma subsampling, so the kit still exercises the `match` encoding policy with real camera tables.
+Photos larger than 640 px are downscaled (Lanczos); PNGs stay PNG. JPEGs are re-encoded with their *own*
+quantisation tables and chroma subsampling, so the kit still exercises the `match` encoding policy with real camera
+tables.
 
 The MobileNetV2 backbone is converted to a smaller transformers folder (see ``convert_backbone``): the ImageNet
 classifier head is dropped (``MobileNetV2Model`` has none) and the weights are stored as fp16 safetensors; the
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from PIL import Image, JpegImagePlugin
 
-PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg"]
+PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "astronaut.png",
+          "ihc.png", "kodim03.png", "kodim04.png", "kodim07.png"]  # fmt: skip
 WEIGHTS = ["realesr-animevideov3.pth", "taef2_encoder.pth", "taef2_decoder.pth", "taesd-LICENSE.txt"]
 BACKBONE = "mobilenet_v2_1.0_224"
 MAX_SIDE = 640
@@ -57,6 +59,9 @@ def main(assets: Path) -> None:
             continue
         scale = MAX_SIDE / max(img.size)
         small = img.convert("RGB").resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        if img.format == "PNG":
+            small.save(out, "PNG")
+            continue
         small.save(out, "JPEG", qtables=img.quantization, subsampling=JpegImagePlugin.get_sampling(img),
                    icc_profile=img.info.get("icc_profile"))  # fmt: skip
     for name in WEIGHTS:

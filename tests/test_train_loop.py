@@ -60,7 +60,7 @@ def test_expert_run_writes_a_complete_run_folder(expert_runs, shards):
 
 
 def test_fusion_run_trains_only_the_gate_over_two_expert_runs(expert_runs, shards, tmp_path):
-    cfg = tiny_train_config(tmp_path / "sef", shards["train"], stage="fusion", domain=None,
+    cfg = tiny_train_config(tmp_path / "sef", shards["train"], stage="fusion", domain=None, fusion="sef",
                             experts=[str(expert_runs["recon"]), str(expert_runs["sr"])])  # fmt: skip
     result = train(cfg, progress=False)
     fused = SEFDetector.from_pretrained(result.detector)

@@ -51,8 +51,11 @@ class TrainConfig:
         default_factory=list, metadata=_help("fusion stage: expert run folders (or detector folders / Hub ids)")
     )
     fusion: str = field(
-        default="sef",
-        metadata=_help("fusion stage: fusion head, sef, moe, stack, max, noisy_or, mean or concat (docs/detector.md)"),
+        default="moe",
+        metadata=_help(
+            "fusion stage: fusion head, moe (a gate that weighs the experts' own logits; chosen on validation by "
+            "bench/learning.py), sef, stack, max, noisy_or, mean or concat (docs/detector.md)"
+        ),
     )
     teacher: str | None = field(
         default=None, metadata=_help("distill stage: the detector to learn from: run folder, detector folder or Hub id")
