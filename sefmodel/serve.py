@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sefdata.errors import SefError
+from sefdata.privacy import public_text
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -227,14 +228,12 @@ def _static(name: str) -> str:
 
 
 def render_report(folder: Path) -> str:
-    """``results.md`` as an HTML page (raw HTML in the Markdown is escaped, not passed through)."""
+    """``results.md`` as an HTML page (raw HTML in the Markdown is escaped, not passed through). Local paths (the
+    detector's, the benchmarks') are reduced to their names, as ``sefmodel publish`` does: the page may be public."""
     from markdown_it import MarkdownIt
 
-    body = (
-        MarkdownIt("commonmark", {"html": False})
-        .enable("table")
-        .render((folder / "results.md").read_text(encoding="utf-8"))
-    )
+    text = public_text((folder / "results.md").read_text(encoding="utf-8"))
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     return _report_page(body)
 
 

@@ -151,6 +151,25 @@ def test_report_page_renders_results_md_and_its_plots(tiny_run, tmp_path):
         assert missing.status == 404 and "sefmodel eval" in missing.data.decode()
 
 
+def test_report_page_names_the_detector_and_benchmarks_without_their_local_paths(tiny_run, tmp_path):
+    report = tmp_path / "eval"
+    report.mkdir()
+    bench = tmp_path / "benchmarks" / "genimage-tiny"
+    (report / "results.md").write_text(  # the lines of sefmodel eval's report that name paths
+        f"# Evaluation report\n\nDetector `{tiny_run}/detector`: backbone `dinov2` (`/models/dinov2-large`), "
+        "experts `recon`, `sr`.\n\n| benchmark | AP |\n|---|---|\n| genimage-tiny | 0.787 |\n\n## genimage-tiny\n\n"
+        f"Source: `{bench}` (plain real/fake folder layout).\n\n- 1 image(s) could not be read, e.g.:\n"
+        f"  - `{bench}/fake/x.png`: corrupt\n- warning: see ~/notes/bench.txt\n"
+    )
+    with background_server(create_app(load_detector(tiny_run, "cpu"), ServeConfig(), report)) as url:
+        page = http.request("GET", url + "report/").data.decode()
+    for private in (str(tmp_path), str(tiny_run), "/models/", "~/notes"):
+        assert private not in page
+    assert "<code>detector</code>: backbone <code>dinov2</code> (<code>dinov2-large</code>)" in page
+    assert "Source: <code>genimage-tiny</code>" in page and "<code>x.png</code>: corrupt" in page
+    assert "see bench.txt" in page and "<td>0.787</td>" in page
+
+
 def test_cli_errors_are_one_line(tmp_path):
     result = runner.invoke(app, ["serve", str(tmp_path / "missing")])
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
