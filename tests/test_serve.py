@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import io
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel.predict import load_detector
-from sefmodel.serve import ServeConfig, background_server, create_app
+from sefmodel.serve import ServeConfig, background_server, create_app, host_allowed
 
 runner = CliRunner()
 http = urllib3.PoolManager(retries=False)
@@ -119,12 +120,62 @@ def test_request_level_limits_answer_one_json_line(server, files):
     assert response.status == 404 and json.loads(response.data) == {"error": "Not Found"}
     # a page under another name (DNS rebinding) cannot reach a loopback server
     response = http.request("GET", server + "api/info", headers={"Host": "attacker.example"})
-    assert response.status == 400
+    assert response.status == 400 and json.loads(response.data)["error"].startswith("invalid Host header")
     response = http.request("GET", server)
     assert (
         response.headers["X-Content-Type-Options"] == "nosniff"
         and "default-src 'self'" in (response.headers["Content-Security-Policy"])
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.2:7860", True),  # the address it is bound to
+        ("localhost:7860", True),
+        ("127.0.0.1:7860", True),
+        ("[::1]:7860", True),
+        ("[0:0:0:0:0:0:0:1]:7860", True),  # ::1 spelt out
+        ("LOCALHOST:7860", True),
+        ("127.0.0.2:7861", False),  # another port
+        ("127.0.0.2", False),  # port 80
+        ("127.0.0.3:7860", False),  # another loopback address
+        ("attacker.example:7860", False),
+        ("localhost.attacker.example:7860", False),
+        ("user@127.0.0.2:7860", False),
+        ("127.0.0.2:7860/", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_the_host_check_accepts_the_bound_address_and_the_loopback_names(host, allowed):
+    assert host_allowed(host, ("127.0.0.2", 7860)) is allowed
+
+
+def test_the_host_check_of_an_ipv6_server_and_of_port_80():
+    assert host_allowed("[::1]:8000", ("::1", 8000)) and not host_allowed("[::2]:8000", ("::1", 8000))
+    assert host_allowed("localhost", ("127.0.0.1", 80)) and not host_allowed("localhost", ("127.0.0.1", 8000))
+
+
+def test_a_server_on_another_loopback_address_answers_its_own_address(tiny_run):
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError as e:  # e.g. macOS, whose loopback interface has 127.0.0.1 alone
+        pytest.skip(f"127.0.0.2 is no address of this machine: {e}")
+    app_ = create_app(load_detector(tiny_run, "cpu"), ServeConfig(host="127.0.0.2"))
+    with background_server(app_, "127.0.0.2") as url:
+        port = url.rsplit(":", 1)[1].strip("/")
+        for host in (None, f"localhost:{port}", f"127.0.0.1:{port}"):
+            response = http.request("GET", url + "api/info", headers={"Host": host} if host else {})
+            assert response.status == 200, (host, response.data)
+        for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.3:{port}", "127.0.0.2:1"):
+            response = http.request("GET", url + "api/info", headers={"Host": host})
+            assert response.status == 400, host
+            assert json.loads(response.data) == {
+                "error": f"invalid Host header {host!r}: this server answers only under its own address"
+            }
+            assert response.headers["X-Content-Type-Options"] == "nosniff"  # refusals carry the headers too
 
 
 def test_report_page_renders_results_md_and_its_plots(tiny_run, tmp_path):
