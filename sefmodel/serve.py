@@ -14,8 +14,8 @@ Routes:
 Limits for a public demo (:class:`ServeConfig`): the request body size, files per request and pixels per image
 (judged from the header before decoding; :func:`sefmodel.images.open_image_file`), formats sniffed from the bytes,
 one scoring thread behind a bounded admission count (beyond it: 503 ``busy`` at once, the body read and discarded,
-never held), loopback by default (with a Host-header check against DNS rebinding: :func:`host_allowed`). Uploads are
-parsed by Starlette:
+never held), loopback by default (with a Host-header check against DNS rebinding: :func:`host_allowed`), posts from
+other pages' forms refused (an ``Origin`` check: :func:`same_origin`). Uploads are parsed by Starlette:
 up to 1 MB per file in memory, beyond it in a temporary file; :func:`serve` points those temporary files at a
 folder of its own, removed when the server stops. Nothing else is written.
 """
@@ -156,9 +156,21 @@ def host_allowed(host: str | None, server: tuple[str, int | None] | None) -> boo
     return _address(match["name"]) in names and int(match["port"] or 80) == port
 
 
+def same_origin(origin: str | None, scheme: str, host: str | None) -> bool:
+    """Whether a request's ``Origin`` header, when it has one, is this server's own origin (``scheme://Host``).
+    Browsers send it with every cross-origin POST, so a form on another page that posts here is refused; a request
+    without one (curl, scripts) is no browser's and stays accepted."""
+    if origin is None:
+        return True
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    own = f"{scheme}://{(host or '').removesuffix(default) if default else host}"
+    return origin.lower() == own.lower()
+
+
 class RequestGuard:
     """ASGI middleware that refuses, with a one-line JSON error, a request under another Host name (400; only with
-    ``check_host``, for a loopback server: :func:`host_allowed`), before the app reads a byte of its body."""
+    ``check_host``, for a loopback server: :func:`host_allowed`) and a POST from another page (403:
+    :func:`same_origin`), before the app reads a byte of its body."""
 
     def __init__(self, app: Callable, check_host: bool = True) -> None:
         self.app = app
@@ -180,9 +192,11 @@ class RequestGuard:
         from starlette.datastructures import Headers
 
         headers = Headers(scope=scope)
-        host = headers.get("host")
+        host, origin = headers.get("host"), headers.get("origin")
         if self.check_host and not host_allowed(host, scope.get("server")):
             return 400, f"invalid Host header {host!r}: this server answers only under its own address"
+        if scope["method"] not in ("GET", "HEAD") and not same_origin(origin, scope.get("scheme", "http"), host):
+            return 403, f"cross-origin request refused: Origin {origin!r} is not this server's"
         return None
 
 
@@ -496,5 +510,6 @@ __all__ = [
     "detector_info",
     "find_report",
     "host_allowed",
+    "same_origin",
     "serve",
 ]

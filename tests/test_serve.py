@@ -20,7 +20,7 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel.predict import load_detector
-from sefmodel.serve import ServeConfig, background_server, create_app, host_allowed
+from sefmodel.serve import ServeConfig, background_server, create_app, host_allowed, same_origin
 
 runner = CliRunner()
 http = urllib3.PoolManager(retries=False)
@@ -157,6 +157,27 @@ def test_the_host_check_of_an_ipv6_server_and_of_port_80():
     assert host_allowed("localhost", ("127.0.0.1", 80)) and not host_allowed("localhost", ("127.0.0.1", 8000))
 
 
+@pytest.mark.parametrize(
+    ("origin", "scheme", "host", "same"),
+    [
+        (None, "http", "127.0.0.1:7860", True),  # curl, scripts: no browser, no Origin
+        ("http://127.0.0.1:7860", "http", "127.0.0.1:7860", True),
+        ("http://LocalHost:7860", "http", "localhost:7860", True),
+        ("http://[::1]:7860", "http", "[::1]:7860", True),
+        ("http://example.org", "http", "example.org:80", True),  # the default port, written or not
+        ("https://example.org", "https", "example.org", True),  # behind a TLS proxy that says so
+        ("http://attacker.example", "http", "127.0.0.1:7860", False),
+        ("http://127.0.0.1:7861", "http", "127.0.0.1:7860", False),
+        ("https://127.0.0.1:7860", "http", "127.0.0.1:7860", False),
+        ("http://localhost:7860", "http", "127.0.0.1:7860", False),  # another name is another origin
+        ("null", "http", "127.0.0.1:7860", False),  # sandboxed frames, file:// pages
+        ("", "http", "127.0.0.1:7860", False),
+    ],
+)
+def test_the_origin_check_accepts_the_servers_own_origin_or_none(origin, scheme, host, same):
+    assert same_origin(origin, scheme, host) is same
+
+
 def test_a_server_on_another_loopback_address_answers_its_own_address(tiny_run):
     try:
         with socket.socket() as probe:
@@ -176,6 +197,25 @@ def test_a_server_on_another_loopback_address_answers_its_own_address(tiny_run):
                 "error": f"invalid Host header {host!r}: this server answers only under its own address"
             }
             assert response.headers["X-Content-Type-Options"] == "nosniff"  # refusals carry the headers too
+
+
+def test_a_post_from_another_page_is_refused(server, files):
+    body, content_type = urllib3.encode_multipart_formdata([("files", ("good.png", (files / "good.png").read_bytes()))])
+    own = server.rstrip("/")
+    other_name = own.replace("127.0.0.1", "localhost")  # the same server under another name is another origin
+    for origin, status in [("http://attacker.example", 403), ("null", 403), (other_name, 403), (own, 200), (None, 200)]:
+        headers = {"Content-Type": content_type, **({"Origin": origin} if origin else {})}
+        response = http.request("POST", server + "api/score", body=body, headers=headers)
+        assert response.status == status, (origin, response.data)
+        if status == 403:
+            assert json.loads(response.data) == {
+                "error": f"cross-origin request refused: Origin {origin!r} is not this server's"
+            }
+            assert b"\n" not in response.data
+        else:
+            assert 0 < json.loads(response.data)["records"][0]["prob"] < 1
+    # a GET only reads, and another page cannot read the answer (no CORS headers): it is not checked
+    assert http.request("GET", server + "api/info", headers={"Origin": "http://attacker.example"}).status == 200
 
 
 def test_report_page_renders_results_md_and_its_plots(tiny_run, tmp_path):
