@@ -14,7 +14,8 @@ Routes:
 Limits for a public demo (:class:`ServeConfig`): the request body size, files per request and pixels per image
 (judged from the header before decoding; :func:`sefmodel.images.open_image_file`), formats sniffed from the bytes,
 one scoring thread behind a bounded admission count (beyond it: 503 ``busy`` at once, the body read and discarded,
-never held), loopback by default (with a Host-header check against DNS rebinding). Uploads are parsed by Starlette:
+never held), loopback by default (with a Host-header check against DNS rebinding: :func:`host_allowed`), posts from
+other pages' forms refused (an ``Origin`` check: :func:`same_origin`). Uploads are parsed by Starlette:
 up to 1 MB per file in memory, beyond it in a temporary file; :func:`serve` points those temporary files at a
 folder of its own, removed when the server stops. Nothing else is written.
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sefdata.errors import SefError
+from sefdata.privacy import public_text
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -50,6 +52,7 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 bytes; everything else (EPS, PSD, ...) is refused."""
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_HEADER = re.compile(r"(?P<name>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
 
 
 @dataclass
@@ -131,6 +134,70 @@ def _limited(receive: Callable, limit: int) -> Callable:
         return message
 
     return limited_receive
+
+
+def _address(name: str) -> str:
+    """A host name or IP address in one spelling: lower case, IPv6 without brackets and compressed."""
+    name = name.strip("[]").lower()
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(name).compressed
+    return name
+
+
+def host_allowed(host: str | None, server: tuple[str, int | None] | None) -> bool:
+    """Whether a request's ``Host`` header names this loopback server: the address it is bound to (``server``, the
+    ASGI scope's local address) or a loopback name (localhost, 127.0.0.1, [::1]), with the port it listens on. A page
+    under any other name, one that rebinds its DNS name to this machine, is refused."""
+    match = _HOST_HEADER.fullmatch(host or "")
+    if match is None or server is None:
+        return False
+    bound, port = server
+    names = {_address(n) for n in (*LOOPBACK_HOSTS, bound)}
+    return _address(match["name"]) in names and int(match["port"] or 80) == port
+
+
+def same_origin(origin: str | None, scheme: str, host: str | None) -> bool:
+    """Whether a request's ``Origin`` header, when it has one, is this server's own origin (``scheme://Host``).
+    Browsers send it with every cross-origin POST, so a form on another page that posts here is refused; a request
+    without one (curl, scripts) is no browser's and stays accepted."""
+    if origin is None:
+        return True
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    own = f"{scheme}://{(host or '').removesuffix(default) if default else host}"
+    return origin.lower() == own.lower()
+
+
+class RequestGuard:
+    """ASGI middleware that refuses, with a one-line JSON error, a request under another Host name (400; only with
+    ``check_host``, for a loopback server: :func:`host_allowed`) and a POST from another page (403:
+    :func:`same_origin`), before the app reads a byte of its body."""
+
+    def __init__(self, app: Callable, check_host: bool = True) -> None:
+        self.app = app
+        self.check_host = check_host
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                from starlette.responses import JSONResponse
+
+                status, message = refusal
+                await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: dict) -> tuple[int, str] | None:
+        """``(status, message)`` when the request in ``scope`` is refused, else None."""
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host"), headers.get("origin")
+        if self.check_host and not host_allowed(host, scope.get("server")):
+            return 400, f"invalid Host header {host!r}: this server answers only under its own address"
+        if scope["method"] not in ("GET", "HEAD") and not same_origin(origin, scope.get("scheme", "http"), host):
+            return 403, f"cross-origin request refused: Origin {origin!r} is not this server's"
+        return None
 
 
 def _data_uri(png: bytes) -> str:
@@ -227,14 +294,12 @@ def _static(name: str) -> str:
 
 
 def render_report(folder: Path) -> str:
-    """``results.md`` as an HTML page (raw HTML in the Markdown is escaped, not passed through)."""
+    """``results.md`` as an HTML page (raw HTML in the Markdown is escaped, not passed through). Local paths (the
+    detector's, the benchmarks') are reduced to their names, as ``sefmodel publish`` does: the page may be public."""
     from markdown_it import MarkdownIt
 
-    body = (
-        MarkdownIt("commonmark", {"html": False})
-        .enable("table")
-        .render((folder / "results.md").read_text(encoding="utf-8"))
-    )
+    text = public_text((folder / "results.md").read_text(encoding="utf-8"))
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     return _report_page(body)
 
 
@@ -250,7 +315,6 @@ def create_app(detector: "SEFDetector", config: ServeConfig | None = None, repor
         from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
         from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException as StarletteHTTPException
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
     except ImportError as e:
         raise SefError(f"sefmodel serve needs the web extras ({e.name} is missing): "
                        "pip install 'sef-toolkit[serve]'") from None  # fmt: skip
@@ -266,13 +330,13 @@ def create_app(detector: "SEFDetector", config: ServeConfig | None = None, repor
 
     app = FastAPI(title="SEF detector", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.scorer = scorer
-    if config.loopback:  # a page elsewhere cannot reach this server through a rebound DNS name
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    @app.middleware("http")
+    app.add_middleware(RequestGuard, check_host=config.loopback)
+
+    @app.middleware("http")  # added last, so outermost: the guard's refusals get these headers too
     async def headers(request: Request, call_next: Callable) -> Response:
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -438,4 +502,14 @@ def serve(app: "FastAPI", config: ServeConfig, announce: Callable[[str], None] =
         sock.close()
 
 
-__all__ = ["ServeConfig", "background_server", "create_app", "detector_info", "find_report", "serve"]
+__all__ = [
+    "RequestGuard",
+    "ServeConfig",
+    "background_server",
+    "create_app",
+    "detector_info",
+    "find_report",
+    "host_allowed",
+    "same_origin",
+    "serve",
+]

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, photo_like
+from conftest import asset, jpeg_bytes, photo_like
 from PIL import Image, JpegImagePlugin
 
 from sefdata.align import align, common_multiple
@@ -94,7 +94,7 @@ def test_png_decodes_to_the_exact_pixels_in_every_reader(assets, size):
     import imagecodecs
 
     w, h = size
-    photo = np.asarray(Image.open(assets / "photos" / "astronaut.png").convert("RGB"))[:h, :w]
+    photo = np.asarray(Image.open(asset(assets, "photos/astronaut.png")).convert("RGB"))[:h, :w]
     noise = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     for px in (np.ascontiguousarray(photo), noise):
         data = encode_png(px)

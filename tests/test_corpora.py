@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import webdataset as wds
+from conftest import asset
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -105,7 +106,7 @@ class _Counting:
 
 
 def test_each_rank_reads_only_its_shards_inputs_from_tar_sources(assets, gens, tmp_path, monkeypatch):
-    photos = Image.open(assets / "photos" / "astronaut.png").convert("RGB")
+    photos = Image.open(asset(assets, "photos/astronaut.png")).convert("RGB")
     tars = []
     for t in range(2):  # two source tars of 8 samples, each image ~12 KB of PNG
         path = tmp_path / f"src-{t}.tar"
@@ -141,7 +142,7 @@ def test_each_rank_reads_only_its_shards_inputs_from_tar_sources(assets, gens, t
 
 
 def test_a_streamed_dataset_is_read_by_rank_and_matches_a_whole_build(assets, gens, tmp_path, monkeypatch):
-    cells = [(assets / "photos" / n).read_bytes() for n in ("chelsea.png", "rocket.jpg", "coffee.png", "ihc.png")]
+    cells = [asset(assets, f"photos/{n}").read_bytes() for n in ("chelsea.png", "rocket.jpg", "coffee.png", "ihc.png")]
     fetched = []
 
     def rows():

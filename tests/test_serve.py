@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import io
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel.predict import load_detector
-from sefmodel.serve import ServeConfig, background_server, create_app
+from sefmodel.serve import ServeConfig, background_server, create_app, host_allowed, same_origin
 
 runner = CliRunner()
 http = urllib3.PoolManager(retries=False)
@@ -119,12 +120,102 @@ def test_request_level_limits_answer_one_json_line(server, files):
     assert response.status == 404 and json.loads(response.data) == {"error": "Not Found"}
     # a page under another name (DNS rebinding) cannot reach a loopback server
     response = http.request("GET", server + "api/info", headers={"Host": "attacker.example"})
-    assert response.status == 400
+    assert response.status == 400 and json.loads(response.data)["error"].startswith("invalid Host header")
     response = http.request("GET", server)
     assert (
         response.headers["X-Content-Type-Options"] == "nosniff"
         and "default-src 'self'" in (response.headers["Content-Security-Policy"])
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.2:7860", True),  # the address it is bound to
+        ("localhost:7860", True),
+        ("127.0.0.1:7860", True),
+        ("[::1]:7860", True),
+        ("[0:0:0:0:0:0:0:1]:7860", True),  # ::1 spelt out
+        ("LOCALHOST:7860", True),
+        ("127.0.0.2:7861", False),  # another port
+        ("127.0.0.2", False),  # port 80
+        ("127.0.0.3:7860", False),  # another loopback address
+        ("attacker.example:7860", False),
+        ("localhost.attacker.example:7860", False),
+        ("user@127.0.0.2:7860", False),
+        ("127.0.0.2:7860/", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_the_host_check_accepts_the_bound_address_and_the_loopback_names(host, allowed):
+    assert host_allowed(host, ("127.0.0.2", 7860)) is allowed
+
+
+def test_the_host_check_of_an_ipv6_server_and_of_port_80():
+    assert host_allowed("[::1]:8000", ("::1", 8000)) and not host_allowed("[::2]:8000", ("::1", 8000))
+    assert host_allowed("localhost", ("127.0.0.1", 80)) and not host_allowed("localhost", ("127.0.0.1", 8000))
+
+
+@pytest.mark.parametrize(
+    ("origin", "scheme", "host", "same"),
+    [
+        (None, "http", "127.0.0.1:7860", True),  # curl, scripts: no browser, no Origin
+        ("http://127.0.0.1:7860", "http", "127.0.0.1:7860", True),
+        ("http://LocalHost:7860", "http", "localhost:7860", True),
+        ("http://[::1]:7860", "http", "[::1]:7860", True),
+        ("http://example.org", "http", "example.org:80", True),  # the default port, written or not
+        ("https://example.org", "https", "example.org", True),  # behind a TLS proxy that says so
+        ("http://attacker.example", "http", "127.0.0.1:7860", False),
+        ("http://127.0.0.1:7861", "http", "127.0.0.1:7860", False),
+        ("https://127.0.0.1:7860", "http", "127.0.0.1:7860", False),
+        ("http://localhost:7860", "http", "127.0.0.1:7860", False),  # another name is another origin
+        ("null", "http", "127.0.0.1:7860", False),  # sandboxed frames, file:// pages
+        ("", "http", "127.0.0.1:7860", False),
+    ],
+)
+def test_the_origin_check_accepts_the_servers_own_origin_or_none(origin, scheme, host, same):
+    assert same_origin(origin, scheme, host) is same
+
+
+def test_a_server_on_another_loopback_address_answers_its_own_address(tiny_run):
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError as e:  # e.g. macOS, whose loopback interface has 127.0.0.1 alone
+        pytest.skip(f"127.0.0.2 is no address of this machine: {e}")
+    app_ = create_app(load_detector(tiny_run, "cpu"), ServeConfig(host="127.0.0.2"))
+    with background_server(app_, "127.0.0.2") as url:
+        port = url.rsplit(":", 1)[1].strip("/")
+        for host in (None, f"localhost:{port}", f"127.0.0.1:{port}"):
+            response = http.request("GET", url + "api/info", headers={"Host": host} if host else {})
+            assert response.status == 200, (host, response.data)
+        for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.3:{port}", "127.0.0.2:1"):
+            response = http.request("GET", url + "api/info", headers={"Host": host})
+            assert response.status == 400, host
+            assert json.loads(response.data) == {
+                "error": f"invalid Host header {host!r}: this server answers only under its own address"
+            }
+            assert response.headers["X-Content-Type-Options"] == "nosniff"  # refusals carry the headers too
+
+
+def test_a_post_from_another_page_is_refused(server, files):
+    body, content_type = urllib3.encode_multipart_formdata([("files", ("good.png", (files / "good.png").read_bytes()))])
+    own = server.rstrip("/")
+    other_name = own.replace("127.0.0.1", "localhost")  # the same server under another name is another origin
+    for origin, status in [("http://attacker.example", 403), ("null", 403), (other_name, 403), (own, 200), (None, 200)]:
+        headers = {"Content-Type": content_type, **({"Origin": origin} if origin else {})}
+        response = http.request("POST", server + "api/score", body=body, headers=headers)
+        assert response.status == status, (origin, response.data)
+        if status == 403:
+            assert json.loads(response.data) == {
+                "error": f"cross-origin request refused: Origin {origin!r} is not this server's"
+            }
+            assert b"\n" not in response.data
+        else:
+            assert 0 < json.loads(response.data)["records"][0]["prob"] < 1
+    # a GET only reads, and another page cannot read the answer (no CORS headers): it is not checked
+    assert http.request("GET", server + "api/info", headers={"Origin": "http://attacker.example"}).status == 200
 
 
 def test_report_page_renders_results_md_and_its_plots(tiny_run, tmp_path):
@@ -149,6 +240,25 @@ def test_report_page_renders_results_md_and_its_plots(tiny_run, tmp_path):
     with background_server(create_app(detector, ServeConfig(), None)) as url:
         missing = http.request("GET", url + "report/")
         assert missing.status == 404 and "sefmodel eval" in missing.data.decode()
+
+
+def test_report_page_names_the_detector_and_benchmarks_without_their_local_paths(tiny_run, tmp_path):
+    report = tmp_path / "eval"
+    report.mkdir()
+    bench = tmp_path / "benchmarks" / "genimage-tiny"
+    (report / "results.md").write_text(  # the lines of sefmodel eval's report that name paths
+        f"# Evaluation report\n\nDetector `{tiny_run}/detector`: backbone `dinov2` (`/models/dinov2-large`), "
+        "experts `recon`, `sr`.\n\n| benchmark | AP |\n|---|---|\n| genimage-tiny | 0.787 |\n\n## genimage-tiny\n\n"
+        f"Source: `{bench}` (plain real/fake folder layout).\n\n- 1 image(s) could not be read, e.g.:\n"
+        f"  - `{bench}/fake/x.png`: corrupt\n- warning: see ~/notes/bench.txt\n"
+    )
+    with background_server(create_app(load_detector(tiny_run, "cpu"), ServeConfig(), report)) as url:
+        page = http.request("GET", url + "report/").data.decode()
+    for private in (str(tmp_path), str(tiny_run), "/models/", "~/notes"):
+        assert private not in page
+    assert "<code>detector</code>: backbone <code>dinov2</code> (<code>dinov2-large</code>)" in page
+    assert "Source: <code>genimage-tiny</code>" in page and "<code>x.png</code>: corrupt" in page
+    assert "see bench.txt" in page and "<td>0.787</td>" in page
 
 
 def test_cli_errors_are_one_line(tmp_path):
