@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (trial runs)")
     parser.add_argument("--crop", type=int, default=None, help="square centre crop (same-size images batch)")
     parser.add_argument("--copies", type=int, default=1, help="list every photo this many times (more work)")
+    parser.add_argument("--images", type=int, help="list the photos over and over up to N images (not --copies)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every way (median, spread)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every way runs there)")
     parser.add_argument("--dtype", default="auto", help="precision of the build, models alone and loop")
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"skipped {len(names)} photo(s) as {reason} (as sefdata build does): {', '.join(names)}")
         if not photos:
             raise SystemExit(f"every photo was skipped ({', '.join(skipped)}): lower --crop or raise --max-side")
-        photos = [p for p in photos for _ in range(args.copies)]
+        photos = [photos[i % len(photos)] for i in range(args.images)] if args.images else photos * args.copies
         listing.write_text("".join(f"{p.resolve()}\n" for p in photos))
         for r in range(args.repeats):
             for way in seconds:  # interleaved: every way once per repeat

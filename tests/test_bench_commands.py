@@ -44,9 +44,9 @@ def kit(tmp_path, assets, taef2, realesr):
 
 def test_generation_skips_and_counts_photos_smaller_than_the_crop(generation, kit, tmp_path):
     out = tmp_path / "generation.json"
-    run = generation.main(["--assets", str(kit), "--crop", "64", "--repeats", "1", "--dtype", "fp32",
+    run = generation.main(["--assets", str(kit), "--crop", "64", "--images", "3", "--repeats", "1", "--dtype", "fp32",
                            "--out", str(out)])  # fmt: skip
-    assert run["images"] == 1
+    assert run["images"] == 3  # the one photo that fits, listed three times
     assert run["skipped"] == {"too_small": {"photos": 1, "names": ["small.png"]}}
     assert run["max_side"] is None  # a crop is cut from the full photo, not from one downscaled to 384 px
     assert json.loads(out.read_text())["runs"]["cpu/taef2-sr"]["skipped"] == run["skipped"]
