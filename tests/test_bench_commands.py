@@ -1,12 +1,17 @@
 """The documented benchmark commands work as written (issue #22): bench/generation.py skips and counts the photos the
 build skips, its per-image loops run the build's own generators (in bf16 on a CPU too, without diffusers' float32
-warning), and bench/loader.py never runs more loader workers than it has shards. Tiny photos, real small weights."""
+warning), bench/loader.py never runs more loader workers than it has shards, and bench/gpu.sh runs every step on the
+CPU at tiny sizes. Tiny photos, real small weights."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +115,19 @@ def test_loader_never_runs_more_workers_than_shards(assets, taef2, realesr, tmp_
     assert run["setup"]["shards"] == 3
     assert (run["setup"]["loader_workers"], run["setup"]["loader_workers_asked"]) == (3, 8)
     assert "note: 3 shard(s) feed 3 loader worker(s), not the 8 asked" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearses_on_the_cpu(tmp_path):
+    """bench/gpu.sh with SEF_GPU_CHECK_DEVICE=cpu: every step of the GPU check at tiny sizes (about a minute on 2
+    cores), merging into copies of the committed results, never into them."""
+    committed = {name: (REPO / "bench" / "results" / name).read_bytes() for name in ("generation.json", "loader.json")}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "SEF_GPU_CHECK_DEVICE": "cpu", "SEF_GPU_CHECK_OUT": str(tmp_path / "out"),
+           "SEF_GPU_CHECK_SITE": str(tmp_path / "site")}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "every step passed" in (tmp_path / "out" / "gpu.log").read_text()
+    runs = json.loads((tmp_path / "out" / "results" / "generation.json").read_text())["runs"]
+    assert {"cpu/sd-vae", "cpu/taef2-sr"} <= set(runs)
+    assert committed == {name: (REPO / "bench" / "results" / name).read_bytes() for name in committed}
