@@ -7,8 +7,13 @@ Four ways turn the same photos into the same fakes, in this process, interleaved
   encode or write. The limit a pipeline can reach.
 * ``build`` — ``sefdata build`` on the photo files, writing PNG shards (the toolkit's PNG writer).
 * ``loop`` — the per-image loop public reconstruction scripts use (open, convert, crop, run each model on one image,
-  save), at the build's precision and with the build's PNG writer: the same work without batching or overlap.
+  save), at the build's precision and with the build's PNG writer: the same work without batching or overlap. The
+  models are the build's own generators (one implementation: the loop cannot drift from what the build runs).
 * ``loop_public`` — that loop as such scripts are written: fp32, Pillow's default PNG. A row beside, not a headline.
+
+Every way works on the same photos: those the build would skip (smaller than ``--crop``, say) are decided once by
+the build's own read → decode → align stages, left out of every way and counted in the results (``skipped``), as
+``sefdata build`` counts them.
 
 The headline is ``build_over_models_alone`` (build images/s over models-alone images/s); every ratio compares two ways
 at one precision and one encoding. Each way's figure is the median over the repeats, with its spread (min, max).
@@ -43,12 +48,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sefdata.align import common_multiple
 from sefdata.assets import find_assets
 from sefdata.build import Builder, build
-from sefdata.config import BuildConfig, resolve_dtype
+from sefdata.config import BuildConfig, resolve_device, resolve_dtype
 from sefdata.encode import encode_png
-from sefdata.generators.sr import downsample, load_sr_model
-from sefdata.generators.taesd import load_taesd
+from sefdata.errors import SkipSample
+from sefdata.generators import Runtime, create_generator
 from sefdata.sources import iter_sources
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
@@ -79,6 +85,27 @@ def config_for(listing: Path, out: Path, specs: list[str], args, dtype: str) -> 
         sources=[str(listing)], out=str(out), format="png", max_side=args.max_side, crop=args.crop,
         shard_size=100_000, batch_size=args.batch_size, device=args.device, dtype=dtype, seed=0, gen=specs,
     )  # fmt: skip
+
+
+def sort_photos(photos: list[Path], config: BuildConfig) -> tuple[list[Path], dict[str, list[str]]]:
+    """The photos the build takes, and the names of those it skips by reason, decided by the build's own read ->
+    decode -> align stages (so a photo smaller than the crop is left out of every way, as ``sefdata build`` leaves
+    it out). Loads the models once, untimed: a warm-up for the ways that follow."""
+    kept: list[Path] = []
+    skipped: dict[str, list[str]] = {}
+    builder = Builder(config, progress=False)
+    try:
+        builder.generators()  # the size multiple the alignment needs
+        for photo in photos:
+            try:
+                builder.prepare(next(iter_sources([str(photo)])))
+            except SkipSample as e:
+                skipped.setdefault(e.reason, []).append(photo.name)
+            else:
+                kept.append(photo)
+    finally:
+        builder.close()
+    return kept, skipped
 
 
 def _sync(device: str) -> None:
@@ -112,25 +139,13 @@ def run_build(config: BuildConfig) -> float:
     return time.perf_counter() - start
 
 
-def per_image_loop(photos: list[Path], specs: list[str], out: Path, args, dtype: torch.dtype, pillow: bool) -> float:
-    """One image at a time: open, convert, resize, crop, run each model, save the real and the fakes."""
+def per_image_loop(photos: list[Path], config: BuildConfig, out: Path, dtype: torch.dtype, pillow: bool) -> float:
+    """One image at a time: open, convert, resize, crop, run each of the build's generators at ``dtype`` on it, save
+    the real and the fakes."""
     start = time.perf_counter()
-    dev = torch.device(args.device)
-    models = []
-    for spec in specs:
-        name, _, params = spec.partition(":")
-        kw = dict(p.split("=", 1) for p in params.split(","))
-        if name == "taesd":
-            enc, dec = (m.to(dev, dtype) for m in load_taesd(Path(kw["encoder"]), Path(kw["decoder"])))
-            models.append(lambda x, e=enc, d=dec: d(e(x)))
-        elif name == "sr":
-            sr = load_sr_model(Path(kw["weights"])).model.eval().to(dev, dtype)
-            models.append(lambda x, m=sr: m(downsample(x, 4)))
-        else:
-            from diffusers import AutoencoderKL
-
-            vae = AutoencoderKL.from_pretrained(kw["model"]).to(dev, dtype).eval()
-            models.append(lambda x, v=vae: v.decode(v.encode(x * 2 - 1).latent_dist.sample()).sample / 2 + 0.5)
+    runtime = Runtime(resolve_device(config.device), dtype)
+    generators = [create_generator(spec, runtime) for spec in config.specs()]
+    multiple = common_multiple([g.multiple for g in generators])
 
     def save(px: np.ndarray, path: Path) -> None:
         if pillow:
@@ -140,18 +155,17 @@ def per_image_loop(photos: list[Path], specs: list[str], out: Path, args, dtype:
 
     for i, photo in enumerate(photos):
         img = Image.open(photo).convert("RGB")
-        if max(img.size) > args.max_side:
-            scale = args.max_side / max(img.size)
+        if config.max_side and max(img.size) > config.max_side:
+            scale = config.max_side / max(img.size)
             img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
-        w, h = (args.crop, args.crop) if args.crop else (img.width // 8 * 8, img.height // 8 * 8)
-        left, top = ((img.width - w) // 2, (img.height - h) // 2) if args.crop else (0, 0)
-        img = img.crop((left, top, left + w, top + h))
-        px = np.asarray(img)
-        x = (torch.from_numpy(px.copy()).permute(2, 0, 1)[None].float() / 255).to(dev, dtype)
+        crop = config.crop
+        w, h = (crop, crop) if crop else (img.width // multiple * multiple, img.height // multiple * multiple)
+        left, top = ((img.width - w) // 2, (img.height - h) // 2) if crop else (0, 0)
+        px = np.asarray(img.crop((left, top, left + w, top + h)))
+        x = torch.from_numpy(px.copy()).permute(2, 0, 1)[None].float().div_(255)  # [0, 1], 1x3xHxW, on the CPU
         save(px, out / f"{i}_real.png")
-        for j, model in enumerate(models):
-            with torch.no_grad():
-                y = model(x).float().clamp(0, 1)
+        for j, gen in enumerate(generators):
+            y = gen.generate(x, [i]).float().clamp(0, 1)
             save((y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy(), out / f"{i}_{j}.png")
     return time.perf_counter() - start
 
@@ -160,21 +174,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", help="folder with photos/ and weights/ (default: $SEF_ASSETS, ../shared/assets)")
     parser.add_argument("--model", choices=("taef2-sr", "sd-vae"), default="taef2-sr")
-    parser.add_argument("--max-side", type=int, default=384, help="downscale photos to this longer side")
+    parser.add_argument("--max-side", type=int, help="downscale photos to this longer side (384; none with --crop)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (trial runs)")
     parser.add_argument("--crop", type=int, default=None, help="square centre crop (same-size images batch)")
     parser.add_argument("--copies", type=int, default=1, help="list every photo this many times (more work)")
+    parser.add_argument("--images", type=int, help="list the photos over and over up to N images (not --copies)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every way (median, spread)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every way runs there)")
     parser.add_argument("--dtype", default="auto", help="precision of the build, models alone and loop")
     parser.add_argument("--batch-size", type=int, default=4, help="build and models-alone batch size")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (this run merges into its runs)")
     args = parser.parse_args(argv)
+    if args.max_side is None and args.crop is None:
+        args.max_side = 384  # a crop is cut from the full photo: downscaling first would leave most below the crop
 
     needs = ("photos", "weights/taef2_encoder.pth") if args.model == "taef2-sr" else ("photos",)
     assets = find_assets(args.assets, required=needs)
     if assets is None:
         raise SystemExit("no assets: pass --assets DIR (with photos/ and weights/) or set SEF_ASSETS")
     photos = sorted(p for p in (assets / "photos").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    photos = [p for p in photos for _ in range(args.copies)]
+    photos = photos[: args.limit]
     dtype = resolve_dtype(args.dtype, torch.device(args.device))
     dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     scratch = Path(tempfile.mkdtemp(prefix="bench-generation-"))
@@ -182,6 +201,13 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         specs = generator_specs(args.model, assets / "weights", scratch)
         listing = scratch / "photos.txt"
+        listing.write_text("".join(f"{p.resolve()}\n" for p in photos))
+        photos, skipped = sort_photos(photos, config_for(listing, scratch / "sort", specs, args, dtype_name))
+        for reason, names in skipped.items():
+            print(f"skipped {len(names)} photo(s) as {reason} (as sefdata build does): {', '.join(names)}")
+        if not photos:
+            raise SystemExit(f"every photo was skipped ({', '.join(skipped)}): lower --crop or raise --max-side")
+        photos = [photos[i % len(photos)] for i in range(args.images)] if args.images else photos * args.copies
         listing.write_text("".join(f"{p.resolve()}\n" for p in photos))
         for r in range(args.repeats):
             for way in seconds:  # interleaved: every way once per repeat
@@ -192,9 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
                 elif way == "build":
                     t = run_build(config_for(listing, out, specs, args, dtype_name))
                 elif way == "loop":
-                    t = per_image_loop(photos, specs, out, args, dtype, pillow=False)
+                    t = per_image_loop(photos, config_for(listing, out, specs, args, dtype_name), out, dtype, False)
                 else:
-                    t = per_image_loop(photos, specs, out, args, torch.float32, pillow=True)
+                    t = per_image_loop(photos, config_for(listing, out, specs, args, "fp32"), out, torch.float32, True)
                 seconds[way].append(t)
                 shutil.rmtree(out)
     finally:
@@ -221,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": dtype_name,
         "encoding": "PNG by the toolkit's writer (build, loop); loop_public: Pillow PNG at its default level, fp32",
         "images": n,
+        "skipped": {reason: {"photos": len(names), "names": names} for reason, names in skipped.items()},
         "max_side": args.max_side,
         "crop": args.crop,
         "batch_size": args.batch_size,
@@ -238,13 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
             "python": platform.python_version(),
         },
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     runs = results.get("runs", {}) if "runs" in results else {}
     key = f"{args.device.split(':')[0]}/{args.model}" + (f"/{run['machine']['gpu']}" if run["machine"]["gpu"] else "")
     runs[key] = run
     headline = runs.get("cpu/taef2-sr", run)["headline"]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"headline": headline, "runs": runs}, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"headline": headline, "runs": runs}, indent=2) + "\n")
     print(json.dumps({w: v["median"] for w, v in run["images_per_second"].items()}))
     print(f"{key}: build_over_models_alone {run['headline']['value']} (build/loop {run['build_over_loop']['median']})")
     return run

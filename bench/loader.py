@@ -11,6 +11,10 @@ measures, in the same run, ``--repeats`` times interleaved (median and spread):
   picks the backbone, built from config with random weights: ``vit-ti`` (ViT-Ti/16 shape, 224-px crops, the CPU
   default) or ``vit-l`` (DINOv2-L/14, 336-px crops: the default recipe's backbone; run it on a GPU with bf16).
 
+The shards are small (4 photos, fewer when ``--workers`` asks for more readers than that makes), and the loader never
+runs more workers than there are shards (a worker without a shard of its own would starve; the trainer's rule): a
+run that lowers ``--workers`` says so in one line and records both numbers.
+
 Headline: loader / step images per second. Targets: >= 3x for one CPU worker against a CPU step; >= 1.5x for the
 loader's workers against a ViT-L step on a GPU. Results go to bench/results/loader.json under ``runs`` (one entry per
 device and step, with the machine it ran on); the CPU ``vit-ti`` run sets the headline.
@@ -37,9 +41,10 @@ import torch
 from sefdata.assets import find_assets
 from sefdata.build import build
 from sefdata.config import BuildConfig
+from sefdata.sources import iter_sources
 from sefmodel import DetectorConfig, SEFDetector
 from sefmodel.augment import AugmentConfig
-from sefmodel.data import PairStream, make_loader, resolve_shards
+from sefmodel.data import PairStream, data_workers, make_loader, resolve_shards
 from sefmodel.train.config import TrainConfig
 from sefmodel.train.tasks import get_task
 
@@ -59,15 +64,24 @@ def require_assets() -> Path:
     return found
 
 
-def make_shards(assets: Path, out: Path, max_side: int) -> Path:
+def shard_size_for(photos: int, workers: int, most: int = 4) -> int:
+    """Photos per shard: ``most``, or fewer so that ``workers`` loader processes each get a shard where the photos
+    allow it."""
+    return max(1, min(most, photos // max(1, workers)))
+
+
+def make_shards(assets: Path, out: Path, max_side: int, workers: int = 0, limit: int | None = None) -> Path:
     weights = assets / "weights"
     gens = [
         f"taesd:encoder={weights / 'taef2_encoder.pth'},decoder={weights / 'taef2_decoder.pth'}",
         f"sr:weights={weights / 'realesr-animevideov3.pth'},scale=4",
     ]
+    sources = [str(assets / "photos")]
+    photos = sum(1 for _ in iter_sources(sources))
     config = BuildConfig(
-        sources=[str(assets / "photos")], out=str(out), gen=gens, max_side=max_side, shard_size=4, batch_size=1
-    )
+        sources=sources, out=str(out), gen=gens, max_side=max_side, limit=limit,
+        shard_size=shard_size_for(min(photos, limit or photos), workers), batch_size=1,
+    )  # fmt: skip
     build(config, progress=False)
     return out
 
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=None, help="training crop side (default: the step's)")
     parser.add_argument("--max-side", type=int, default=512, help="photos are downscaled to this longer side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for a CPU step")
+    parser.add_argument("--limit", type=int, default=None, help="build from the first N photos only (trial runs)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (this run merges into its runs)")
     args = parser.parse_args(argv)
     backbone, default_size = STEPS[args.step]
     size = args.size or default_size
@@ -105,9 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     step_s: list[float] = []
     try:
         started = time.perf_counter()
-        shards = make_shards(assets, work / "shards", args.max_side)
+        shards = make_shards(assets, work / "shards", args.max_side, args.workers, args.limit)
         build_s = time.perf_counter() - started
         shard_set = resolve_shards([str(shards)])
+        workers = data_workers(len(shard_set.urls), 1, args.workers)
+        if workers < args.workers:
+            print(f"note: {len(shard_set.urls)} shard(s) feed {workers} loader worker(s), not the {args.workers} asked")
         domains = {"recon": ["taesd"], "sr": ["sr"]}
 
         # --- the detector and task, as the trainer builds them -----------------------------------------------
@@ -119,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             shard_set.urls, domains, pairs=args.pairs, processor=detector.processor,
             augment=AugmentConfig(), seed=0, shuffle_buffer=8,
         )  # fmt: skip
-        batches = iter(make_loader(stream, args.workers))
+        batches = iter(make_loader(stream, workers))
         next(batches)  # warm-up: imports, workers started, first shards open
         task = get_task("expert")(
             TrainConfig(data=["x"], out="x", stage="expert", domain="recon", detector={"backbone": "dinov2"})
@@ -165,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         "images_per_s": {"loader": spread(loader_ips), "train_step": spread(step_ips)},
         "setup": {
             "step": args.step, "device": args.device, "precision": args.precision, "backbone": backbone,
-            "batch_images": images, "crop": size, "loader_workers": args.workers, "step_threads": args.threads,
+            "batch_images": images, "crop": size, "loader_workers": workers,
+            "loader_workers_asked": args.workers, "step_threads": args.threads,
             "photos_max_side": args.max_side, "shards": len(shard_set.urls), "fields": shard_set.fields,
             "augment": "AugmentConfig() defaults", "lora": "rank 8, all blocks, attention + mlp",
             "repeats": args.repeats, "batches_per_repeat": args.batches, "steps_per_repeat": args.steps,
@@ -174,15 +194,15 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.machine(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
     }  # fmt: skip
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     runs = results.get("runs", {})
     key = f"{device.type}/{args.step}" + (f"/{run['machine']['gpu']}" if run["machine"]["gpu"] else "")
     runs[key] = run
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     headline = runs.get("cpu/vit-ti", run)["headline"]
-    RESULTS.write_text(json.dumps({"headline": headline, "targets": {"cpu/vit-ti": ">= 3x", "cuda/vit-l": ">= 1.5x"},
-                                   "runs": runs}, indent=2) + "\n")  # fmt: skip
-    print(f"{key}: loader {run['images_per_s']['loader']['median']} img/s ({args.workers} workers), train step "
+    args.out.write_text(json.dumps({"headline": headline, "targets": {"cpu/vit-ti": ">= 3x", "cuda/vit-l": ">= 1.5x"},
+                                    "runs": runs}, indent=2) + "\n")  # fmt: skip
+    print(f"{key}: loader {run['images_per_s']['loader']['median']} img/s ({workers} workers), train step "
           f"{run['images_per_s']['train_step']['median']} img/s (batch {images}, crop {size})")  # fmt: skip
     print(f"loader_over_step_throughput: {run['headline']['value']}x")
     return run
