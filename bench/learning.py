@@ -670,8 +670,6 @@ def main(argv: list[str] | None = None) -> dict:
     return out
 
 
-DETECTORS = ("recon", "sr", "mixed", "sef", "distilled")
-
 
 def summarize(result: dict, args: argparse.Namespace) -> dict:
     main_split = result["by_source"]
