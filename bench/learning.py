@@ -670,7 +670,6 @@ def main(argv: list[str] | None = None) -> dict:
     return out
 
 
-
 def summarize(result: dict, args: argparse.Namespace) -> dict:
     main_split = result["by_source"]
     held = main_split["heldout"]
