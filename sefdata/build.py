@@ -45,7 +45,7 @@ from sefdata.generators import Generator, Runtime, create_generator, sample_seed
 from sefdata.imageio import NOT_A_JPEG, DecodedImage, decode
 from sefdata.manifest import BUILD_FILE, write_manifest
 from sefdata.plan import plan_shards
-from sefdata.privacy import public_params
+from sefdata.privacy import public_json
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
 
@@ -166,8 +166,10 @@ class Builder:
         if self._generators is None:
             runtime = Runtime(self.device, self.dtype)
             self._generators = [(s.field, create_generator(s, runtime)) for s in self.specs]
-            # once per build: model_info hashes the weight files, which per sample would cost more than encoding
-            self._infos = {name: gen.info() for name, gen in self._generators}
+            # once per build: model_info hashes the weight files, which per sample would cost more than encoding.
+            # Recorded as published (model folders and weight files by name, sefdata.privacy): the stats, the
+            # manifest and every sample record name no local path; build.json keeps the config as given.
+            self._infos = {name: public_json(gen.info()) for name, gen in self._generators}
             self.multiple = common_multiple([g.multiple for _, g in self._generators])
             if self.config.crop is not None and self.config.crop % self.multiple:
                 raise SefError(f"--crop {self.config.crop} must be a multiple of {self.multiple} for these generators")
@@ -239,7 +241,7 @@ class Builder:
             gens[name] = {
                 "generator": gen.name,
                 "seed": sample_seed(self.config.seed, p.item.key, name),
-                "params": public_params(self._infos[name]["params"]),
+                "params": self._infos[name]["params"],
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "psnr_db": round(psnr(p.fakes[name], p.aligned.pixels), 3),
                 **p.records.get(name, {}),

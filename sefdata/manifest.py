@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from sefdata.config import differences
 from sefdata.errors import SefError
-from sefdata.privacy import public_config, public_params
+from sefdata.privacy import public_config, public_json
 from sefdata.shards import atomic_write_json, is_done, read_stats, stats_path, tar_path
 
 BUILD_FILE = "build.json"
@@ -106,7 +106,8 @@ def write_manifest(out: Path) -> dict:
             "recipe": {"name": PurePosixPath(recipe["path"]).name, "sha256": recipe["sha256"]} if recipe else None,
             "fields": build["fields"],
             "generators": {
-                name: {**{k: v for k, v in info.items() if k != "runtime"}, "params": public_params(info["params"])}
+                # public_json again: stats written before the build recorded them so name local model folders
+                name: public_json({k: v for k, v in info.items() if k != "runtime"})
                 for name, info in (generators or {}).items()
             },
             "totals": {"inputs": inputs, "written": written, "failed": dict(sorted(failed.items()))},

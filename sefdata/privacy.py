@@ -2,8 +2,13 @@
 
 Samples record sources relative to the source they came from (:mod:`sefdata.sources`); ``build.json`` and the shard
 stats, which stay local, keep the config as given. What goes into ``manifest.json`` and the dataset card passes
-through :func:`public_config` here, and ``publish`` refuses to stage any file in which :func:`local_paths` still
-finds an absolute path.
+through :func:`public_config` here, and ``publish`` refuses to upload any staged file in which :func:`local_paths`
+still finds a local path (:mod:`sefdata.upload`).
+
+A *local path* says where something lies on the building machine: an absolute path, a home directory (``~/x``,
+``~alice/x``), a Windows drive path, or a path that climbs out of where it was given (``../../alice/photos``). Such
+a path is published by its last component only (:func:`public_name`); plain relative paths (``photos/a.jpg``, the
+way samples name their source) are not local paths.
 """
 
 from __future__ import annotations
@@ -12,19 +17,31 @@ import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-# an absolute POSIX path with at least two components, a home-relative path, or a Windows drive path
-_ABSOLUTE = re.compile(r"(?<![\w:/.~-])(?:/(?!/)[^\s/\"'`,;:]+/[^\s\"'`,;]+|~/[^\s\"'`,;]+|[A-Za-z]:\\[^\s\"'`,;]+)")
+# in text: an absolute POSIX path with at least two components, a home directory (~/x, ~alice/x), a Windows drive
+# path, or a parent-relative path (../x, ..\\x); "~5/10" and URLs ("https://host/a/b") are not paths
+_LOCAL = re.compile(
+    r"(?<![\w:/.~-])(?:/(?!/)[^\s/\"'`,;:]+/[^\s\"'`,;]+|~(?:[A-Za-z_][\w.-]*)?/[^\s\"'`,;]+"
+    r"|[A-Za-z]:\\[^\s\"'`,;]+|(?:\.\.[/\\])+[^\s\"'`,;]*)"
+)
+_HOME = re.compile(r"~(?:[A-Za-z_][\w.-]*)?(?:[/\\]|$)")
 
 
 def is_local_path(value: str) -> bool:
-    """Whether ``value`` is an absolute (or home-relative) file system path, not a URL or a Hub id."""
+    """Whether ``value`` is a local path (module docstring): absolute, in a home directory or parent-relative; not
+    a URL, a Hub id or a path below the current folder."""
     if "://" in value:
         return False
-    return value.startswith("~") or PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive != ""
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    return (
+        bool(_HOME.match(value))
+        or PurePosixPath(value).is_absolute()
+        or PureWindowsPath(value).drive != ""
+        or parts[:1] == ("..",)
+    )
 
 
 def public_name(value: str) -> str:
-    """``value`` with a local absolute path reduced to its file or folder name (hashes identify the file)."""
+    """``value`` with a local path reduced to its file or folder name (hashes identify the file)."""
     return PurePosixPath(value.replace("\\", "/")).name if is_local_path(value) else value
 
 
@@ -52,9 +69,9 @@ def public_params(params: dict) -> dict:
 
 
 def local_paths(text: str) -> list[str]:
-    """The absolute local paths in ``text`` (JSON, Markdown, YAML), at most a few, for an error message."""
+    """The local paths in ``text`` (JSON, Markdown, YAML), at most a few, for an error message."""
     found = []
-    for match in _ABSOLUTE.finditer(text):
+    for match in _LOCAL.finditer(text):
         candidate = match.group(0)
         if is_local_path(candidate) and candidate not in found:
             found.append(candidate)
@@ -62,7 +79,7 @@ def local_paths(text: str) -> list[str]:
 
 
 def json_local_paths(obj: object) -> list[str]:
-    """The absolute local paths among the strings of a JSON value."""
+    """The local paths among the strings of a JSON value."""
     found: list[str] = []
 
     def walk(value: object) -> None:
@@ -83,7 +100,7 @@ def json_local_paths(obj: object) -> list[str]:
 
 
 def file_local_paths(path: Path) -> list[str]:
-    """The absolute local paths in a staged text file (JSON is walked value by value; other text is scanned)."""
+    """The local paths in a text file (JSON is walked value by value; other text is scanned)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".json":
         try:
@@ -94,12 +111,12 @@ def file_local_paths(path: Path) -> list[str]:
 
 
 def public_text(text: str) -> str:
-    """``text`` with every absolute local path in it reduced to its file or folder name."""
-    return _ABSOLUTE.sub(lambda m: public_name(m.group(0)), text)
+    """``text`` with every local path in it reduced to its file or folder name."""
+    return _LOCAL.sub(lambda m: public_name(m.group(0)), text)
 
 
 def public_json(value: object) -> object:
-    """A JSON value with every absolute local path among its strings reduced to its file or folder name."""
+    """A JSON value with every local path among its strings reduced to its file or folder name."""
     if isinstance(value, str):
         return public_name(value) if is_local_path(value) else public_text(value)
     if isinstance(value, dict):

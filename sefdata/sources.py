@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sefdata.errors import SefError, SkipSample
+from sefdata.privacy import is_local_path
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff", "gif"})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
@@ -92,11 +93,12 @@ def _iter_folder(folder: Path) -> Iterator[SourceItem]:
 
 
 def _list_entry_id(line: str, listing: Path) -> str:
-    """What a list's line is recorded as: the line itself unless it is absolute, then its path relative to the
-    list's folder where it lies below it, else its file name (the key still comes from the full line)."""
-    path = Path(line).expanduser()
-    if not path.is_absolute():
+    """What a list's line is recorded as: the line itself unless it is a local path (absolute, ``~/``, ``../``:
+    :mod:`sefdata.privacy`), then its path relative to the list's folder where it lies below it, else its file name
+    (the key still comes from the full line)."""
+    if not is_local_path(line):
         return line
+    path = (listing.parent / Path(line).expanduser()).resolve()
     try:
         return path.relative_to(listing.parent.resolve()).as_posix()
     except ValueError:
