@@ -11,8 +11,9 @@ The folder that is uploaded is staged first (and is all that ``--dry-run`` write
 A ``match`` build over JPEGs *and* PNGs keeps each shard to one encoding (:mod:`sefdata.plan`), and the webdataset
 loader of ``datasets`` needs one extension per field, so such a build is staged as ``data/jpg/shard-*.tar`` and
 ``data/png/shard-*.tar`` (the same files), one ``configs`` entry (``jpg``, ``png``) each. The card declares the
-samples' features, so the Hub reads the schema instead of inferring it. Nothing that holds an absolute path of the
-building machine is staged: ``publish`` checks every staged text file and every sample record first.
+samples' features, so the Hub reads the schema instead of inferring it. Nothing that holds a local path of the
+building machine is uploaded: the publish core (:mod:`sefdata.upload`, shared with ``sefmodel publish``) scans
+every staged text file and every sample record first.
 
 Uploading uses ``HfApi.upload_folder``, which commits large folders in several batches and resumes an interrupted
 upload when run again. The token comes from the usual Hub login or ``HF_TOKEN`` and is never printed.
@@ -31,10 +32,15 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from sefdata.errors import SefError
-from sefdata.hub import check_repo_id, staged_files, upload_folder
+from sefdata.hub import check_repo_id, staged_files
 from sefdata.manifest import MANIFEST_FILE
 from sefdata.preview import make_preview
-from sefdata.privacy import file_local_paths, json_local_paths, public_params
+from sefdata.privacy import public_params
+from sefdata.upload import empty_folder, upload_staged
+
+# what a build that still records a local path can do (builds before this version recorded generator model folders
+# and ../ sources as given)
+REBUILD_HINT = "rebuild with this version, which records sources and model folders by name (or fix the file by hand)"
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]  # fmt: skip
@@ -88,20 +94,6 @@ def sample_features(shard: Path):
         if field != "json":
             features[field] = datasets.Image()
     return datasets.Features({f: features[f] for f in fields})
-
-
-def _leaks(path: Path) -> list[str]:
-    """Absolute local paths in a staged file: text files are read whole, shards record by record."""
-    if path.suffix == ".tar":
-        found: list[str] = []
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    found += json_local_paths(json.loads(tar.extractfile(member).read()))
-        return found[:5]
-    if path.suffix in (".json", ".md", ".yaml", ".yml", ".txt"):
-        return file_local_paths(path)
-    return []
 
 
 def _generator_lines(generators: dict) -> list[str]:
@@ -205,9 +197,7 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
     if missing:
         raise SefError(f"shards listed in the manifest are missing: {', '.join(missing[:5])}")
     by_encoding = shard_encodings(manifest, build_dir)
-    if staging.exists():
-        shutil.rmtree(staging)
-    (staging / "data").mkdir(parents=True)
+    (empty_folder(staging) / "data").mkdir()
     layout = None
     if len(by_encoding) > 1:  # one folder and config per encoding: `datasets` wants one extension per field
         layout = {ext: sum(e["nsamples"] for e in manifest["shardlist"] if e["encoding"] == ext) for ext in by_encoding}
@@ -230,16 +220,7 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
         has_preview = False
     card = make_card(manifest, repo_id, license, layout, has_preview, features)
     card.save(staging / "README.md")
-    files = staged_files(staging)
-    leaks = {name: found for name in files if (found := _leaks(staging / name))}
-    if leaks:
-        name, found = next(iter(leaks.items()))
-        raise SefError(
-            f"{name} (and {len(leaks) - 1} more staged file(s)) holds absolute paths of this machine, e.g. "
-            f"{found[0]!r}: nothing was uploaded; rebuild with this version, which records paths relative to "
-            "their source"
-        )
-    return Staged(folder=staging, files=files, card=card, warnings=warnings)
+    return Staged(folder=staging, files=staged_files(staging), card=card, warnings=warnings)
 
 
 def publish(
@@ -253,11 +234,10 @@ def publish(
     dry_run: bool = False,
     api=None,
 ) -> Staged:
-    """Stage and upload a build to the dataset repo ``repo_id``. ``dry_run``: stage only."""
+    """Stage a build, scan it and upload it to the dataset repo ``repo_id``. ``dry_run``: stage and scan only."""
     check_repo_id(repo_id)
     staging = Path(staging) if staging else Path(build_dir) / ".publish"
     staged = stage(build_dir, staging, repo_id=repo_id, license=license)
-    if not dry_run:
-        upload_folder(staging, repo_id, repo_type="dataset", private=private, revision=revision, api=api,
-                      message=f"sefdata publish ({len(staged.files)} files)")  # fmt: skip
+    staged.files = upload_staged(staging, repo_id, repo_type="dataset", command="sefdata publish", hint=REBUILD_HINT,
+                                 private=private, revision=revision, dry_run=dry_run, api=api)  # fmt: skip
     return staged
