@@ -481,14 +481,29 @@ def publish(
     staging: Path | None = typer.Option(
         None, "--staging", metavar="DIR", help="where to stage the upload (default: RUN/.publish)"
     ),
+    base_model: str | None = typer.Option(
+        None,
+        "--base-model",
+        metavar="OWNER/NAME",
+        help="Hub id of the backbone when it was loaded from a local folder (default: the folder's name, and the "
+        "card says it was a local copy)",
+    ),
 ) -> None:
     """Upload a detector (trained tensors + config) with a model card to the Hugging Face Hub; metrics come from
-    RUN/eval/results.json when the run was evaluated. The token comes from `hf auth login` or HF_TOKEN."""
+    RUN/eval/results.json when the run was evaluated. Nothing is uploaded if a staged file names a local path. The
+    token comes from `hf auth login` or HF_TOKEN."""
     from sefmodel.publish import publish as run_publish
 
     with user_errors(hub=True):
         staged = run_publish(
-            run, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
+            run,
+            repo,
+            private=private,
+            revision=revision,
+            license=license,
+            staging=staging,
+            dry_run=dry_run,
+            base_model=base_model,
         )
     report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/{repo}")
 

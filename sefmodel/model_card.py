@@ -80,17 +80,31 @@ def _metrics_table(results: dict) -> list[str]:
 
 
 def make_model_card(
-    detector, repo_id: str, license: str, datasets: list[str], results: dict | None, local_data: list[str] = ()
+    detector,
+    repo_id: str,
+    license: str,
+    datasets: list[str],
+    results: dict | None,
+    local_data: list[str] = (),
+    local_backbone: bool = False,
 ) -> ModelCard:
-    """The published card; ``datasets`` are Hub dataset ids, ``local_data`` lines naming unpublished local builds."""
+    """The published card; ``datasets`` are Hub dataset ids, ``local_data`` lines naming unpublished local builds.
+    ``local_backbone``: the config's ``backbone_id`` is the name of a local copy of the weights, not a Hub id."""
     cfg = detector.config
     eval_results, model_name = None, repo_id.split("/")[-1]
     if results and results.get("model-index"):
         index = results["model-index"]
         index[0]["name"] = model_name
         model_name, eval_results = model_index_to_eval_results(index)
+    if local_backbone:
+        backbone = (f"a local copy of the weights in a folder named `{cfg.backbone_id}`, not a Hub id: load with "
+                    "`backbone_id=` a folder or Hub id holding the same weights")  # fmt: skip
+    else:
+        backbone = (
+            f"`{cfg.backbone_id or 'random, built from config'}`, revision `{cfg.backbone_revision or 'unpinned'}`"
+        )
     data = ModelCardData(
-        base_model=cfg.backbone_id,
+        base_model=None if local_backbone else cfg.backbone_id,
         datasets=datasets or None,
         eval_results=eval_results or None,
         library_name="sef-toolkit",
@@ -103,15 +117,15 @@ def make_model_card(
         f"# {model_name}",
         "",
         "A detector of AI-generated images from the SEF toolkit (Separate Expert Fusion): a frozen "
-        f"`{cfg.backbone}` backbone (`{cfg.backbone_id or 'random, built from config'}`, revision "
-        f"`{cfg.backbone_revision or 'unpinned'}`), one LoRA expert per artifact family ({', '.join(cfg.experts)}) "
+        f"`{cfg.backbone}` backbone ({backbone}), one LoRA expert per artifact family ({', '.join(cfg.experts)}) "
         f"and a `{cfg.fusion}` fusion head. It outputs the probability that an image is generated.",
         "",
         "## Use",
         "",
         "```python",
         "from sefmodel import SEFDetector",
-        f'detector = SEFDetector.from_pretrained("{repo_id}")',
+        f'detector = SEFDetector.from_pretrained("{repo_id}"'
+        + (', backbone_id="FOLDER_OR_HUB_ID")' if local_backbone else ")"),
         "scores = detector.score(images)   # PIL images of any size; scores.probs in [0, 1]",
         "```",
         "",

@@ -4,11 +4,17 @@ The staged folder (all that ``--dry-run`` writes) is the detector folder as ``sa
 (``config.json``, ``preprocessor_config.json``, ``model.safetensors``: trained tensors only) with a model card
 (:func:`sefmodel.model_card.make_model_card`) whose YAML carries the base model, the training datasets and, when the
 run was evaluated (``RUN/eval/results.json``), the metrics as structured ``model-index`` eval results; the
-evaluation report and plots go along under ``eval/``."""
+evaluation report and plots go along under ``eval/``.
+
+Nothing names where things lay on this machine: a backbone loaded from a local folder is published as the Hub id
+the user names (``base_model``), as the Hub id a Hub-cache folder came from, or else by the folder's name, with a
+card that says it was a local copy; the eval files are scrubbed; and the publish core (:mod:`sefdata.upload`,
+shared with ``sefdata publish``) scans every staged file before anything is uploaded."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +22,55 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from sefdata.errors import SefError
-from sefdata.hub import check_repo_id, staged_files, upload_folder
-from sefdata.privacy import public_json, public_text
+from sefdata.hub import check_repo_id, staged_files
+from sefdata.privacy import is_local_path, public_json, public_text
+from sefdata.upload import empty_folder, upload_staged
 from sefmodel.model_card import make_model_card
 from sefmodel.predict import load_detector, resolve_run
 
 EVAL_FILES = ("results.json", "results.md", "results.csv")
+# a snapshot in the Hugging Face cache: HF_HOME/hub/models--OWNER--NAME/snapshots/COMMIT
+_HUB_SNAPSHOT = re.compile(r"/models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})(?:/|$)")
+HINT = "remove it from the run's files (or name the backbone with --base-model) and publish again"
+
+
+@dataclass
+class PublicBackbone:
+    """The backbone as the published ``config.json`` and card name it."""
+
+    id: str | None  # a Hub id, a local copy's folder name, or None for a random test backbone built from config
+    revision: str | None
+    local_copy: bool  # the detector was trained on a local folder that names no Hub id
+
+
+def public_backbone(backbone_id: str | None, revision: str | None, base_model: str | None = None) -> PublicBackbone:
+    """What to publish for a detector's backbone: ``base_model`` (a Hub id the user names for a local copy), the
+    Hub id of a Hub-cache snapshot folder, or a local folder's last component only (``local_copy``)."""
+    if backbone_id is None:  # random, built from config: its weights go along (backbone.safetensors)
+        if base_model is not None:
+            raise SefError("--base-model: this detector's backbone is a random test model, stored with it")
+        return PublicBackbone(None, None, False)
+    local = is_local_path(backbone_id) or Path(backbone_id).expanduser().is_dir()
+    if base_model is not None:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            if is_local_path(base_model) or base_model.count("/") != 1:
+                raise HFValidationError("not OWNER/NAME")
+            validate_repo_id(base_model)
+        except HFValidationError:
+            raise SefError(f"--base-model {base_model!r}: expected the backbone's Hub model id, OWNER/NAME") from None
+        if not local and backbone_id != base_model:
+            raise SefError(f"--base-model {base_model}: the detector's backbone is the Hub model {backbone_id} already")
+        return PublicBackbone(base_model, revision, False)
+    if not local:
+        return PublicBackbone(backbone_id, revision, False)
+    snapshot = _HUB_SNAPSHOT.search(Path(backbone_id).expanduser().resolve().as_posix())
+    if snapshot:
+        owner, name, commit = snapshot.groups()
+        return PublicBackbone(f"{owner}/{name}", revision or commit, False)
+    return PublicBackbone(Path(backbone_id).expanduser().resolve().name, None, True)
 
 
 @dataclass
@@ -74,15 +123,20 @@ def _describe_build(path: Path) -> str:
         return " (local shards)"
 
 
-def stage(run: str | Path, staging: str | Path, *, repo_id: str, license: str = "apache-2.0") -> StagedDetector:
+def stage(
+    run: str | Path, staging: str | Path, *, repo_id: str, license: str = "apache-2.0", base_model: str | None = None
+) -> StagedDetector:
+    """Write the folder that ``publish`` uploads into ``staging`` (emptied first). ``base_model``: the backbone's
+    Hub id when the detector was trained on a local copy of it."""
     run, staging = Path(run), Path(staging)
     if not run.is_dir():
         raise SefError(f"{run} is not a local run or detector folder")
     detector_dir = Path(resolve_run(run))
     detector = load_detector(detector_dir, device="cpu")  # proves it loads before anything is uploaded
-    if staging.exists():
-        shutil.rmtree(staging)
-    detector.save_pretrained(staging)
+    backbone = public_backbone(detector.config.backbone_id, detector.config.backbone_revision, base_model)
+    # the staged config.json names the public backbone (this detector object is not used for scoring again)
+    detector.config.backbone_id, detector.config.backbone_revision = backbone.id, backbone.revision
+    detector.save_pretrained(empty_folder(staging))
     eval_dir = _find_eval(run, detector_dir)
     results = public_json(json.loads((eval_dir / "results.json").read_text())) if eval_dir else None
     if eval_dir:
@@ -98,7 +152,9 @@ def stage(run: str | Path, staging: str | Path, *, repo_id: str, license: str = 
         if (eval_dir / "plots").is_dir():
             shutil.copytree(eval_dir / "plots", staging / "eval" / "plots")
     datasets, local_data = _training_data(run)
-    card = make_model_card(detector, repo_id, license, datasets, results, local_data)
+    card = make_model_card(
+        detector, repo_id, license, datasets, results, local_data, local_backbone=backbone.local_copy
+    )
     card.save(staging / "README.md")
     files = staged_files(staging)
     return StagedDetector(folder=staging, files=files, card=card)
@@ -113,13 +169,14 @@ def publish(
     license: str = "apache-2.0",
     staging: str | Path | None = None,
     dry_run: bool = False,
+    base_model: str | None = None,
     api=None,
 ) -> StagedDetector:
-    """Stage a run's detector with its card and upload it to the model repo ``repo_id``."""
+    """Stage a run's detector with its card, scan it and upload it to the model repo ``repo_id``. ``dry_run``:
+    stage and scan only; ``base_model``: see :func:`stage`."""
     check_repo_id(repo_id)
     staging = Path(staging) if staging else Path(run) / ".publish"
-    staged = stage(run, staging, repo_id=repo_id, license=license)
-    if not dry_run:
-        upload_folder(staging, repo_id, repo_type="model", private=private, revision=revision, api=api,
-                      message=f"sefmodel publish ({len(staged.files)} files)")  # fmt: skip
+    staged = stage(run, staging, repo_id=repo_id, license=license, base_model=base_model)
+    staged.files = upload_staged(staging, repo_id, repo_type="model", command="sefmodel publish", hint=HINT,
+                                 private=private, revision=revision, dry_run=dry_run, api=api)  # fmt: skip
     return staged

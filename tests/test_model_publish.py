@@ -102,3 +102,89 @@ def test_card_lists_local_training_data_and_says_where_the_backbone_is(evaluated
     assert "backbone.safetensors" in staged.files and "stored here too (`backbone.safetensors`)" in card
     for name in ("eval/results.json", "eval/results.md", "eval/results.csv"):
         assert file_local_paths(staged.folder / name) == [], name
+
+
+@pytest.fixture(scope="module")
+def local_backbone_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A run whose detector was trained on a backbone loaded from an absolute local folder (`--backbone-id DIR`)."""
+    from conftest_model import TINY
+
+    from sefmodel import DetectorConfig
+    from sefmodel.backbones import get_backbone_class
+
+    root = tmp_path_factory.mktemp("alice")
+    torch.manual_seed(0)
+    folder = root / "models" / "dinov2-tiny"
+    get_backbone_class("dinov2").from_config(TINY["dinov2"]).model.save_pretrained(folder)
+    config = DetectorConfig(backbone_id=str(folder), image_size=32, lora={"rank": 4, "blocks": "last:2"}, gate_hidden=8)
+    run = root / "run"
+    randomize_trained(SEFDetector(config)).save_pretrained(run / "detector")
+    return run, folder
+
+
+def _sent(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_local_backbone_is_published_by_its_folder_name_as_a_local_copy(local_backbone_run, tmp_path):
+    run, folder = local_backbone_run
+    staged = publish(run, "me/sef-tiny", dry_run=True, staging=tmp_path / "stage")
+    for name, data in _sent(staged.folder).items():
+        assert str(folder).encode() not in data and str(folder.parent).encode() not in data, name
+    config = json.loads((staged.folder / "config.json").read_text())
+    assert config["backbone_id"] == "dinov2-tiny" and config["backbone_revision"] is None
+    card = ModelCard.load(staged.folder / "README.md")
+    assert card.data.base_model is None  # a folder name is not a Hub model to link to
+    assert "a local copy of the weights in a folder named `dinov2-tiny`" in card.text
+    assert 'backbone_id="FOLDER_OR_HUB_ID"' in card.text
+    # the published folder still scores as the run's detector, given the same weights
+    images = [Image.fromarray(photo_like(48, 40, seed=s)) for s in range(2)]
+    original = SEFDetector.from_pretrained(run / "detector").score(images)
+    reloaded = SEFDetector.from_pretrained(staged.folder, backbone_id=str(folder)).score(images)
+    assert torch.equal(original.probs, reloaded.probs)
+
+
+def test_base_model_names_the_hub_id_of_a_local_backbone(local_backbone_run, tmp_path):
+    run, folder = local_backbone_run
+    result = CliRunner().invoke(app, ["publish", str(run), "--repo", "me/x", "--dry-run", "--staging",
+                                      str(tmp_path / "s"), "--base-model", "facebook/dinov2-small"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["backbone_id"] == "facebook/dinov2-small"
+    card = ModelCard.load(tmp_path / "s" / "README.md")
+    assert card.data.base_model == "facebook/dinov2-small" and "local copy" not in card.text
+    for name, data in _sent(tmp_path / "s").items():
+        assert str(folder).encode() not in data, name
+    for bad in (str(folder), "../models/dinov2-tiny", "not an id"):
+        with pytest.raises(SefError, match="--base-model .*OWNER/NAME"):
+            publish(run, "me/x", dry_run=True, staging=tmp_path / "t", base_model=bad)
+
+
+def test_a_hub_cache_snapshot_is_published_as_its_hub_id(local_backbone_run, tmp_path):
+    from sefmodel.publish import public_backbone
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = f"/home/alice/.cache/huggingface/hub/models--facebook--dinov2-small/snapshots/{commit}"
+    backbone = public_backbone(snapshot, None)
+    assert (backbone.id, backbone.revision, backbone.local_copy) == ("facebook/dinov2-small", commit, False)
+    assert public_backbone("facebook/dinov2-large", "abc").id == "facebook/dinov2-large"
+    assert public_backbone("~/models/dinov2-large", None).id == "dinov2-large"
+    with pytest.raises(SefError, match="already"):
+        public_backbone("facebook/dinov2-large", None, base_model="facebook/dinov2-small")
+
+
+def test_a_planted_path_in_a_staged_run_file_is_refused(evaluated_run, tmp_path):
+    """Plots are copied as they are: a text file among them naming a local path stops the publish, by name."""
+    plots = evaluated_run / "eval" / "plots"
+    had_plots = plots.is_dir()
+    plots.mkdir(exist_ok=True)
+    (plots / "notes.txt").write_text("made from /home/alice/bench/real\n")
+    api = FakeHubApi()
+    try:
+        with pytest.raises(SefError, match=r"^eval/plots/notes\.txt holds a local path") as err:
+            publish(evaluated_run, "me/sef-tiny", api=api, staging=tmp_path / "stage")
+    finally:
+        (plots / "notes.txt").unlink()
+        if not had_plots:
+            plots.rmdir()
+    assert "\n" not in str(err.value) and api.calls == []
