@@ -54,10 +54,14 @@ def staged_local_paths(path: Path) -> list[str]:
                     data = tar.extractfile(member).read()
                     if b"\0" not in data[:_SNIFF]:
                         found += _text_local_paths(data, member.name)
-    elif suffix == ".safetensors":
+    elif suffix == ".safetensors":  # an 8-byte length, then a JSON header whose __metadata__ is free text
         with path.open("rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            found = json_local_paths(json.loads(f.read(size)).get("__metadata__") or {})
+            try:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            except (struct.error, ValueError, MemoryError):
+                raise SefError(f"{path.name} is not a readable safetensors file: nothing was uploaded") from None
+        found = json_local_paths(header.get("__metadata__") or {})
     elif suffix not in _BINARY:
         with path.open("rb") as f:
             if b"\0" not in f.read(_SNIFF):  # text (JSON, Markdown, YAML, CSV, ...), not a binary
