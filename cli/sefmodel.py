@@ -495,16 +495,8 @@ def publish(
     from sefmodel.publish import publish as run_publish
 
     with user_errors(hub=True):
-        staged = run_publish(
-            run,
-            repo,
-            private=private,
-            revision=revision,
-            license=license,
-            staging=staging,
-            dry_run=dry_run,
-            base_model=base_model,
-        )
+        staged = run_publish(run, repo, private=private, revision=revision, license=license, staging=staging,
+                             dry_run=dry_run, base_model=base_model)  # fmt: skip
     report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/{repo}")
 
 

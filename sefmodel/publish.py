@@ -134,21 +134,27 @@ def stage(
     detector_dir = Path(resolve_run(run))
     detector = load_detector(detector_dir, device="cpu")  # proves it loads before anything is uploaded
     backbone = public_backbone(detector.config.backbone_id, detector.config.backbone_revision, base_model)
+    trained_on = detector.config.backbone_id
     # the staged config.json names the public backbone (this detector object is not used for scoring again)
     detector.config.backbone_id, detector.config.backbone_revision = backbone.id, backbone.revision
     detector.save_pretrained(empty_folder(staging))
     eval_dir = _find_eval(run, detector_dir)
-    results = public_json(json.loads((eval_dir / "results.json").read_text())) if eval_dir else None
+
+    def public_report(name: str) -> str:
+        """An eval file as published: the backbone named as config.json names it, other local paths by name."""
+        text = (eval_dir / name).read_text(encoding="utf-8")
+        if trained_on and backbone.id and trained_on != backbone.id:
+            text = text.replace(trained_on, backbone.id)
+        return (
+            json.dumps(public_json(json.loads(text)), indent=2) + "\n" if name.endswith(".json") else public_text(text)
+        )
+
+    results = json.loads(public_report("results.json")) if eval_dir else None
     if eval_dir:
         (staging / "eval").mkdir()
         for name in EVAL_FILES:  # where the benchmarks and the run lay on this machine stays here
             if (eval_dir / name).is_file():
-                text = (eval_dir / name).read_text(encoding="utf-8")
-                if name.endswith(".json"):
-                    text = json.dumps(public_json(json.loads(text)), indent=2) + "\n"
-                else:
-                    text = public_text(text)
-                (staging / "eval" / name).write_text(text, encoding="utf-8")
+                (staging / "eval" / name).write_text(public_report(name), encoding="utf-8")
         if (eval_dir / "plots").is_dir():
             shutil.copytree(eval_dir / "plots", staging / "eval" / "plots")
     datasets, local_data = _training_data(run)

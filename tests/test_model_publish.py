@@ -4,6 +4,7 @@ the evaluation as structured results; the upload receives that folder (network r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,16 @@ def test_base_model_names_the_hub_id_of_a_local_backbone(local_backbone_run, tmp
     assert card.data.base_model == "facebook/dinov2-small" and "local copy" not in card.text
     for name, data in _sent(tmp_path / "s").items():
         assert str(folder).encode() not in data, name
+    # the evaluation report names the backbone as config.json does
+    evaluated = tmp_path / "evaluated"
+    shutil.copytree(run, evaluated)
+    (evaluated / "eval").mkdir()
+    (evaluated / "eval" / "results.json").write_text(json.dumps({"detector": {"backbone_id": str(folder)}}))
+    (evaluated / "eval" / "results.md").write_text(f"detector on `{folder}`\n")
+    staged = publish(evaluated, "me/x", dry_run=True, staging=tmp_path / "e", base_model="facebook/dinov2-small")
+    report = json.loads((staged.folder / "eval" / "results.json").read_text())
+    assert report["detector"]["backbone_id"] == "facebook/dinov2-small"
+    assert (staged.folder / "eval" / "results.md").read_text() == "detector on `facebook/dinov2-small`\n"
     for bad in (str(folder), "../models/dinov2-tiny", "not an id"):
         with pytest.raises(SefError, match="--base-model .*OWNER/NAME"):
             publish(run, "me/x", dry_run=True, staging=tmp_path / "t", base_model=bad)
