@@ -128,6 +128,22 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float) -> float | None
     return float(tprs[fprs <= fpr].max())
 
 
+def threshold_at_fpr(real_scores: ArrayLike, fpr: float) -> float:
+    """The threshold that calls at most ``fpr`` of these real images generated (``score > t``): the ``1 - fpr``
+    quantile of their scores by the inverted empirical CDF, i.e. the smallest real score ``t`` with
+    ``#(score > t) <= fpr * n``. It is always one of the scores; ties at it all stay real. With ``fpr * n < 1``
+    it is the highest score (no real above it). Needs at least one score; ``fpr`` in [0, 1)."""
+    s = np.asarray(real_scores, dtype=np.float64).ravel()
+    if not s.size:
+        raise ValueError("threshold_at_fpr needs at least one score")
+    if not 0 <= fpr < 1:
+        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    allowed = int(np.floor(fpr * s.size + 1e-9))  # false positives allowed; the epsilon absorbs 0.05 * 100 = 5.000001
+    return float(np.sort(s)[s.size - allowed - 1])
+
+
 def calibrate_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     """The threshold that maximises balanced accuracy on a held-out set (``score > t`` is generated).
 

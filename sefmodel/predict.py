@@ -26,6 +26,7 @@ from .detector import SEFDetector
 from .images import describe_error, open_image_file
 from .metrics import is_generated
 from .serialization import CONFIG_NAME, UnsafeCheckpointError
+from .threshold import decision_threshold
 
 RUN_DETECTOR_SUBFOLDER = "detector"
 """Where a trainer run folder keeps its final detector (``RUN/detector/``)."""
@@ -207,10 +208,12 @@ def predict_files(
     paths: list[Path],
     batch_size: int = 16,
     crop: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One record per path, in order: ``path``, ``prob``, ``label`` (``generated`` if prob > threshold, else
-    ``real``), ``num_crops`` and, for SEF, ``gate_weights`` {expert: weight}; or ``path`` and ``error``."""
+    ``real``), ``num_crops`` and, for SEF, ``gate_weights`` {expert: weight}; or ``path`` and ``error``.
+    ``threshold`` None: the detector's ``threshold.json`` if it has one, else 0.5
+    (:func:`sefmodel.threshold.decision_threshold`)."""
     yield from predict_records(detector, ((str(p), _open_path(p)) for p in paths), batch_size, crop, threshold)
 
 
@@ -219,9 +222,10 @@ def predict_records(
     inputs: Iterable[tuple[str, Opener]],
     batch_size: int = 16,
     crop: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The records of :func:`predict_files` for ``(name, open_image)`` pairs; ``path`` is the name."""
+    threshold, _ = decision_threshold(detector, threshold)
     experts = detector.expert_names
     for result in score_stream(detector, inputs, batch_size, crop):
         if result.error is not None:

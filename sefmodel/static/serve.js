@@ -32,7 +32,8 @@ async function init() {
   const fusion = { sef: "SEF gate", moe: "gated mixture of the experts", stack: "stacking", noisy_or: "noisy-OR" }[info.fusion] || info.fusion;
   $("detector").textContent =
     `Detector: ${info.backbone} backbone, experts ${info.experts.join(", ")} (fusion: ${fusion}), ` +
-    `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}.`;
+    `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}` +
+    (info.threshold_source === "default" ? "." : ` (${info.threshold_source}).`);
   $("report-link").hidden = !info.report;
   const l = info.limits;
   $("limits").textContent =
