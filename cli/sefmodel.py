@@ -336,6 +336,13 @@ def predict(
         metavar="P",
         help="label is 'generated' when prob > threshold (default: the detector's threshold.json, else 0.5)",
     ),
+    uncertain: str | None = typer.Option(
+        None,
+        "--uncertain",
+        metavar="LOW,HIGH",
+        help="label 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision",
+        show_default=False,
+    ),
     crop: str | None = typer.Option(
         None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
     ),
@@ -347,7 +354,7 @@ def predict(
     with user_errors():
         _check_ref(run)
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
-    from sefmodel.threshold import decision_threshold
+    from sefmodel.threshold import UncertainBand, decision_threshold
 
     with user_errors(hub=True):
         if format not in ("jsonl", "csv"):
@@ -358,6 +365,7 @@ def predict(
             raise SefError(f"--batch-size must be >= 1, got {batch_size}")
         if threshold is not None and not 0 <= threshold <= 1:
             raise SefError(f"--threshold must be in [0, 1], got {threshold}")
+        band = UncertainBand.parse(uncertain)
         paths = expand_inputs(inputs)
         if not paths:
             raise SefError(f"no image files found in {', '.join(inputs)}")
@@ -376,7 +384,7 @@ def predict(
             writer = csv.writer(handle) if format == "csv" else None
             if writer:
                 writer.writerow(header)
-            for record in predict_files(detector, paths, batch_size, crop, threshold):
+            for record in predict_files(detector, paths, batch_size, crop, threshold, band):
                 if "error" in record:
                     failed += 1
                     typer.echo(f"error: {record['path']}: {record['error']}", err=True)
@@ -491,7 +499,7 @@ def explain(
     specs_in_source("sefmodel.serve", "ServeConfig"),
     overrides={"host": {"metavar": "ADDRESS"}, "report": {"metavar": "DIR"}, "threshold": {"metavar": "P"},
                "crop": {"metavar": "center|multi"}, "device": {"metavar": "DEVICE"},
-               "max_upload_mb": {"metavar": "MIB"}, "port": {"names": ["-p"]}},
+               "uncertain": {"metavar": "LOW,HIGH"}, "max_upload_mb": {"metavar": "MIB"}, "port": {"names": ["-p"]}},
 )  # fmt: skip
 def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, config_flags: dict) -> None:
     """A local web page and JSON API to try a detector: drop images (or a folder) on the page and see, per image,

@@ -12,6 +12,9 @@ Clopper-Pearson interval). The stored threshold is the one fitted on all images.
 ``sefmodel predict`` and ``serve`` use it as their default threshold; an explicit ``--threshold`` wins. It holds
 counts and rates, never a path. A threshold belongs to the weights it was fitted with: saving a detector without
 one removes a stale file.
+
+:class:`UncertainBand` (``--uncertain LOW,HIGH``) lets ``predict`` and ``serve`` answer ``uncertain`` instead of
+forcing a decision when ``LOW <= prob <= HIGH``; outside the band the threshold decides as usual.
 """
 
 from __future__ import annotations
@@ -181,3 +184,40 @@ def decision_threshold(detector: SEFDetector, explicit: float | None = None) -> 
     if stored is not None:
         return float(stored.threshold), f"{THRESHOLD_NAME} (FPR {stored.fpr:g} on {stored.n_images} reals)"
     return DEFAULT_THRESHOLD, "default"
+
+
+LABELS = ("real", "generated", "uncertain")
+
+
+@dataclass(frozen=True)
+class UncertainBand:
+    """Probabilities ``low <= prob <= high`` (both ends included) are labelled ``uncertain``."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.high <= 1:
+            raise SefError(f"--uncertain must be LOW,HIGH with 0 <= LOW <= HIGH <= 1, got {self.low},{self.high}")
+
+    @classmethod
+    def parse(cls, text: str | None) -> UncertainBand | None:
+        """``"0.3,0.7"`` -> the band; None or ``""`` -> None."""
+        if not text:
+            return None
+        parts = text.split(",")
+        try:
+            low, high = (float(p) for p in parts)
+        except ValueError:
+            raise SefError(f"--uncertain must be LOW,HIGH (two probabilities), got {text!r}") from None
+        return cls(low, high)
+
+    def contains(self, prob: float) -> bool:
+        return self.low <= prob <= self.high
+
+
+def label(prob: float, threshold: float, band: UncertainBand | None = None) -> str:
+    """``uncertain`` inside ``band``, else ``generated`` when prob > threshold, else ``real``."""
+    if band is not None and band.contains(prob):
+        return "uncertain"
+    return "generated" if M.is_generated(prob, threshold) else "real"

@@ -4,6 +4,7 @@ save/load and publish."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -14,9 +15,17 @@ from PIL import Image
 from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
+from sefdata.errors import SefError
 from sefmodel import SEFDetector
 from sefmodel import metrics as M
-from sefmodel.threshold import THRESHOLD_NAME, CalibratedThreshold, decision_threshold, fit_threshold
+from sefmodel.threshold import (
+    THRESHOLD_NAME,
+    CalibratedThreshold,
+    UncertainBand,
+    decision_threshold,
+    fit_threshold,
+    label,
+)
 
 runner = CliRunner()
 
@@ -159,3 +168,50 @@ def test_calibrate_errors_are_one_line(tiny_run, tmp_path):
     assert bad.exit_code == 2 and "local detector folder" in bad.output
     bad = runner.invoke(app, ["calibrate", str(tiny_run), "--calibrate-on", str(tmp_path), "--calibrate-fpr", "1"])
     assert bad.exit_code == 2 and "(0, 1)" in bad.output
+
+
+# ---- the uncertain band -------------------------------------------------------------------------------------------
+
+
+def test_uncertain_band_by_hand():
+    band = UncertainBand.parse("0.3,0.7")
+    assert (band.low, band.high) == (0.3, 0.7) and UncertainBand.parse(None) is None
+    assert [label(p, 0.5, band) for p in (0.1, 0.3, 0.5, 0.7, 0.71)] == [
+        "real", "uncertain", "uncertain", "uncertain", "generated"
+    ]  # fmt: skip
+    assert [label(p, 0.5) for p in (0.5, 0.51)] == ["real", "generated"]  # no band: the threshold decides
+    assert label(0.2, 0.1, UncertainBand(0.5, 0.6)) == "generated"  # outside the band the threshold still decides
+    for bad in ("0.7,0.3", "0.2", "a,b", "0.1,1.5"):
+        with pytest.raises(SefError, match="--uncertain"):
+            UncertainBand.parse(bad)
+
+
+def test_predict_and_serve_report_the_uncertain_band(tiny_run, reals):
+    detector = SEFDetector.from_pretrained(tiny_run / "detector")
+    folder = reals / "holiday"
+    paths = sorted(folder.glob("*.png"))
+    probs = _real_probs(detector, folder)
+    low, high = float(np.sort(probs)[5]), float(np.sort(probs)[12])  # eight images inside, both ends included
+    result = runner.invoke(app, ["predict", str(tiny_run), str(folder), "--threshold", "0.5", "--uncertain",
+                                 f"{low!r},{high!r}", "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
+    expected = ["uncertain" if low <= p <= high else ("generated" if p > 0.5 else "real") for p in probs]
+    assert labels == expected and labels.count("uncertain") == 8
+    bad = runner.invoke(app, ["predict", str(tiny_run), str(folder), "--uncertain", "0.9,0.1"])
+    assert bad.exit_code == 2 and "--uncertain" in bad.output
+
+    from sefmodel.serve import Scorer, ServeConfig, detector_info
+
+    config = ServeConfig(threshold=0.5, uncertain=f"{low!r},{high!r}")
+    assert detector_info(detector, config, None)["uncertain"] == [low, high]
+    scorer = Scorer(detector, config)
+    try:
+        with contextlib.ExitStack() as stack:
+            uploads = [(p.name, stack.enter_context(p.open("rb"))) for p in paths]
+            records = scorer.score(uploads, heatmaps=False)
+    finally:
+        scorer.close()
+    assert [r["label"] for r in records] == expected
+    with pytest.raises(SefError, match="--uncertain"):
+        ServeConfig(uncertain="0.5")
