@@ -330,7 +330,19 @@ def predict(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="write here instead of stdout"),
     batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
-    threshold: float = typer.Option(0.5, "--threshold", metavar="P", help="label is 'generated' when prob > threshold"),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        metavar="P",
+        help="label is 'generated' when prob > threshold (default: the detector's threshold.json, else 0.5)",
+    ),
+    uncertain: str | None = typer.Option(
+        None,
+        "--uncertain",
+        metavar="LOW,HIGH",
+        help="label 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision",
+        show_default=False,
+    ),
     crop: str | None = typer.Option(
         None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
     ),
@@ -342,6 +354,7 @@ def predict(
     with user_errors():
         _check_ref(run)
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
+    from sefmodel.threshold import UncertainBand, decision_threshold
 
     with user_errors(hub=True):
         if format not in ("jsonl", "csv"):
@@ -350,11 +363,17 @@ def predict(
             raise SefError(f"--crop must be center or multi, got {crop!r}")
         if batch_size < 1:
             raise SefError(f"--batch-size must be >= 1, got {batch_size}")
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise SefError(f"--threshold must be in [0, 1], got {threshold}")
+        band = UncertainBand.parse(uncertain)
         paths = expand_inputs(inputs)
         if not paths:
             raise SefError(f"no image files found in {', '.join(inputs)}")
         _use_threads(threads)
         detector = load_detector(run, device)
+        threshold, source = decision_threshold(detector, threshold)
+        if source != "--threshold":
+            typer.echo(f"threshold {threshold:.6g} ({source})", err=True)
         try:
             handle = out.open("w", newline="", encoding="utf-8") if out else sys.stdout
         except OSError as e:
@@ -365,7 +384,7 @@ def predict(
             writer = csv.writer(handle) if format == "csv" else None
             if writer:
                 writer.writerow(header)
-            for record in predict_files(detector, paths, batch_size, crop, threshold):
+            for record in predict_files(detector, paths, batch_size, crop, threshold, band):
                 if "error" in record:
                     failed += 1
                     typer.echo(f"error: {record['path']}: {record['error']}", err=True)
@@ -382,6 +401,59 @@ def predict(
     typer.echo(f"scored {scored} of {scored + failed} input(s); {failed} failed", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command(no_args_is_help=True)
+def calibrate(
+    run: Path = typer.Argument(..., metavar="RUN", help="local detector folder or trainer run folder (RUN/detector/)"),
+    calibrate_on: Path = typer.Option(
+        ...,
+        "--calibrate-on",
+        metavar="DIR",
+        help="folder of your own real images (searched recursively)",
+        show_default=False,
+    ),
+    calibrate_fpr: float = typer.Option(
+        0.01, "--calibrate-fpr", metavar="FPR", help="share of real images the threshold may call generated"
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+) -> None:
+    """Set the detector's decision threshold from real images alone: score a folder of your own reals, put the
+    threshold where at most --calibrate-fpr of them score above it, and store it as threshold.json in the detector
+    folder (predict and serve use it unless --threshold is given). Reports the FPR it reaches on a held-out 20% of
+    the reals.
+
+    \b
+      sefmodel calibrate runs/sef --calibrate-on photos/ --calibrate-fpr 0.01"""
+    from sefmodel.predict import load_detector, resolve_run
+    from sefmodel.threshold import THRESHOLD_NAME, calibrate_on_reals
+
+    with user_errors(hub=True):
+        if not run.is_dir():
+            raise SefError(f"{run}: calibrate writes {THRESHOLD_NAME} into a local detector folder; download it first")
+        folder = Path(resolve_run(run))
+        if batch_size < 1:
+            raise SefError(f"--batch-size must be >= 1, got {batch_size}")
+        _use_threads(threads)
+        detector = load_detector(folder, device)
+        result = calibrate_on_reals(detector, calibrate_on, calibrate_fpr, batch_size=batch_size, progress=progress)
+        result.save(folder)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    h = result.heldout
+    heldout = (
+        f"held-out FPR {h['fpr']:.4f} on {h['n_test']} reals (95% CI {h['fpr_ci95'][0]:.4f}-{h['fpr_ci95'][1]:.4f}; "
+        f"threshold fitted on the other {h['n_fit']})"
+        if h["fpr"] is not None
+        else "too few images for a held-out estimate"
+    )
+    typer.echo(
+        f"threshold {result.threshold:.6g} for FPR {result.fpr:g} from {result.n_images} real images"
+        f" ({result.n_failed} unreadable); {heldout}; written to {folder / THRESHOLD_NAME}"
+    )
 
 
 @app.command(no_args_is_help=True)
@@ -427,7 +499,7 @@ def explain(
     specs_in_source("sefmodel.serve", "ServeConfig"),
     overrides={"host": {"metavar": "ADDRESS"}, "report": {"metavar": "DIR"}, "threshold": {"metavar": "P"},
                "crop": {"metavar": "center|multi"}, "device": {"metavar": "DEVICE"},
-               "max_upload_mb": {"metavar": "MIB"}, "port": {"names": ["-p"]}},
+               "uncertain": {"metavar": "LOW,HIGH"}, "max_upload_mb": {"metavar": "MIB"}, "port": {"names": ["-p"]}},
 )  # fmt: skip
 def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, config_flags: dict) -> None:
     """A local web page and JSON API to try a detector: drop images (or a folder) on the page and see, per image,

@@ -5,8 +5,10 @@ Protocol (every choice is recorded in ``results.json`` under ``protocol``):
 * **Scores**: :meth:`SEFDetector.score` with the detector's own preprocessing (native resolution, centre crop by
   default). An image is called generated when ``prob > 0.5``.
 * **Metrics** per benchmark and per subset: accuracy, real accuracy, fake accuracy, balanced accuracy, AP, AUROC
-  (:mod:`sefmodel.metrics`), and accuracy at a calibrated threshold; then the mean and the worst value of each
-  over benchmarks. A subset pairs its fakes with its own reals and with reals that serve every subset.
+  (:mod:`sefmodel.metrics`), TPR at 1% and 5% FPR (the share of fakes caught when at most that share of reals is
+  flagged; no interpolation between ROC points), and accuracy at a calibrated threshold; then the mean and the
+  worst value of each over benchmarks. A subset pairs its fakes with its own reals and with reals that serve
+  every subset.
 * **Calibrated threshold** (``acc_cal``): with ``calibrate`` (a held-out benchmark, e.g. the validation split of
   the training data), the threshold that maximises balanced accuracy on it is applied to every benchmark. Without
   it, each benchmark is split by a hash of each image's key: ``calib_fraction`` of it (default 20%) fits that
@@ -47,7 +49,7 @@ from .predict import score_stream
 
 CLEAN = "clean"
 RESULTS_FORMAT = "sef-eval/1"
-TABLE_METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", "acc_cal")
+TABLE_METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", *M.TPR_AT_FPR, "acc_cal")
 HEADERS = {
     "accuracy": "acc@0.5",
     "real_acc": "real acc",
@@ -55,6 +57,8 @@ HEADERS = {
     "balanced_acc": "bal. acc",
     "ap": "AP",
     "auroc": "AUROC",
+    "tpr_fpr1": "TPR@1%FPR",
+    "tpr_fpr5": "TPR@5%FPR",
     "acc_cal": "acc@cal",
 }
 
@@ -350,6 +354,10 @@ def _results(
         "protocol": {
             "decision": "an image is called generated when prob > threshold",
             "threshold": 0.5,
+            "tpr_at_fpr": {
+                name: {"fpr": fpr, "rule": "largest TPR among ROC points with FPR <= fpr (no interpolation)"}
+                for name, fpr in M.TPR_AT_FPR.items()
+            },
             "calibration": calibration,
             "fake_jpeg": config.fake_jpeg,
             "crop": config.crop or detector.processor.crop,
@@ -497,6 +505,8 @@ def model_index(results: dict, model_name: str) -> list[dict]:
         "balanced_acc": ("accuracy", "Balanced accuracy"),
         "ap": ("average_precision", "Average precision"),
         "auroc": ("roc_auc", "AUROC"),
+        "tpr_fpr1": ("tpr_at_fpr", "TPR at 1% FPR"),
+        "tpr_fpr5": ("tpr_at_fpr", "TPR at 5% FPR"),
         "acc_cal": ("accuracy", "Accuracy (calibrated threshold)"),
     }
     out = []
@@ -575,7 +585,8 @@ def markdown(results: dict) -> str:
         + (f": {cal['threshold']:.4f} from `{cal['set']}`" if cal.get("threshold") is not None else "")
         + (f", {cal['fraction']:.0%} of each benchmark fits its threshold, the rest is measured" if "fraction" in cal
            else "")
-        + f"). Format-bias protocol (JPEG of fakes): `{proto['fake_jpeg']}`.",
+        + f"). Format-bias protocol (JPEG of fakes): `{proto['fake_jpeg']}`. `TPR@1%FPR` and `TPR@5%FPR`: the "
+        "share of generated images caught at the best threshold that flags at most 1% (5%) of the reals.",
         "",
         "## Summary",
         "",

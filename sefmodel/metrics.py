@@ -11,6 +11,12 @@ Conventions, used everywhere:
   their mean (the figure that does not move when a benchmark has more fakes than reals).
 * ``ap`` is scikit-learn's ``average_precision_score`` (step-wise precision-recall area, no interpolation, one
   point per distinct score); ``auroc`` is ``roc_auc_score`` (ties count one half).
+* ``tpr_fpr1`` and ``tpr_fpr5`` (:func:`tpr_at_fpr`): the share of generated images caught at an operating point
+  that calls at most 1% (5%) of the reals generated: the largest TPR among the points of scikit-learn's ROC
+  (every distinct score, ``drop_intermediate=False``) whose FPR is <= the target. No interpolation between
+  points: when no threshold gives exactly the target FPR (few reals, or ties across the target) the point just
+  below it counts, so the figure never claims an FPR the detector cannot be set to. Tied scores move together
+  (one ROC point), as they do under any threshold.
 * A metric that is undefined (AP and AUROC with one class missing, a per-class accuracy without that class) is
   ``None``, never NaN or 0: ``None`` is what JSON, CSV and the Markdown tables can carry (``null``, empty, ``n/a``).
 
@@ -24,7 +30,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc")
+TPR_AT_FPR = {"tpr_fpr1": 0.01, "tpr_fpr5": 0.05}
+"""Metric name -> the false-positive rate it reads the true-positive rate at."""
+METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", *TPR_AT_FPR)
 """Metric names in reporting order (``acc_cal`` and the counts are added by the evaluation)."""
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -99,6 +107,43 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     return fpr, tpr
 
 
+def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float) -> float | None:
+    """The largest true-positive rate among the ROC points whose false-positive rate is <= ``fpr`` (in [0, 1]);
+    None unless both classes are present.
+
+    The points are scikit-learn's ``roc_curve`` with every distinct score kept (``drop_intermediate=False``:
+    dropping collinear points could drop the last point under the target). Point ``i`` calls generated the
+    images with ``score >= thresholds[i]``, the same images as ``score > t`` for any ``t`` just below that
+    score, so each point is an operating point of :func:`is_generated`. The first point (nothing called
+    generated) has FPR 0, so the answer always exists; it is 0 when every real scores at least as high as the
+    best fake."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    if not 0 <= fpr <= 1:
+        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+    y, s = _arrays(labels, scores)
+    if not _both_classes(y):
+        return None
+    fprs, tprs, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    return float(tprs[fprs <= fpr].max())
+
+
+def threshold_at_fpr(real_scores: ArrayLike, fpr: float) -> float:
+    """The threshold that calls at most ``fpr`` of these real images generated (``score > t``): the ``1 - fpr``
+    quantile of their scores by the inverted empirical CDF, i.e. the smallest real score ``t`` with
+    ``#(score > t) <= fpr * n``. It is always one of the scores; ties at it all stay real. With ``fpr * n < 1``
+    it is the highest score (no real above it). Needs at least one score; ``fpr`` in [0, 1)."""
+    s = np.asarray(real_scores, dtype=np.float64).ravel()
+    if not s.size:
+        raise ValueError("threshold_at_fpr needs at least one score")
+    if not 0 <= fpr < 1:
+        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    allowed = int(np.floor(fpr * s.size + 1e-9))  # false positives allowed; the epsilon absorbs 0.05 * 100 = 5.000001
+    return float(np.sort(s)[s.size - allowed - 1])
+
+
 def calibrate_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     """The threshold that maximises balanced accuracy on a held-out set (``score > t`` is generated).
 
@@ -132,6 +177,8 @@ def compute(labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5) -> dic
     out: dict[str, float | int | None] = dict(accuracies(y, s, threshold))
     out["ap"] = average_precision(y, s)
     out["auroc"] = auroc(y, s)
+    for name, fpr in TPR_AT_FPR.items():
+        out[name] = tpr_at_fpr(y, s, fpr)
     out["n_real"] = int((y == 0).sum())
     out["n_fake"] = int((y == 1).sum())
     return out

@@ -24,8 +24,8 @@ from .benchmarks import IMAGE_EXTENSIONS
 from .config import DetectorConfig
 from .detector import SEFDetector
 from .images import describe_error, open_image_file
-from .metrics import is_generated
 from .serialization import CONFIG_NAME, UnsafeCheckpointError
+from .threshold import UncertainBand, decision_threshold, label
 
 RUN_DETECTOR_SUBFOLDER = "detector"
 """Where a trainer run folder keeps its final detector (``RUN/detector/``)."""
@@ -207,11 +207,15 @@ def predict_files(
     paths: list[Path],
     batch_size: int = 16,
     crop: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    uncertain: UncertainBand | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One record per path, in order: ``path``, ``prob``, ``label`` (``generated`` if prob > threshold, else
-    ``real``), ``num_crops`` and, for SEF, ``gate_weights`` {expert: weight}; or ``path`` and ``error``."""
-    yield from predict_records(detector, ((str(p), _open_path(p)) for p in paths), batch_size, crop, threshold)
+    ``real``; ``uncertain`` when prob lies in the ``uncertain`` band), ``num_crops`` and, for SEF,
+    ``gate_weights`` {expert: weight}; or ``path`` and ``error``. ``threshold`` None: the detector's
+    ``threshold.json`` if it has one, else 0.5 (:func:`sefmodel.threshold.decision_threshold`)."""
+    inputs = ((str(p), _open_path(p)) for p in paths)
+    yield from predict_records(detector, inputs, batch_size, crop, threshold, uncertain)
 
 
 def predict_records(
@@ -219,9 +223,11 @@ def predict_records(
     inputs: Iterable[tuple[str, Opener]],
     batch_size: int = 16,
     crop: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    uncertain: UncertainBand | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The records of :func:`predict_files` for ``(name, open_image)`` pairs; ``path`` is the name."""
+    threshold, _ = decision_threshold(detector, threshold)
     experts = detector.expert_names
     for result in score_stream(detector, inputs, batch_size, crop):
         if result.error is not None:
@@ -230,7 +236,7 @@ def predict_records(
         record: dict[str, Any] = {
             "path": result.key,
             "prob": round(result.prob, 6),
-            "label": "generated" if is_generated(result.prob, threshold) else "real",
+            "label": label(result.prob, threshold, uncertain),
             "num_crops": result.num_crops,
         }
         if result.gate_weights is not None:

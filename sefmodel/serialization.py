@@ -3,7 +3,10 @@
 A detector folder holds ``config.json`` (:class:`~sefmodel.config.DetectorConfig`), ``preprocessor_config.json``
 (the :class:`~sefmodel.preprocess.ImageProcessor`; folders saved before it existed derive it from
 ``config.json``), ``model.safetensors`` (trained tensors only: LoRA adapters, heads, fusion head),
-``backbone.safetensors`` for a randomly initialised backbone only, and ``README.md`` (the model card).
+``backbone.safetensors`` for a randomly initialised backbone only, ``README.md`` (the model card) and, when the
+detector was calibrated on real images (``sefmodel calibrate``), ``threshold.json``
+(:class:`~sefmodel.threshold.CalibratedThreshold`): loading sets it as ``detector.calibrated_threshold`` (None
+without one) and saving writes it back, or removes a stale file when the detector has none.
 
 Pickle-based checkpoints (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt``...) can run arbitrary code while
 they are being loaded, so a detector folder that contains one is refused outright, local or on the Hub.
@@ -26,6 +29,7 @@ from torch import nn
 
 from .config import DetectorConfig
 from .preprocess import PROCESSOR_NAME, ImageProcessor
+from .threshold import THRESHOLD_NAME, CalibratedThreshold
 
 if TYPE_CHECKING:
     from .detector import SEFDetector
@@ -119,6 +123,11 @@ def save_detector(detector: SEFDetector, folder: Path) -> None:
         save_file(_contiguous(detector.backbone_state_dict()), str(backbone_file), metadata=meta)
     else:
         backbone_file.unlink(missing_ok=True)
+    calibrated = getattr(detector, "calibrated_threshold", None)
+    if calibrated is not None:
+        calibrated.save(folder)
+    else:  # a threshold belongs to the weights it was fitted with
+        (folder / THRESHOLD_NAME).unlink(missing_ok=True)
 
 
 @dataclass
@@ -129,6 +138,7 @@ class DetectorFolder:
     processor: ImageProcessor | None  # None: saved before preprocessor_config.json existed (derive it)
     trained: dict[str, torch.Tensor]
     backbone: dict[str, torch.Tensor] | None  # only for a backbone built from config
+    threshold: CalibratedThreshold | None = None  # threshold.json, when calibrated on real images
 
 
 def read_folder(folder: Path, map_location: str | torch.device = "cpu") -> DetectorFolder:
@@ -147,7 +157,7 @@ def read_folder(folder: Path, map_location: str | torch.device = "cpu") -> Detec
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: the backbone was built from a config, so {path.name} must be there")
         backbone = load_file(str(path), device=device)
-    return DetectorFolder(config, processor, trained, backbone)
+    return DetectorFolder(config, processor, trained, backbone, CalibratedThreshold.load(folder))
 
 
 def load_folder(
@@ -171,6 +181,7 @@ def load_folder(
     load_exact(detector, saved.trained, detector.trained_state_dict(), f"{folder / WEIGHTS_NAME}")
     if saved.backbone is not None:
         load_exact(detector, saved.backbone, detector.backbone_state_dict(), f"{folder / BACKBONE_WEIGHTS_NAME}")
+    detector.calibrated_threshold = saved.threshold
     detector.eval()
     return detector
 

@@ -65,8 +65,11 @@ class ServeConfig:
     """TCP port; 0 picks a free one (the URL is printed)."""
     report: str | None = None
     """Folder of the run's `sefmodel eval` output (results.md, plots/) shown at /report (default: RUN/eval)"""
-    threshold: float = 0.5
-    """Decision threshold: an image is called generated when prob > threshold (as sefmodel predict)."""
+    threshold: float | None = None
+    """Decision threshold: an image is called generated when prob > threshold, as in sefmodel predict (default:
+    the detector's threshold.json, else 0.5)"""
+    uncertain: str | None = None
+    """Label an image 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision (as sefmodel predict)."""
     crop: str | None = None
     """Crops per image, center or multi (default: the detector's config)"""
     device: str = "auto"
@@ -90,10 +93,13 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise SefError(f"--port must be 0-65535, got {self.port}")
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise SefError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.crop not in (None, "center", "multi"):
             raise SefError(f"--crop must be center or multi, got {self.crop!r}")
+        from .threshold import UncertainBand
+
+        UncertainBand.parse(self.uncertain)
         for name in ("batch_size", "max_pixels", "max_files", "queue"):
             if getattr(self, name) < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -214,8 +220,12 @@ class Scorer:
     """The detector, behind one worker thread; runs the code paths of ``sefmodel predict`` and ``explain``."""
 
     def __init__(self, detector: "SEFDetector", config: ServeConfig) -> None:
+        from .threshold import UncertainBand, decision_threshold
+
         self.detector = detector
         self.config = config
+        self.threshold, self.threshold_source = decision_threshold(detector, config.threshold)
+        self.uncertain = UncertainBand.parse(config.uncertain)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sef-score")
         self.admitted = 0  # touched only on the event loop's thread
 
@@ -229,7 +239,7 @@ class Scorer:
 
         c = self.config
         inputs = [(name, opener(file)) for name, file in uploads]
-        records = list(predict_records(self.detector, inputs, c.batch_size, c.crop, c.threshold))
+        records = list(predict_records(self.detector, inputs, c.batch_size, c.crop, self.threshold, self.uncertain))
         if heatmaps and not c.no_heatmaps:
             for record, (_, file) in zip(records, uploads, strict=True):
                 if "error" in record:
@@ -257,6 +267,10 @@ class Scorer:
 def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | None) -> dict[str, Any]:
     """What the page shows about the detector and the limits (``GET /api/info``)."""
     from .benchmarks import IMAGE_EXTENSIONS
+    from .threshold import UncertainBand, decision_threshold
+
+    threshold, source = decision_threshold(detector, config.threshold)
+    band = UncertainBand.parse(config.uncertain)
 
     c = detector.config
     return {
@@ -264,7 +278,9 @@ def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | N
         "experts": list(detector.expert_names),
         "fusion": c.fusion,
         "image_size": detector.image_size,
-        "threshold": config.threshold,
+        "threshold": threshold,
+        "threshold_source": source,
+        "uncertain": [band.low, band.high] if band else None,
         "heatmaps": not config.no_heatmaps,
         "report": report is not None,
         "limits": {

@@ -168,6 +168,15 @@ def test_eval_writes_tables_json_and_plots(run_dir, tmp_path):
     clean = [r for r in rows if r["condition"] == "clean"]
     labels, probs = [int(r["label"]) for r in clean], [float(r["prob"]) for r in clean]
     assert results["benchmarks"]["plain"]["metrics"]["ap"] == pytest.approx(M.average_precision(labels, probs))
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, probs, drop_intermediate=False)
+    for key, target in (("tpr_fpr1", 0.01), ("tpr_fpr5", 0.05)):
+        assert results["benchmarks"]["plain"]["metrics"][key] == pytest.approx(tpr[fpr <= target].max())
+        values = [b["metrics"][key] for b in results["benchmarks"].values()]
+        assert results["summary"]["mean"][key] == pytest.approx(np.mean(values))
+        assert results["summary"]["worst"][key] == pytest.approx(min(values))
+        assert all(m[key] is not None for m in aigc["subsets"].values())  # per subset (generator) too
     assert {r["condition"] for r in rows} == {"clean", "jpeg:90", "jpeg:60", "blur:1"}
 
     report = (out / "results.md").read_text()
@@ -185,6 +194,7 @@ def test_eval_writes_tables_json_and_plots(run_dir, tmp_path):
             assert len(np.unique(np.asarray(im.convert("L")))) > 10  # something was drawn
     table = list(csv.DictReader((out / "results.csv").open()))
     assert {"plain", "aigcdetectbenchmark", "mean", "worst"} <= {r["benchmark"] for r in table}
+    assert {"tpr_fpr1", "tpr_fpr5"} <= set(table[0]) and "TPR@1%FPR" in report and "TPR@5%FPR" in report
 
     from huggingface_hub.repocard_data import model_index_to_eval_results
 

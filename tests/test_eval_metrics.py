@@ -60,6 +60,27 @@ def test_calibrated_threshold_maximises_balanced_accuracy():
         M.calibrate_threshold([1, 1], [0.1, 0.2])
 
 
+def test_tpr_at_fpr_by_hand():
+    # 10 reals 0.0..0.9, 4 fakes; FPR 1% of 10 reals is 0 false positives, 5% too; 10% allows one
+    reals = [i / 10 for i in range(10)]
+    fakes = [0.95, 0.85, 0.5, 0.05]
+    labels, scores = [0] * 10 + [1] * 4, reals + fakes
+    assert M.tpr_at_fpr(labels, scores, 0.01) == pytest.approx(1 / 4)  # only 0.95 above every real
+    assert M.tpr_at_fpr(labels, scores, 0.05) == pytest.approx(1 / 4)  # no threshold gives FPR 0.05: 0 counts
+    assert M.tpr_at_fpr(labels, scores, 0.1) == pytest.approx(2 / 4)  # > 0.8: real 0.9 flagged, fakes 0.95, 0.85
+    assert M.tpr_at_fpr(labels, scores, 0.15) == pytest.approx(2 / 4)  # the point just below the target
+    assert M.tpr_at_fpr(labels, scores, 1.0) == 1.0
+    # a tie of a fake with the top real moves as one point: catching the fake flags the real
+    assert M.tpr_at_fpr([0, 0, 1, 1], [0.1, 0.8, 0.8, 0.9], 0.0) == pytest.approx(1 / 2)
+    assert M.tpr_at_fpr([0, 0, 1, 1], [0.1, 0.8, 0.8, 0.9], 0.5) == 1.0
+    assert M.tpr_at_fpr([0, 1], [0.7, 0.7], 0.5) == 0.0  # every real ties the best fake
+    assert M.tpr_at_fpr([1, 1], [0.2, 0.3], 0.01) is None  # needs both classes
+    with pytest.raises(ValueError, match="fpr"):
+        M.tpr_at_fpr(labels, scores, 1.5)
+    out = M.compute(labels, scores)
+    assert (out["tpr_fpr1"], out["tpr_fpr5"]) == (pytest.approx(1 / 4), pytest.approx(1 / 4))
+
+
 def test_roc_curve_ends_and_mean_worst():
     fpr, tpr = M.roc_curve(LABELS, SCORES)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
@@ -106,6 +127,12 @@ def test_metrics_equal_scikit_learn_on_random_scores_with_ties(seed, n, levels):
         assert acc["balanced_acc"] == pytest.approx(skm.balanced_accuracy_score(labels, pred))
     fpr, tpr = M.roc_curve(labels, scores)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1) and (np.diff(fpr) >= 0).all()
+    # TPR at a fixed FPR: brute force over every threshold of the decision rule (score > t)
+    cuts = np.r_[np.unique(scores) - 1e-9, np.inf]
+    real, fake = scores[labels == 0], scores[labels == 1]
+    for target in (0.0, 0.01, 0.05, 0.2):
+        best = max((fake > t).mean() for t in cuts if (real > t).mean() <= target)
+        assert M.tpr_at_fpr(labels, scores, target) == pytest.approx(best)
     assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(labels, scores))  # the curve is the AUROC's
 
 

@@ -188,3 +188,18 @@ def test_the_report_page_shows_the_tables_and_plots(browser, page):
     assert cell.is_displayed()
     plot = browser.find_element(By.CSS_SELECTOR, "img[alt='ROC curves']")
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot) == 80
+
+
+def test_the_uncertain_band_shows_as_its_own_label(browser, tiny_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    for i in range(2):
+        Image.new("RGB", (40, 40 + i), (60 * i, 90, 160)).save(tmp_path / f"{i}.png")
+    config = ServeConfig(uncertain="0,1", no_heatmaps=True)  # every probability lies in the band
+    with background_server(create_app(load_detector(tiny_run, "cpu"), config)) as url:
+        _open(browser, url)
+        assert '"uncertain" when 0 ≤ P(generated) ≤ 1' in browser.find_element(By.ID, "detector").text
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(tmp_path / f"{i}.png") for i in range(2)))
+        for card in _wait_scored(browser, 2):
+            assert card.find_element(By.CSS_SELECTOR, ".label").text == "uncertain"
+            assert "within the uncertain band 0–1" in card.find_element(By.CSS_SELECTOR, ".verdict").text

@@ -32,7 +32,9 @@ async function init() {
   const fusion = { sef: "SEF gate", moe: "gated mixture of the experts", stack: "stacking", noisy_or: "noisy-OR" }[info.fusion] || info.fusion;
   $("detector").textContent =
     `Detector: ${info.backbone} backbone, experts ${info.experts.join(", ")} (fusion: ${fusion}), ` +
-    `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}.`;
+    `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}` +
+    (info.threshold_source === "default" ? "" : ` (${info.threshold_source})`) +
+    (info.uncertain ? `, "uncertain" when ${info.uncertain[0]} ≤ P(generated) ≤ ${info.uncertain[1]}.` : ".");
   $("report-link").hidden = !info.report;
   const l = info.limits;
   $("limits").textContent =
@@ -74,13 +76,16 @@ function showError(card, message) {
 function showRecord(card, record) {
   if (record.error) return showError(card, record.error);
   const generated = record.label === "generated";
+  const band = info.uncertain;
+  const why = record.label === "uncertain" ? `within the uncertain band ${band[0]}–${band[1]}` :
+    `${generated ? ">" : "≤"} threshold ${info.threshold}`;
   const verdict = el("p", { class: "verdict" }, [
     el("span", { class: `label ${record.label}`, text: record.label }),
     " P(generated) ",
     el("span", { class: "prob", text: fmt(record.prob) }),
     " ",
     el("meter", { min: 0, max: 1, value: record.prob, low: info.threshold, high: info.threshold, optimum: 0 }),
-    el("span", { class: "hint", text: ` ${generated ? ">" : "≤"} threshold ${info.threshold}` +
+    el("span", { class: "hint", text: ` ${why}` +
       (record.num_crops > 1 ? `, mean of ${record.num_crops} crops` : "") }),
   ]);
   const parts = [verdict];
