@@ -25,7 +25,7 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import ModelHubMixin
@@ -44,6 +44,9 @@ from .pipeline import score as score_images
 from .preprocess import ImageProcessor
 from .serialization import load_folder, resolve_folder, save_detector
 from .spectrum import highpass, periodic_spectrum, spectrum_dim
+
+if TYPE_CHECKING:
+    from .threshold import CalibratedThreshold
 
 STAGES = ("expert", "mixed", "fusion")
 _ADAPTER_KEY = re.compile(r"\.(lora_[A-Za-z_]+)\.([^.]+)(\.|$)")
@@ -135,6 +138,8 @@ class SEFDetector(
         )
 
         self.stage: str | None = None
+        # the decision threshold fitted on real images (``sefmodel calibrate``; threshold.json), else None
+        self.calibrated_threshold: CalibratedThreshold | None = None
         self._trainable: frozenset[str] = frozenset()
         self._active: str | None = None
         self._activate(config.experts[0])

@@ -123,7 +123,7 @@ def save_detector(detector: SEFDetector, folder: Path) -> None:
         save_file(_contiguous(detector.backbone_state_dict()), str(backbone_file), metadata=meta)
     else:
         backbone_file.unlink(missing_ok=True)
-    calibrated = getattr(detector, "calibrated_threshold", None)
+    calibrated = detector.calibrated_threshold
     if calibrated is not None:
         calibrated.save(folder)
     else:  # a threshold belongs to the weights it was fitted with

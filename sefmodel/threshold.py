@@ -180,7 +180,7 @@ def decision_threshold(detector: SEFDetector, explicit: float | None = None) -> 
     detector's ``threshold.json``, else 0.5."""
     if explicit is not None:
         return float(explicit), "--threshold"
-    stored = getattr(detector, "calibrated_threshold", None)
+    stored = detector.calibrated_threshold
     if stored is not None:
         return float(stored.threshold), f"{THRESHOLD_NAME} (FPR {stored.fpr:g} on {stored.n_images} reals)"
     return DEFAULT_THRESHOLD, "default"
