@@ -137,10 +137,11 @@ class StackFusion(nn.Module):
         return {"logits": self.classifier(expert_logits.to(self.classifier.weight.dtype)).squeeze(-1)}
 
 
-class MaxFusion(nn.Module):
-    """Fixed rule: the most confident expert's logit (P(generated) = max_e p_e). Nothing trains."""
+class _FixedRule(nn.Module):
+    """A fixed rule over the experts' logits (:meth:`rule`): no parameters, no gate, nothing to train."""
 
     has_gate = False
+    name = ""
 
     def __init__(self, num_experts: int, dim: int, gate_hidden: int = 0, gate_input: str = "features") -> None:
         super().__init__()
@@ -148,26 +149,35 @@ class MaxFusion(nn.Module):
     def forward(
         self, features: torch.Tensor, expert_logits: torch.Tensor, gate_weights: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        _no_override("max", gate_weights)
-        return {"logits": expert_logits.max(dim=1).values}
+        _no_override(self.name, gate_weights)
+        return {"logits": self.rule(expert_logits)}
+
+    @staticmethod
+    def rule(expert_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
-class NoisyOrFusion(nn.Module):
-    """Fixed rule: generated unless every expert says real, P(generated) = 1 - prod_e (1 - p_e). Nothing trains.
+class MaxFusion(_FixedRule):
+    """Fixed rule: the most confident expert's logit (P(generated) = max_e p_e)."""
+
+    name = "max"
+
+    @staticmethod
+    def rule(expert_logits: torch.Tensor) -> torch.Tensor:
+        return expert_logits.max(dim=1).values
+
+
+class NoisyOrFusion(_FixedRule):
+    """Fixed rule: generated unless every expert says real, P(generated) = 1 - prod_e (1 - p_e).
 
     In logits, stably: with S = sum_e log(1 - p_e) = -sum_e softplus(logit_e), logit = log(-expm1(S)) - S."""
 
-    has_gate = False
+    name = "noisy_or"
 
-    def __init__(self, num_experts: int, dim: int, gate_hidden: int = 0, gate_input: str = "features") -> None:
-        super().__init__()
-
-    def forward(
-        self, features: torch.Tensor, expert_logits: torch.Tensor, gate_weights: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        _no_override("noisy_or", gate_weights)
+    @staticmethod
+    def rule(expert_logits: torch.Tensor) -> torch.Tensor:
         s = -F.softplus(expert_logits.float()).sum(dim=1)
-        return {"logits": (torch.log(-torch.expm1(s).clamp_max(-1e-30)) - s).to(expert_logits.dtype)}
+        return (torch.log(-torch.expm1(s).clamp_max(-1e-30)) - s).to(expert_logits.dtype)
 
 
 class MeanFusion(nn.Module):
