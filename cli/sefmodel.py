@@ -234,6 +234,15 @@ def eval_(
         "noise:S, social:MAXSIDE (resize + JPEG 75); 'default' = the standard sweep. One curve per NAME",
         show_default=False,
     ),
+    robustness: list[str] = typer.Option(
+        None,
+        "--robustness",
+        "-r",
+        metavar="PRESET",
+        help="repeatable named protocol, reported under its name beside --perturb: dda (JPEG 96 on reals and fakes, "
+        "as DDA's evaluation) or social (downscale, JPEG 75-95, WebP, drawn per image); see docs/evaluation.md",
+        show_default=False,
+    ),
     calibrate: str | None = typer.Option(
         None,
         "--calibrate",
@@ -278,8 +287,8 @@ def eval_(
 
     with user_errors(hub=True):
         config = EvalConfig(
-            benches=bench, perturb=perturb or [], calibrate=calibrate, calib_fraction=calib_fraction,
-            fake_jpeg=fake_jpeg, batch_size=batch_size, crop=crop, plots=plots,
+            benches=bench, perturb=perturb or [], robustness=robustness or [], calibrate=calibrate,
+            calib_fraction=calib_fraction, fake_jpeg=fake_jpeg, batch_size=batch_size, crop=crop, plots=plots,
         )  # fmt: skip
         if out is None:
             if not Path(run).is_dir():

@@ -17,7 +17,9 @@ Protocol (every choice is recorded in ``results.json`` under ``protocol``):
   are JPEG-compressed at it before scoring; reals are untouched) or ``"auto"`` (each definition's recommended
   quality, e.g. 96 for GenImage). Applied before any perturbation.
 * **Perturbations** (:mod:`sefmodel.perturb`) are applied to every image, real and fake alike, and give one
-  robustness curve per kind.
+  robustness curve per kind. A **robustness preset** (``robustness``, :data:`sefmodel.perturb.PRESETS`) is a named
+  list of them (``dda``: JPEG 96; ``social``: the social-media chain), reported under its name as well, so numbers
+  computed under one name are comparable across papers.
 
 Outputs (``out`` folder): ``results.json``, ``results.md``, ``results.csv``, ``scores.csv`` (every image's score
 under every condition) and ``plots/*.png``.
@@ -44,12 +46,21 @@ from . import metrics as M
 from . import report
 from .benchmarks import ALL, PLAIN, BenchItem, ResolvedBenchmark, resolve_bench_arg
 from .detector import SEFDetector
-from .perturb import PerturbSpec, format_bias_jpeg, higher_is_milder, parse_perturbations, x_label
+from .perturb import (
+    PerturbSpec,
+    Preset,
+    format_bias_jpeg,
+    higher_is_milder,
+    parse_perturbations,
+    resolve_presets,
+    x_label,
+)
 from .predict import score_stream
 
 CLEAN = "clean"
 RESULTS_FORMAT = "sef-eval/1"
 TABLE_METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", *M.TPR_AT_FPR, "acc_cal")
+PRESET_METRICS = tuple(k for k in TABLE_METRICS if k != "acc_cal")  # a perturbed condition has no calibration
 HEADERS = {
     "accuracy": "acc@0.5",
     "real_acc": "real acc",
@@ -72,6 +83,8 @@ class EvalConfig:
     ``hf:OWNER/NAME[:split=test,image=COL,label=COL,subset=COL]``; see :func:`resolve_bench_arg`."""
     perturb: list[str] = field(default_factory=list)
     """Perturbations (``jpeg:75,blur:1``...) or ``default`` for the standard sweep."""
+    robustness: list[str] = field(default_factory=list)
+    """Named robustness presets (``dda``, ``social``; :data:`sefmodel.perturb.PRESETS`), beside ``perturb``."""
     calibrate: str | None = None
     """A held-out set (same syntax as a bench) to fit one decision threshold for ``acc_cal``."""
     calib_fraction: float = 0.2
@@ -101,6 +114,7 @@ class EvalConfig:
             raise SefError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.crop not in (None, "center", "multi"):
             raise SefError(f"--crop must be center or multi, got {self.crop!r}")
+        resolve_presets(self.robustness)  # an unknown name fails before any image is scored
 
 
 def _in_calibration_split(key: str, fraction: float) -> bool:
@@ -313,6 +327,7 @@ def _results(
     perturbations: list[PerturbSpec],
     calibration: dict[str, Any],
     global_threshold: float | None,
+    presets: list[Preset],
 ) -> tuple[dict[str, Any], dict[str, dict[str, dict]]]:
     """The ``results.json`` content (without ``plots`` and ``model-index``, which the report adds) and the
     overall metrics of every benchmark under every condition (condition -> benchmark -> metrics)."""
@@ -351,6 +366,7 @@ def _results(
         "benchmarks": benchmarks,
         "summary": {"mean": mean, "worst": worst, "worst_benchmark": worst_of, "benchmarks": len(rows)},
         "robustness": _robustness(perturbations, per_condition),
+        "robustness_presets": _presets(presets, per_condition),
         "protocol": {
             "decision": "an image is called generated when prob > threshold",
             "threshold": 0.5,
@@ -366,6 +382,24 @@ def _results(
             "subsets": "a subset's fakes are paired with its own reals and with reals shared by all subsets",
         },
     }, per_condition
+
+
+def _presets(presets: list[Preset], per_condition: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """preset name -> its definition and, per perturbation, the metrics per benchmark with their mean and worst."""
+    out: dict[str, Any] = {}
+    for preset in presets:
+        conditions = {}
+        for p in preset.specs:
+            benches = per_condition[p.label]
+            mean, worst = M.mean_and_worst(list(benches.values()), PRESET_METRICS)
+            conditions[p.label] = {"mean": mean, "worst": worst, "benchmarks": benches}
+        out[preset.name] = {
+            "perturbations": preset.perturbations,
+            "description": preset.help,
+            "applies_to": "real and generated images alike",
+            "conditions": conditions,
+        }
+    return out
 
 
 def _robustness(perturbations: list[PerturbSpec], per_condition: dict[str, dict[str, dict]]) -> dict[str, Any]:
@@ -404,7 +438,8 @@ def evaluate(
     Three steps: scoring (every image of every benchmark under every condition), metrics (the results) and the
     report (tables, JSON, plots)."""
     out = Path(out)
-    perturbations = parse_perturbations(config.perturb)
+    presets = resolve_presets(config.robustness)
+    perturbations = parse_perturbations([*config.perturb, *(p.perturbations for p in presets)])
     benches = [resolve_bench_arg(arg) for arg in config.benches]
     names = [b.name for b in benches]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -419,7 +454,7 @@ def evaluate(
     calibration, global_threshold = _calibrate(detector, config, progress, log)
     scores = [_score_bench(detector, bench, perturbations, config, progress, log) for bench in benches]
     results, per_condition = _results(
-        detector, config, detector_source, scores, perturbations, calibration, global_threshold
+        detector, config, detector_source, scores, perturbations, calibration, global_threshold, presets
     )  # fmt: skip
     _write_report(results, scores, per_condition, out, plots=config.plots)
     return results
@@ -630,6 +665,17 @@ def markdown(results: dict) -> str:
             lines.append(f"- {entry['failed']} image(s) could not be read and were left out, e.g.:")
             lines += [f"  - `{e['key']}`: {e['error']}" for e in entry["errors"][:5]]
         lines.append("")
+    for name, preset in results.get("robustness_presets", {}).items():
+        lines += [f"## Robustness preset `{name}`", "", f"{preset['description']} (`{preset['perturbations']}`); "
+                  "threshold 0.5 for the accuracies.", ""]  # fmt: skip
+        head = ["perturbation", "benchmark", *[HEADERS[k] for k in PRESET_METRICS]]
+        rows = []
+        for label, condition in preset["conditions"].items():
+            named = list(condition["benchmarks"].items())
+            if len(named) > 1:
+                named += [("**mean**", condition["mean"]), ("**worst**", condition["worst"])]
+            rows += [[f"`{label}`", bench, *[report.fmt(m[k]) for k in PRESET_METRICS]] for bench, m in named]
+        lines += [report.md_table(head, rows), ""]
     if results["robustness"]:
         lines += ["## Robustness", "", "Perturbations apply to reals and fakes alike; threshold 0.5.", ""]
         for name, curve in results["robustness"].items():

@@ -11,9 +11,15 @@ Every perturbation is ``NAME:VALUE``; several values of one name form one curve 
                       seeded by the image's key, so a re-run is identical
 ``social:N``          the chain a social network applies: downscale so the long side is at most N pixels
                       (bicubic, antialiased; smaller images are kept), then JPEG at quality 75
+``socialchain:N``     the social-media chain of the format-bias experiment, drawn per image from a generator
+                      seeded by the image's key: downscale by a factor in [0.5, 1] (uniform) and further if the
+                      long side still exceeds N pixels, then JPEG at a quality in 75-95 (uniform integer),
+                      then lossy WebP at quality 80
 ====================  ========================================================================================
 
-``--perturb default`` expands to :data:`DEFAULT_SWEEP`. A new perturbation is one function ``(image, value,
+``--perturb default`` expands to :data:`DEFAULT_SWEEP`. A **robustness preset** (``--robustness NAME``) is a named
+list of perturbations, so two papers' numbers under one name are computed alike: :data:`PRESETS`, extended with
+:func:`register_preset`. A new perturbation is one function ``(image, value,
 key) -> image`` plus one :func:`register_perturbation` line. Images go in and come out as 8-bit RGB PIL
 images; a JPEG or WebP result is returned as the decoded file, so its format and quantisation tables can be
 inspected (tests measure the JPEG quality of the output).
@@ -33,6 +39,9 @@ from sefdata.errors import SefError
 from sefdata.imageio import to_rgb
 
 SOCIAL_JPEG_QUALITY = 75
+CHAIN_SCALE = (0.5, 1.0)  # socialchain: per-image downscale factor, uniform
+CHAIN_JPEG_QUALITY = (75, 95)  # socialchain: per-image JPEG quality, uniform integer, both ends included
+CHAIN_WEBP_QUALITY = 80  # socialchain: the WebP a platform serves the upload as
 PerturbFn = Callable[[Image.Image, float, str], Image.Image]
 
 
@@ -130,9 +139,13 @@ def blur(image: Image.Image, sigma: float, key: str = "") -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius=sigma)) if sigma > 0 else image.copy()
 
 
+def _rng(tag: str, key: str) -> np.random.Generator:
+    """A generator that depends only on ``tag`` (the perturbation) and the image's key, never on batch-mates."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{tag}:{key}".encode()).digest()[:8], "little"))
+
+
 def noise(image: Image.Image, sigma: float, key: str = "") -> Image.Image:
-    seed = int.from_bytes(hashlib.sha256(f"noise:{sigma}:{key}".encode()).digest()[:8], "little")
-    rng = np.random.default_rng(seed)
+    rng = _rng(f"noise:{sigma}", key)  # str(float): kept as it was, so earlier noise results reproduce
     pixels = np.asarray(image, dtype=np.float32)
     noisy = pixels + rng.normal(0.0, sigma, pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), "RGB")
@@ -144,6 +157,18 @@ def social(image: Image.Image, max_side: float, key: str = "") -> Image.Image:
     if scale < 1:
         image = resize(image, scale)
     return jpeg(image, SOCIAL_JPEG_QUALITY)
+
+
+def social_chain(image: Image.Image, max_side: float, key: str = "") -> Image.Image:
+    """Downscale (random factor, then long side <= ``max_side``), JPEG at a random quality, WebP: an upload's fate
+    on a social network, drawn per image from its key (the issue #24 chain; see the module docstring)."""
+    rng = _rng(f"socialchain:{_fmt(max_side)}", key)  # the label, so 1080 and 1080.0 draw alike
+    factor = rng.uniform(*CHAIN_SCALE)
+    quality = int(rng.integers(CHAIN_JPEG_QUALITY[0], CHAIN_JPEG_QUALITY[1] + 1))
+    factor = min(factor, max_side / max(image.size))
+    if factor < 1:
+        image = resize(image, factor)
+    return webp(jpeg(image, quality).convert("RGB"), CHAIN_WEBP_QUALITY)
 
 
 register_perturbation(
@@ -162,6 +187,13 @@ register_perturbation("noise", noise, "Gaussian noise, sigma S (8-bit levels)", 
 register_perturbation(
     "social", social, f"long side <= N px, then JPEG {SOCIAL_JPEG_QUALITY}", integer=True, minimum=16,
     x_label=f"max side (px), then JPEG {SOCIAL_JPEG_QUALITY}", higher_is_milder=True,
+)  # fmt: skip
+
+register_perturbation(
+    "socialchain", social_chain,
+    f"downscale x{CHAIN_SCALE[0]:g}-{CHAIN_SCALE[1]:g} and long side <= N px, JPEG {CHAIN_JPEG_QUALITY[0]}-"
+    f"{CHAIN_JPEG_QUALITY[1]}, WebP {CHAIN_WEBP_QUALITY} (per image, seeded by its key)", integer=True, minimum=16,
+    x_label="max side (px) of the social-media chain", higher_is_milder=True,
 )  # fmt: skip
 
 DEFAULT_SWEEP = (
@@ -203,6 +235,48 @@ def parse_perturbations(specs: list[str] | str | None) -> list[PerturbSpec]:
             out.append(PerturbSpec(name, value))
     seen: set[PerturbSpec] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named robustness protocol: ``perturbations`` (``--perturb`` syntax), each applied to reals and fakes alike."""
+
+    name: str
+    perturbations: str
+    help: str
+
+    @property
+    def specs(self) -> list[PerturbSpec]:
+        return parse_perturbations(self.perturbations)
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, perturbations: str, help: str) -> None:
+    """Register a preset; a duplicate name raises ``ValueError``, a bad perturbation list :class:`SefError`."""
+    if name in PRESETS:
+        raise ValueError(f"robustness preset {name!r} is already registered")
+    parse_perturbations(perturbations)  # validated now, not at the first eval that names it
+    PRESETS[name] = Preset(name, perturbations, help)
+
+
+def resolve_presets(names: list[str] | None) -> list[Preset]:
+    """``["dda", "social"]`` -> presets, in order, duplicates dropped; an unknown name raises :class:`SefError`."""
+    out: list[Preset] = []
+    for name in names or []:
+        if name not in PRESETS:
+            raise SefError(f"unknown robustness preset {name!r}; known: {', '.join(PRESETS)}")
+        if PRESETS[name] not in out:
+            out.append(PRESETS[name])
+    return out
+
+
+register_preset("dda", "jpeg:96", "JPEG at quality 96 on reals and fakes alike, as DDA's evaluation does")
+register_preset(
+    "social", "socialchain:1080",
+    "the social-media chain: downscale x0.5-1 and long side <= 1080 px, JPEG 75-95, WebP 80 (per image)",
+)  # fmt: skip
 
 
 def format_bias_jpeg(image: Image.Image, quality: int) -> Image.Image:

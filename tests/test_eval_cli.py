@@ -239,6 +239,42 @@ def test_eval_calibration_set_and_errors(run_dir, tmp_path):
     assert bad.exit_code == 2 and "no image under" in bad.output
 
 
+def test_eval_robustness_presets_are_reported_by_name(run_dir, tmp_path):
+    """--robustness dda and social each give a named condition, scored on reals and fakes alike."""
+    bench = _bench(tmp_path / "b", subsets=("x",), n=4)
+    out = tmp_path / "out"
+    args = ["eval", str(run_dir), "--bench", f"mine={bench}", "--out", str(out), "--no-plots", "--no-progress"]
+    result = runner.invoke(
+        app, [*args, "--robustness", "dda", "-r", "social", "--perturb", "jpeg:96", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    presets = results["robustness_presets"]
+    assert list(presets) == ["dda", "social"] and results["config"]["robustness"] == ["dda", "social"]
+    assert list(presets["dda"]["conditions"]) == ["jpeg:96"]
+    assert list(presets["social"]["conditions"]) == ["socialchain:1080"]
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["condition"] for r in rows if r["key"] == "x/real/0.png"] == ["clean", "jpeg:96", "socialchain:1080"]
+
+    from sefmodel import metrics as M
+
+    for name, label in (("dda", "jpeg:96"), ("social", "socialchain:1080")):
+        scored = [r for r in rows if r["condition"] == label]
+        labels, probs = [int(r["label"]) for r in scored], [float(r["prob"]) for r in scored]
+        metrics = presets[name]["conditions"][label]
+        assert metrics["benchmarks"]["mine"]["ap"] == pytest.approx(M.average_precision(labels, probs))
+        assert metrics["mean"]["ap"] == pytest.approx(metrics["benchmarks"]["mine"]["ap"])
+        clean = {r["key"]: float(r["prob"]) for r in rows if r["condition"] == "clean"}
+        for cls in ("real", "fake"):  # both classes are perturbed
+            assert any(abs(float(r["prob"]) - clean[r["key"]]) > 1e-6 for r in scored if f"/{cls}/" in r["key"])
+    report = (out / "results.md").read_text()
+    assert "## Robustness preset `dda`" in report and "## Robustness preset `social`" in report
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert {"jpeg:96", "socialchain:1080"} <= {r["condition"] for r in table}
+    bad = runner.invoke(app, [*args, "--robustness", "twitter"])
+    assert bad.exit_code == 2 and "unknown robustness preset 'twitter'; known: dda, social" in bad.output
+
+
 # ---- explain -------------------------------------------------------------------------------------------------
 
 

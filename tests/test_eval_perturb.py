@@ -9,7 +9,14 @@ from PIL import Image, ImageFilter
 
 from sefdata.errors import SefError
 from sefdata.imageio import estimate_jpeg_quality
-from sefmodel.perturb import PerturbSpec, format_bias_jpeg, parse_perturbations
+from sefmodel.perturb import (
+    PRESETS,
+    PerturbSpec,
+    format_bias_jpeg,
+    parse_perturbations,
+    register_preset,
+    resolve_presets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +93,52 @@ def test_perturbed_images_are_converted_like_unperturbed_ones():
     assert format_bias_jpeg(rotated, 96).size == (10, 30)
     clear = Image.new("RGBA", (16, 16), (200, 0, 0, 0))  # fully transparent: white when scored
     assert PerturbSpec("blur", 0.5).apply(clear).getpixel((8, 8)) == (255, 255, 255)
+
+
+def test_robustness_presets_resolve_to_their_documented_perturbations(photo):
+    assert [p.name for p in resolve_presets(["dda", "social", "dda"])] == ["dda", "social"]
+    assert PRESETS["dda"].specs == [PerturbSpec("jpeg", 96)]  # DDA's evaluation: JPEG QF96, both classes
+    assert PRESETS["social"].specs == [PerturbSpec("socialchain", 1080)]
+    assert estimate_jpeg_quality(PRESETS["dda"].specs[0].apply(photo).quantization[0]) == 96
+    with pytest.raises(SefError, match="unknown robustness preset 'twitter'; known: dda, social"):
+        resolve_presets(["twitter"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_preset("dda", "jpeg:90", "another")
+    with pytest.raises(SefError, match="unknown perturbation"):
+        register_preset("bad", "sharpen:1", "a typo is caught when the preset is registered")
+    assert "bad" not in PRESETS
+
+
+def test_social_chain_is_the_documented_chain_drawn_per_image_key(photo):
+    """Downscale by U[0.5, 1] (then long side <= N), JPEG at an integer quality in U{75..95}, WebP 80: recomputed
+    here from the key's sha256 with Pillow directly."""
+    import hashlib
+    import io
+
+    def expected(image, max_side, key):
+        seed = int.from_bytes(hashlib.sha256(f"socialchain:{max_side}:{key}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        factor = min(rng.uniform(0.5, 1.0), max_side / max(image.size))
+        quality = int(rng.integers(75, 96))
+        w, h = image.size
+        image = image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=quality, subsampling=2)
+        buf2 = io.BytesIO()
+        Image.open(buf).convert("RGB").save(buf2, "WEBP", quality=80, method=4)
+        return np.asarray(Image.open(buf2).convert("RGB")), quality
+
+    chain = parse_perturbations("socialchain:1080")[0]  # parsed as 1080.0: draws as 1080
+    outputs, qualities = {}, set()
+    for key in ("a/1.png", "b/2.png", "c/3.png"):
+        out = chain.apply(photo, key)
+        assert out.format == "WEBP" and 48 <= out.width <= 96
+        want, quality = expected(photo, 1080, key)
+        assert np.array_equal(np.asarray(out.convert("RGB")), want)
+        assert np.array_equal(np.asarray(chain.apply(photo, key).convert("RGB")), want)  # deterministic
+        outputs[key], qualities = out.size, qualities | {quality}
+    assert len(set(outputs.values())) > 1 and len(qualities) > 1  # drawn per image, not once
+    capped = PerturbSpec("socialchain", 40).apply(photo, "a/1.png")
+    assert max(capped.size) <= 40
+    assert np.array_equal(np.asarray(capped.convert("RGB")), expected(photo, 40, "a/1.png")[0])
+    assert "socialchain" not in {s.name for s in parse_perturbations("default")}  # the sweep is unchanged
