@@ -212,8 +212,30 @@ THREADS_HELP = (
 )
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The command as typed, rebuilt from what the command line set (defaults left out), for a results file."""
+    import shlex
+
+    # typer ships its own copy of click: its classes are compared by name, not imported
+    parts = ["sefmodel", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        values = value if isinstance(value, list | tuple) else [value]
+        if param.param_type_name == "argument":
+            parts += [str(v) for v in values]
+        elif param.is_flag:
+            parts.append((param.opts if value else param.secondary_opts or param.opts)[0])
+        else:
+            parts += [item for v in values for item in (param.opts[0], str(v))]
+    return shlex.join(parts)
+
+
 @app.command("eval", no_args_is_help=True)
 def eval_(
+    ctx: typer.Context,
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     bench: list[str] = typer.Option(
         ...,
@@ -297,7 +319,7 @@ def eval_(
         _use_threads(threads)
         detector = load_detector(run, device)
         results = evaluate(detector, config, out, detector_source=str(run), progress=progress,
-                           log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                           log=lambda m: typer.echo(m, err=True), command=_command_line(ctx))  # fmt: skip
     mean = results["summary"]["mean"]
     typer.echo(
         f"{results['summary']['benchmarks']} benchmark(s): mean acc@0.5 {_f(mean['accuracy'])}, AP {_f(mean['ap'])}, "

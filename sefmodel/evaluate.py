@@ -21,6 +21,12 @@ Protocol (every choice is recorded in ``results.json`` under ``protocol``):
   list of them (``dda``: JPEG 96; ``social``: the social-media chain), reported under its name as well, so numbers
   computed under one name are comparable across papers.
 
+**Provenance** (``results.json`` → ``provenance``): what made the numbers, with every local path reduced to its
+name (:mod:`sefdata.privacy`): the sha256 of the detector's ``model.safetensors`` (and ``backbone.safetensors``)
+and its config, each benchmark's name, definition and, for a sefdata build, the sha256 of its ``manifest.json``,
+the seed (none: eval draws nothing at random; perturbations are seeded by each image's key), the versions of the
+packages that compute a score, and the command line.
+
 Outputs (``out`` folder): ``results.json``, ``results.md``, ``results.csv``, ``scores.csv`` (every image's score
 under every condition) and ``plots/*.png``.
 """
@@ -41,6 +47,8 @@ import numpy as np
 from PIL import Image
 
 from sefdata.errors import SefError
+from sefdata.privacy import public_json, public_name, public_text
+from sefdata.shards import file_sha256
 
 from . import metrics as M
 from . import report
@@ -58,6 +66,8 @@ from .perturb import (
 from .predict import score_stream
 
 CLEAN = "clean"
+# what computes a score: the model stack, the metrics, the image codecs the perturbations use, this package
+PACKAGES = ("sef-toolkit", "torch", "transformers", "peft", "safetensors", "numpy", "scikit-learn", "pillow")
 RESULTS_FORMAT = "sef-eval/1"
 TABLE_METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", *M.TPR_AT_FPR, "acc_cal")
 PRESET_METRICS = tuple(k for k in TABLE_METRICS if k != "acc_cal")  # a perturbed condition has no calibration
@@ -402,6 +412,69 @@ def _presets(presets: list[Preset], per_condition: dict[str, dict[str, dict]]) -
     return out
 
 
+def _weights_folder(detector_source: str) -> Path | None:
+    """The local folder holding the detector's weight files: RUN itself, RUN/detector, or a Hub id's cached copy."""
+    from .predict import resolve_run
+    from .serialization import WEIGHTS_NAME
+
+    if not detector_source:
+        return None  # an in-memory detector
+    if Path(detector_source).expanduser().is_dir():
+        return Path(resolve_run(detector_source))
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(detector_source, WEIGHTS_NAME)
+    except Exception:  # not a repo id: nothing to hash
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _provenance(
+    detector: SEFDetector, detector_source: str, benches: list[ResolvedBenchmark], command: str | None
+) -> dict[str, Any]:
+    """What made these numbers (module docstring), free of local paths."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .serialization import BACKBONE_WEIGHTS_NAME, WEIGHTS_NAME
+
+    folder = _weights_folder(detector_source)
+    weights = {}
+    for name in (WEIGHTS_NAME, BACKBONE_WEIGHTS_NAME):
+        if folder is not None and (folder / name).is_file():
+            weights[name] = file_sha256(folder / name)
+    benchmarks = {}
+    for bench in benches:
+        manifest = Path(bench.source) / "manifest.json"
+        benchmarks[bench.name] = {
+            "source": public_name(bench.source),
+            "definition": bench.definition.name if bench.definition not in (None, PLAIN) else None,
+            "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
+        }
+    packages = {}
+    for package in PACKAGES:
+        try:
+            packages[package] = version(package)
+        except PackageNotFoundError:
+            packages[package] = None
+    import torch
+
+    packages["torch"] = torch.__version__  # with its build (+cpu, +cu130), which the metadata version drops
+    return public_json(
+        {
+            "detector": {
+                "source": public_name(detector_source) if detector_source else None,
+                "weights_sha256": weights,
+                "config": detector.config.to_dict(),
+            },
+            "benchmarks": benchmarks,
+            "seed": None,
+            "packages": packages,
+            "command": public_text(command) if command else None,
+        }
+    )
+
+
 def _robustness(perturbations: list[PerturbSpec], per_condition: dict[str, dict[str, dict]]) -> dict[str, Any]:
     curves: dict[str, Any] = {}
     for p in perturbations:
@@ -432,11 +505,12 @@ def evaluate(
     detector_source: str = "",
     progress: bool = False,
     log=print,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write every output into ``out``; returns the ``results.json`` content.
 
     Three steps: scoring (every image of every benchmark under every condition), metrics (the results) and the
-    report (tables, JSON, plots)."""
+    report (tables, JSON, plots). ``command`` (the command line, if any) is recorded in ``provenance``."""
     out = Path(out)
     presets = resolve_presets(config.robustness)
     perturbations = parse_perturbations([*config.perturb, *(p.perturbations for p in presets)])
@@ -456,6 +530,7 @@ def evaluate(
     results, per_condition = _results(
         detector, config, detector_source, scores, perturbations, calibration, global_threshold, presets
     )  # fmt: skip
+    results["provenance"] = _provenance(detector, detector_source, benches, command)
     _write_report(results, scores, per_condition, out, plots=config.plots)
     return results
 

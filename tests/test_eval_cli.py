@@ -206,6 +206,7 @@ def test_eval_calibration_set_and_errors(run_dir, tmp_path):
     bench = _bench(tmp_path / "b", subsets=("x",), n=4)
     calib = _bench(tmp_path / "cal", subsets=("x",), n=4)
     (bench / "x" / "fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (bench / "manifest.json").write_text('{"name": "a sefdata build"}\n')  # as a sefdata build has one
     out = tmp_path / "out"
     result = runner.invoke(
         app,
@@ -233,6 +234,38 @@ def test_eval_calibration_set_and_errors(run_dir, tmp_path):
     assert entry["metrics"]["n_fake"] == 4  # the unreadable file is reported, not scored
     assert entry["metrics"]["acc_cal"] is not None and results["plots"] == {}
     assert "broken.png" in (out / "results.md").read_text()
+
+    # provenance: what made the numbers, recomputed here, and no local path in it
+    import hashlib
+    import importlib.metadata
+    import shlex
+
+    import sklearn
+
+    from sefdata.privacy import json_local_paths
+
+    prov = results["provenance"]
+    weights = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted((run_dir / "detector").glob("*.safetensors"))
+    }
+    assert "model.safetensors" in weights and prov["detector"]["weights_sha256"] == weights
+    assert prov["detector"]["source"] == "detector"
+    saved = json.loads((run_dir / "detector" / "config.json").read_text())
+    assert prov["detector"]["config"] == saved  # the tiny detector's backbone is built from config: no path in it
+    assert prov["benchmarks"]["mine"] == {
+        "source": "b",
+        "definition": None,
+        "manifest_sha256": hashlib.sha256((bench / "manifest.json").read_bytes()).hexdigest(),
+    }
+    assert prov["seed"] is None
+    assert prov["packages"]["torch"] == torch.__version__ and prov["packages"]["numpy"] == np.__version__
+    assert prov["packages"]["scikit-learn"] == sklearn.__version__
+    assert prov["packages"]["sef-toolkit"] == importlib.metadata.version("sef-toolkit")
+    assert shlex.split(prov["command"]) == [
+        "sefmodel", "eval", "detector", "--bench", "mine=b", "--calibrate", "cal", "--out", "out", "--device", "cpu",
+        "--no-plots", "--no-progress",
+    ]  # fmt: skip
+    assert json_local_paths(prov) == [] and json_local_paths({"command": f"eval {bench}"})  # the check can fail
     bad = runner.invoke(app, ["eval", str(run_dir), "--bench", str(bench), "--fake-jpeg", "200"])
     assert bad.exit_code == 2 and "--fake-jpeg" in bad.output
     bad = runner.invoke(app, ["eval", str(run_dir), "--bench", f"genimage={bench}", "--out", str(out)])
