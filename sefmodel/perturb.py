@@ -275,7 +275,7 @@ def resolve_presets(names: list[str] | None) -> list[Preset]:
 register_preset("dda", "jpeg:96", "JPEG at quality 96 on reals and fakes alike, as DDA's evaluation does")
 register_preset(
     "social", "socialchain:1080",
-    "the social-media chain: downscale x0.5-1 and long side <= 1080 px, JPEG 75-95, WebP 80 (per image)",
+    "The social-media chain: downscale x0.5-1 and long side <= 1080 px, JPEG 75-95, WebP 80 (per image)",
 )  # fmt: skip
 
 
