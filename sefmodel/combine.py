@@ -23,6 +23,11 @@ SHARED_CONFIG = ("backbone", "backbone_id", "backbone_revision", "backbone_confi
 SHARED_PROCESSING = ("size", "image_mean", "image_std", "resize", "small")
 
 
+def processing_differences(a: ImageProcessor, b: ImageProcessor) -> list[str]:
+    """The :data:`SHARED_PROCESSING` settings on which two image processors disagree (empty: same pixels)."""
+    return [k for k in SHARED_PROCESSING if getattr(a, k) != getattr(b, k)]
+
+
 def combine_experts(
     cls: type[SEFDetector],
     sources: Sequence[SEFDetector | str | os.PathLike],
@@ -67,7 +72,7 @@ def combine_experts(
     detector = cls(config, processor=loaded[0].processor)
     for entry in loaded:
         processor = entry.processor or ImageProcessor.from_detector_config(entry.config, detector.backbone)
-        diff = [k for k in SHARED_PROCESSING if getattr(processor, k) != getattr(detector.processor, k)]
+        diff = processing_differences(processor, detector.processor)
         if diff:
             raise ValueError(f"experts were trained on differently processed images: they disagree on {diff}")
     state = {}

@@ -249,7 +249,8 @@ class SEFDetector(
                 raise ValueError(f"unknown expert {name!r}; this detector has {self.expert_names}")
         shared = self.config.shared_trunk if shared_trunk is None else shared_trunk
         bb = self.backbone
-        pixel_values, spectrum = self._inputs(pixel_values)
+        spectrum = self._spectrum(pixel_values) if self.config.spectrum else None
+        pixel_values = self._backbone_input(pixel_values)
         stop = self.feature_index + 1
         if shared and self.trunk_split > 0 and len(experts) > 1:
             start = self.trunk_split
@@ -266,18 +267,18 @@ class SEFDetector(
             stacked = torch.cat([stacked, spectrum[:, None].expand(-1, len(experts), -1)], dim=-1)
         return stacked
 
-    def _inputs(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised crops -> (what the backbone sees, the spectrum feature (B, F) or None), by the config's
-        ``input_filter`` and ``spectrum``."""
+    def _backbone_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised crops -> what the backbone sees (``config.input_filter``), on its device and dtype."""
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        spectrum = None
-        if self.config.spectrum:
-            mean = torch.tensor(self.processor.image_mean, device=pixel_values.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.processor.image_std, device=pixel_values.device).view(1, 3, 1, 1)
-            spectrum = periodic_spectrum(pixel_values.float() * std + mean).to(self.dtype)
-        if self.config.input_filter == "highpass":
-            pixel_values = highpass(pixel_values)
-        return pixel_values, spectrum
+        return highpass(pixel_values) if self.config.input_filter == "highpass" else pixel_values
+
+    def _spectrum(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised crops -> their periodic-spectrum feature (B, F), computed in float32 on the un-normalised
+        crop (as the backbone receives it: in the detector's dtype)."""
+        x = pixel_values.to(device=self.device, dtype=self.dtype).float()
+        mean = torch.tensor(self.processor.image_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.processor.image_std, device=x.device).view(1, 3, 1, 1)
+        return periodic_spectrum(x * std + mean).to(self.dtype)
 
     def _feature(self, hidden: torch.Tensor) -> torch.Tensor:
         """The feature block's output -> (B, D) features, pooled as the config says."""
@@ -287,8 +288,7 @@ class SEFDetector(
         """Features (B, D) of the bare frozen backbone, every adapter bypassed (reference / analysis): the pooled
         block output of what the backbone sees (after ``input_filter``), without the spectrum feature."""
         bb = self.backbone
-        pixel_values = self._inputs(pixel_values)[0] if self.config.input_filter != "none" else pixel_values
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        pixel_values = self._backbone_input(pixel_values)
         for layer in self._tuner_layers:
             layer.enable_adapters(False)
         try:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..combine import SHARED_PROCESSING
+from ..combine import processing_differences
 from ..config import DetectorConfig
 from ..detector import SEFDetector
 from ..serialization import CONFIG_NAME
@@ -209,8 +209,7 @@ class DistillTask(MixedTask):
         torch.manual_seed(self.config.seed)  # the student's init does not depend on what loading the teacher drew
         student = SEFDetector(config)
         mine, theirs = student.processor, teacher.processor
-        diff = [f"{k} {getattr(mine, k)!r} vs {getattr(theirs, k)!r}"
-                for k in SHARED_PROCESSING if getattr(mine, k) != getattr(theirs, k)]  # fmt: skip
+        diff = [f"{k} {getattr(mine, k)!r} vs {getattr(theirs, k)!r}" for k in processing_differences(mine, theirs)]
         if diff:
             raise ValueError(
                 f"the student's image processing differs from the teacher's ({'; '.join(diff)}): it must see the "

@@ -161,29 +161,24 @@ class Trainer:
 
         self.detector.to(acc.device)
         self.params = self.detector.set_stage(self.task.detector_stage, self.task.expert)
-        if not self.params:  # a fixed rule (fusion max / noisy_or): validated and saved, nothing to train
-            self.model, self.optimizer, self.scheduler = acc.prepare(self.detector), None, None
-            self.step, self.best_ap, self.best_step = 0, None, None
-            if self.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                config.save(self.run_dir)
-            self.log = MetricsLog(self.run_dir, self.is_main, config.tensorboard)
-            self.last_val: dict[str, float | int | None] = {}
-            return
-        self.detector.train()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = round(config.warmup * config.steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(cosine_lambda, steps=config.steps, warmup=warmup, min_ratio=config.min_lr_ratio)
-        )
         self.step, self.best_ap, self.best_step = 0, None, None
-        self.model, self.optimizer = acc.prepare(self.detector, self.optimizer)
-        if resume:
-            state = load_checkpoint(
-                self.run_dir / "checkpoints" / "last", self.detector, self.optimizer.optimizer, self.scheduler,
-                acc.scaler,
-            )  # fmt: skip
-            self.step, self.best_ap, self.best_step = state["step"], state.get("best_ap"), state.get("best_step")
+        if not self.params:  # a fixed rule (fusion max / noisy_or): nothing to train; run() validates and saves it
+            self.model, self.optimizer, self.scheduler = acc.prepare(self.detector), None, None
+        else:
+            self.detector.train()
+            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+            warmup = round(config.warmup * config.steps)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer,
+                partial(cosine_lambda, steps=config.steps, warmup=warmup, min_ratio=config.min_lr_ratio),
+            )
+            self.model, self.optimizer = acc.prepare(self.detector, self.optimizer)
+            if resume:
+                state = load_checkpoint(
+                    self.run_dir / "checkpoints" / "last", self.detector, self.optimizer.optimizer, self.scheduler,
+                    acc.scaler,
+                )  # fmt: skip
+                self.step, self.best_ap, self.best_step = state["step"], state.get("best_ap"), state.get("best_step")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save(self.run_dir)
@@ -222,11 +217,14 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         """Train to ``config.steps`` (or stop, resumable, once ``stop_after`` steps are done)."""
         cfg, acc = self.config, self.accelerator
-        if self.optimizer is None:
-            return self._save_fixed()
+        if self.optimizer is None:  # nothing to train: validated once, then saved as a finished run below
+            self.step = cfg.steps
+            if self.val_set is not None:
+                self._validate()
+            self._save("last")
         bar = tqdm(
             total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True,
-            disable=not (self.progress and self.is_main), desc=f"train {cfg.stage}",
+            disable=not (self.progress and self.is_main) or self.optimizer is None, desc=f"train {cfg.stage}",
         )  # fmt: skip
         keys_file = self.run_dir / f"keys-rank{self.rank}.txt" if cfg.record_keys else None
         speed = None
@@ -268,19 +266,6 @@ class Trainer:
         if self.is_main:
             self.detector.save_pretrained(detector_dir)
         acc.wait_for_everyone()
-        return TrainResult(self.run_dir, self.step, True, detector_dir, self.last_val, self.best_ap, self.is_main)
-
-    def _save_fixed(self) -> TrainResult:
-        """A detector with nothing to train: validate it once (its ``best`` checkpoint) and save it."""
-        self.step = self.config.steps
-        if self.val_set is not None:
-            self._validate()
-        self._save("last")
-        detector_dir = self.run_dir / "detector"
-        if self.is_main:
-            self.detector.save_pretrained(detector_dir)
-        self.accelerator.wait_for_everyone()
-        self.log.close()
         return TrainResult(self.run_dir, self.step, True, detector_dir, self.last_val, self.best_ap, self.is_main)
 
     def _optimizer_step(self, batches, keys_file: Path | None) -> torch.Tensor:
