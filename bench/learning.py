@@ -529,12 +529,20 @@ def run_split(name: str, split: dict, images: dict, shards: dict, args: argparse
         fusion_attempts[f]["margin_to_best_expert"], fusion_attempts[f]["validation"]["map"]))  # fmt: skip
     for fname, attempt in fusion_attempts.items():
         runs_by_name[f"fusion_{fname}"] = attempt.pop("run")
-    runs_by_name["sef"] = runs_by_name[f"fusion_{best_fusion}"]
-    runs_by_name["distilled"] = runs.lora("distilled", setting, "distill", teacher=runs_by_name["sef"])
+    chosen_run = runs_by_name[f"fusion_{best_fusion}"]
+    runs_by_name["distilled"] = runs.lora("distilled", setting, "distill", teacher=chosen_run)
 
+    def named(rows: dict) -> dict:
+        """The rows, with the chosen fusion's row repeated as ``sef`` just before ``distilled`` (scored once)."""
+        head = {k: v for k, v in rows.items() if k != "distilled"}
+        return {**head, "sef": rows[f"fusion_{best_fusion}"], "distilled": rows["distilled"]}
+
+    # What was already scored on validation is not scored again: the experts and every fusion.
+    validation = named({**expert_val, **evaluate({"mixed": runs_by_name["mixed"]}, val_images),
+                        **{f"fusion_{f}": a["validation"] for f, a in fusion_attempts.items()},
+                        **evaluate({"distilled": runs_by_name["distilled"]}, val_images)})  # fmt: skip
     # The held-out photos, scored once (clean and perturbed), every choice made.
-    validation = evaluate(runs_by_name, val_images)
-    heldout = evaluate(runs_by_name, held_images)
+    heldout = named(evaluate(runs_by_name, held_images))
     probe_model = load(experts["recon"])
     probes = {"control_frozen_probe": Probe(lambda ims: frozen_features(probe_model, ims), images, split),
               "control_spectrum_probe": Probe(spectrum_features, images, split)}  # fmt: skip
@@ -544,7 +552,7 @@ def run_split(name: str, split: dict, images: dict, shards: dict, args: argparse
     for label, fn in ROBUSTNESS.items():
         pert = perturbed(held_images, fn)
         robustness[label] = {n: {k: v for k, v in m.items() if k in ("recon", "sr", "map")}
-                             for n, m in evaluate(runs_by_name, pert).items()}  # fmt: skip
+                             for n, m in named(evaluate(runs_by_name, pert)).items()}  # fmt: skip
         for control, probe in probes.items():
             robustness[label][control] = {k: v for k, v in probe.analyse(pert).items() if k in ("recon", "sr", "map")}
     for a in attempts:
