@@ -34,7 +34,6 @@ under every condition) and ``plots/*.png``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import platform
 from collections import defaultdict
@@ -125,11 +124,6 @@ class EvalConfig:
         if self.crop not in (None, "center", "multi"):
             raise SefError(f"--crop must be center or multi, got {self.crop!r}")
         resolve_presets(self.robustness)  # an unknown name fails before any image is scored
-
-
-def _in_calibration_split(key: str, fraction: float) -> bool:
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
 def _fake_quality(config: EvalConfig, bench: ResolvedBenchmark) -> int | None:
@@ -300,7 +294,7 @@ def _bench_results(
     ok = ~np.isnan(clean.probs)
     threshold, cal_mask = global_threshold, None
     if threshold is None and config.calib_fraction > 0:
-        cal_mask = np.array([_in_calibration_split(it.key, config.calib_fraction) for it in bench.items])
+        cal_mask = np.array([M.in_hashed_split(it.key, config.calib_fraction) for it in bench.items])
         fit = ok & cal_mask
         try:
             threshold = M.calibrate_threshold(labels[fit], clean.probs[fit])

@@ -26,6 +26,7 @@ files with ``sefmodel predict``) does not pay for importing it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +37,13 @@ METRICS = ("accuracy", "real_acc", "fake_acc", "balanced_acc", "ap", "auroc", *T
 """Metric names in reporting order (``acc_cal`` and the counts are added by the evaluation)."""
 
 ArrayLike = Sequence[float] | np.ndarray
+
+
+def in_hashed_split(key: str, fraction: float) -> bool:
+    """Whether ``key`` falls in the first ``fraction`` of the sha256 hash range: a split by name that stays the
+    same across runs, machines and detectors (eval's calibration split, the threshold's held-out reals)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
 def is_generated(scores: ArrayLike | float, threshold: float = 0.5) -> np.ndarray | bool:

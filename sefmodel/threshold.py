@@ -19,7 +19,6 @@ forcing a decision when ``LOW <= prob <= HIGH``; outside the band the threshold 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,11 +97,6 @@ def _check_fpr(fpr: float) -> None:
         raise SefError(f"--calibrate-fpr must be in (0, 1), got {fpr}")
 
 
-def _in_holdout(key: str, fraction: float) -> bool:
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
-
-
 def fit_threshold(
     keys: list[str], scores: np.ndarray, fpr: float, holdout: float = HOLDOUT, **extra: Any
 ) -> CalibratedThreshold:
@@ -116,7 +110,7 @@ def fit_threshold(
         raise ValueError(f"{len(keys)} keys for {scores.size} scores")
     if not scores.size:
         raise SefError("no real image could be scored: nothing to calibrate on")
-    test = np.array([_in_holdout(k, holdout) for k in keys])
+    test = np.array([M.in_hashed_split(k, holdout) for k in keys])
     fit = ~test
     heldout: dict[str, Any] = {"fraction": holdout, "n_fit": int(fit.sum()), "n_test": int(test.sum()),
                                "threshold": None, "fpr": None, "fpr_ci95": None}  # fmt: skip
