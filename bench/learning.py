@@ -58,9 +58,9 @@ from PIL import Image
 
 from sefdata.assets import find_assets
 from sefdata.privacy import public_json
+from sefdata.shards import field_key, iter_samples, resolve_shards
 from sefmodel import SEFDetector
 from sefmodel.augment import AugmentConfig
-from sefmodel.data import iter_samples, resolve_shards
 from sefmodel.metrics import average_precision
 from sefmodel.perturb import jpeg, resize
 from sefmodel.spectrum import periodic_spectrum
@@ -248,8 +248,7 @@ def load_photo(shards: Path) -> dict[str, list[Image.Image]]:
     for url in resolve_shards([str(shards)]).urls:
         for sample in iter_samples(url):
             for f in out:
-                key = next(k for k in sample if k.split(".")[0] == f)
-                out[f].append(Image.open(io.BytesIO(sample[key])).convert("RGB"))
+                out[f].append(Image.open(io.BytesIO(sample[field_key(sample, f)])).convert("RGB"))
     return out
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sefmodel.data import iter_samples, resolve_shards
+from sefdata.shards import field_key, iter_samples, resolve_shards
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         for sample in iter_samples(url):
             images = {}
             for field in ("real", *families.values()):
-                key = next(k for k in sample if k.split(".")[0] == field)
-                images[field] = Image.open(io.BytesIO(sample[key])).convert("RGB")
+                images[field] = Image.open(io.BytesIO(sample[field_key(sample, field)])).convert("RGB")
             width, height = images["real"].size
             for top in range(0, height - args.tile + 1, args.tile):
                 for left in range(0, width - args.tile + 1, args.tile):

@@ -16,10 +16,9 @@ from pathlib import Path, PurePosixPath
 from sefdata.config import differences
 from sefdata.errors import SefError
 from sefdata.privacy import public_config, public_json
-from sefdata.shards import atomic_write_json, is_done, read_stats, stats_path, tar_path
+from sefdata.shards import MANIFEST_FILE, atomic_write_json, is_done, read_stats, stats_path, tar_path
 
 BUILD_FILE = "build.json"
-MANIFEST_FILE = "manifest.json"
 PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transformers", "spandrel", "webdataset", "pillow",
             "numpy", "datasets", "huggingface_hub")  # fmt: skip
 

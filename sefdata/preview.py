@@ -11,13 +11,13 @@ very artifacts the picture is for.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from sefdata.errors import SefError
+from sefdata.shards import Manifest, field_keys, iter_samples, sample_fields
 
 LABEL_HEIGHT = 22
 
@@ -46,9 +46,10 @@ def encoding_label(data: bytes) -> str:
 def fake_fields(folder: Path, sample: dict) -> list[str]:
     """The fake fields in the build's generator order (manifest.json), else in the order the sample holds them."""
     try:
-        fields = json.loads((folder / "manifest.json").read_text())["sef"]["fields"]
-    except (OSError, ValueError, KeyError, TypeError):
-        fields = list(dict.fromkeys(k.split(".")[0] for k in sample if "." in k and not k.startswith("__")))
+        manifest = Manifest.find(folder)
+    except SefError:  # a damaged manifest does not stop a look at the shards
+        manifest = None
+    fields = (manifest and manifest.fields) or sample_fields(sample)
     return [f for f in fields if f not in ("real", "json")]
 
 
@@ -86,16 +87,15 @@ def residual_spectrum(real: np.ndarray, fake: np.ndarray, patch: int = 64) -> np
 
 
 def _samples(folder: Path, n: int) -> list[dict]:
-    import webdataset as wds
-
     tars = sorted(str(p) for p in folder.glob("shard-*.tar"))
     if not tars:
         raise SefError(f"no shards (shard-*.tar) in {str(folder)!r}; run `sefdata build` first")
     out = []
-    for sample in wds.WebDataset(tars, shardshuffle=False, empty_check=False):
-        out.append(sample)
-        if len(out) == n:
-            break
+    for tar in tars:
+        for sample in iter_samples(tar):
+            out.append(sample)
+            if len(out) == n:
+                return out
     if not out:
         raise SefError(f"the shards in {str(folder)!r} hold no samples")
     return out
@@ -114,7 +114,7 @@ def make_preview(folder: str | Path, out: str | Path, *, samples: int = 4, tile:
         draw.text((c * tile + 4, 4), title, fill="black", font=font)
     for r, sample in enumerate(rows):
         y = LABEL_HEIGHT + r * (tile + LABEL_HEIGHT)
-        ext = {k.split(".")[0]: k for k in sample if "." in k}
+        ext = field_keys(sample)
         real = _load(sample[ext["real"]])
         label = f"{sample['__key__']}  {real.shape[1]}x{real.shape[0]}"
         while len(label) > 4 and draw.textlength(label, font=font) > tile - 8:  # keep to the real's column

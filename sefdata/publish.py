@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from sefdata.errors import SefError
 from sefdata.hub import check_repo_id, staged_files
-from sefdata.manifest import MANIFEST_FILE
 from sefdata.preview import make_preview
 from sefdata.privacy import public_params
+from sefdata.shards import MANIFEST_FILE, Manifest, field_keys, iter_samples
 from sefdata.upload import empty_folder, upload_staged
 
 # what a build that still records a local path can do (builds before this version recorded generator model folders
@@ -58,17 +57,17 @@ def size_category(n: int) -> str:
     return next((name for limit, name in SIZE_CATEGORIES if n < limit), "n>100M")
 
 
-def shard_encodings(manifest: dict, build_dir: Path) -> dict[str, list[Path]]:
+def shard_encodings(manifest: Manifest, build_dir: Path) -> dict[str, list[Path]]:
     """The build's shards by the encoding of their samples (one per shard since format_version 2)."""
     by_encoding: dict[str, list[Path]] = defaultdict(list)
-    for entry in manifest["shardlist"]:
-        encoding = entry.get("encoding")
+    for entry in manifest.shards:
+        encoding = entry.encoding
         if encoding is None or "," in encoding:
             raise SefError(
-                f"{entry['url']} was built before shards kept one encoding each (or mixes them): `datasets` "
+                f"{entry.url} was built before shards kept one encoding each (or mixes them): `datasets` "
                 "cannot load it as it is; rebuild into a new --out with this version"
             )
-        by_encoding[encoding].append(build_dir / entry["url"])
+        by_encoding[encoding].append(build_dir / entry.url)
     return dict(by_encoding)
 
 
@@ -78,18 +77,9 @@ def sample_features(shard: Path):
     import datasets
     import pyarrow as pa
 
-    with tarfile.open(shard) as tar:
-        first = None
-        fields = []
-        for member in tar:
-            key, _, field = member.name.partition(".")
-            if first is not None and key != first:
-                break
-            first = key
-            fields.append(field)
-            if field == "json":
-                record = json.loads(tar.extractfile(member).read())
-    features = datasets.Features.from_arrow_schema(pa.Table.from_pylist([{"json": record}]).schema)
+    first = next(iter_samples(str(shard)))
+    fields = list(field_keys(first).values())
+    features = datasets.Features.from_arrow_schema(pa.Table.from_pylist([{"json": json.loads(first["json"])}]).schema)
     for field in fields:
         if field != "json":
             features[field] = datasets.Image()
@@ -107,7 +97,7 @@ def _generator_lines(generators: dict) -> list[str]:
 
 
 def make_card(
-    manifest: dict,
+    manifest: Manifest,
     repo_id: str,
     license: str,
     layout: dict[str, int] | None,
@@ -115,13 +105,12 @@ def make_card(
     features: dict | None = None,
 ) -> DatasetCard:
     """``layout``: samples per encoding when the build has several, else None. ``features``: per config name."""
-    sef = manifest["sef"]
-    totals, config = sef["totals"], sef["config"]
+    totals, config = manifest.totals, manifest.config
     sources = [s for s in config["sources"] if s.count("/") == 1 and not Path(s).exists()]  # Hub dataset ids
     data = DatasetCardData(
         license=license,
         task_categories=["image-classification"],
-        size_categories=[size_category(totals["written"])],
+        size_categories=[size_category(totals.written)],
         source_datasets=sources or None,
         pretty_name=repo_id.split("/")[-1],
         tags=["ai-generated-image-detection", "deepfake-detection", "webdataset", "sef-toolkit"],
@@ -133,10 +122,10 @@ def make_card(
         dataset_info=[{"config_name": name, "features": f._to_yaml_list()} for name, f in (features or {}).items()]
         or None,
     )  # fmt: skip
-    fields = sef["fields"]
-    failed = ", ".join(f"{k}: {v}" for k, v in totals["failed"].items()) or "none"
+    fields = manifest.fields
+    failed = ", ".join(f"{k}: {v}" for k, v in totals.failed.items()) or "none"
     if layout is None:
-        where = f"{len(manifest['shardlist'])} WebDataset shards (`data/shard-*.tar`)"
+        where = f"{len(manifest.shards)} WebDataset shards (`data/shard-*.tar`)"
         load = ['ds = load_dataset("' + repo_id + '", split="train", streaming=True)']
     else:
         where = "WebDataset shards by encoding: " + ", ".join(
@@ -153,7 +142,7 @@ def make_card(
         *(["![preview: real | fake | residual | residual spectrum](preview.png)", ""] if has_preview else []),
         "## Contents",
         "",
-        f"- {totals['written']} samples in {where}, from {totals['inputs']} inputs; skipped by reason: {failed}.",
+        f"- {totals.written} samples in {where}, from {totals.inputs} inputs; skipped by reason: {failed}.",
         f"- Fields per sample: {', '.join(f'`{f}`' for f in fields)} and `json` (source, sha256, crop box, "
         "conversions, per-generator seed, parameters, output sha256 and PSNR against the real).",
         "- Each fake is encoded like its real (`match`: JPEG reals with their own quantisation tables and chroma "
@@ -161,13 +150,13 @@ def make_card(
         "",
         "## How it was made",
         "",
-        *_generator_lines(sef.get("generators") or {}),
+        *_generator_lines(manifest.generators),
         "",
         f"- Alignment: one crop shared by the real and its fakes (`crop={config.get('crop')}`, "
         f"`max_side={config.get('max_side')}`); EXIF orientation applied; RGB.",
         f"- Encoding policy `{config['format']}`: with `match`, JPEG reals give JPEG fakes with the real's own "
         "quantisation tables and chroma subsampling, other reals give PNG; the real is re-encoded the same way.",
-        f"- Seed {config['seed']}; config hash `{sef['config_hash']}`; full config, tool and library versions and "
+        f"- Seed {config['seed']}; config hash `{manifest.config_hash}`; full config, tool and library versions and "
         "model revisions in `manifest.json`.",
         "",
         "## Loading",
@@ -188,11 +177,10 @@ def make_card(
 def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: str = "unknown") -> Staged:
     """Write the folder that ``publish`` uploads into ``staging`` (emptied first)."""
     build_dir, staging = Path(build_dir), Path(staging)
-    manifest_path = build_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise SefError(f"{str(build_dir)!r} has no {MANIFEST_FILE}: finish the build (and `sefdata manifest`) first")
-    manifest = json.loads(manifest_path.read_text())
-    shards = [build_dir / s["url"] for s in manifest["shardlist"]]
+    manifest = Manifest.load(build_dir)
+    if manifest.totals is None:
+        raise SefError(f"{MANIFEST_FILE} of {str(build_dir)!r} is a bare shard index, not a `sefdata build` manifest")
+    shards = [build_dir / s.url for s in manifest.shards]
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
         raise SefError(f"shards listed in the manifest are missing: {', '.join(missing[:5])}")
@@ -200,7 +188,7 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
     (empty_folder(staging) / "data").mkdir()
     layout = None
     if len(by_encoding) > 1:  # one folder and config per encoding: `datasets` wants one extension per field
-        layout = {ext: sum(e["nsamples"] for e in manifest["shardlist"] if e["encoding"] == ext) for ext in by_encoding}
+        layout = {ext: sum(e.nsamples for e in manifest.shards if e.encoding == ext) for ext in by_encoding}
     for ext, paths in by_encoding.items():
         folder = staging / "data" / (ext if layout else "")
         folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +198,7 @@ def stage(build_dir: str | Path, staging: str | Path, *, repo_id: str, license: 
             except OSError:
                 shutil.copy2(path, folder / path.name)
     features = {(ext if layout else "default"): sample_features(paths[0]) for ext, paths in by_encoding.items()}
-    shutil.copy2(manifest_path, staging / MANIFEST_FILE)
+    shutil.copy2(build_dir / MANIFEST_FILE, staging / MANIFEST_FILE)  # as written, keys Manifest does not name included
     warnings = []
     try:
         make_preview(build_dir, staging / "preview.png", samples=4, tile=256)

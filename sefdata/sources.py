@@ -29,7 +29,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import re
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,8 +36,8 @@ from pathlib import Path, PurePosixPath
 
 from sefdata.errors import SefError, SkipSample
 from sefdata.privacy import is_local_path
+from sefdata.shards import IMAGE_EXTENSIONS, READ_ERRORS, field_name, index_samples, is_image_key, open_url
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff", "gif"})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 JPEG_MAGIC = b"\xff\xd8\xff"
 SNIFF_BYTES = len(JPEG_MAGIC)
@@ -119,14 +118,6 @@ def _iter_list(listing: Path) -> Iterator[SourceItem]:
 # --- WebDataset tars -----------------------------------------------------------------------------------------------
 
 
-def open_url(url: str):
-    """A seekable binary file for a local path, an http(s) URL or an ``hf://`` path (fsspec; huggingface_hub
-    registers ``hf://``). Every byte a build reads from a tar source goes through here."""
-    import fsspec
-
-    return fsspec.open(url, "rb").open()
-
-
 def _read_range(url: str, offset: int, size: int) -> bytes:
     with open_url(url) as f:
         f.seek(offset)
@@ -134,37 +125,12 @@ def _read_range(url: str, offset: int, size: int) -> bytes:
 
 
 def _pick_image_field(fields: list[str], image_field: str | None) -> str | None:
-    if image_field is not None:
-        return image_field if image_field in fields else None
-
-    def is_image(field: str) -> bool:  # a field is "EXT" or "NAME.EXT" (WebDataset: the key's first dot splits)
-        return field.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
-
+    if image_field is not None:  # a field is "EXT" or "NAME.EXT", lowercased as webdataset reads it
+        return image_field.lower() if image_field.lower() in fields else None
     for k in fields:
-        if k.split(".")[0] == "real" and is_image(k):
+        if field_name(k) == "real" and is_image_key(k):
             return k
-    return next((k for k in fields if is_image(k)), None)
-
-
-def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
-    """(key, {field: (offset, size)}) per sample of a tar, in order, from its headers alone."""
-    from webdataset.tariterators import base_plus_ext
-
-    key, fields = None, {}
-    with open_url(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:  # tarfile seeks over each member's data: only headers are read
-            if not member.isfile():
-                continue
-            base, field = base_plus_ext(member.name)
-            if base is None:
-                continue
-            if base != key and key is not None:
-                yield key, fields
-                fields = {}
-            key = base
-            fields[field] = (member.offset_data, member.size)
-    if key is not None:
-        yield key, fields
+    return next((k for k in fields if is_image_key(k)), None)
 
 
 def _tar_name(url: str) -> str:
@@ -176,8 +142,9 @@ def _iter_tars(urls: list[str], image_field: str | None) -> Iterator[SourceItem]
         local = "://" not in url
         name = _tar_name(url)
         try:
-            samples = list(_tar_samples(url))
-        except (OSError, tarfile.TarError, ValueError) as e:
+            with open_url(url) as f:  # the listing reads the tar headers alone
+                samples = list(index_samples(f))
+        except READ_ERRORS as e:
             raise SefError(f"cannot read tar source {url!r} ({type(e).__name__}: {e})") from None
         for key, fields in samples:
             source_id = f"{name.removesuffix('.tar')}/{key}"

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import tarfile
 from pathlib import Path
 
 from sefdata.errors import SefError
 from sefdata.hub import staged_files, upload_folder
 from sefdata.privacy import json_local_paths, local_paths
+from sefdata.shards import iter_members
 
 # files that hold only pixels or tensors: nothing a path could hide in
 _BINARY = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".bin", ".pt", ".pth"})
@@ -48,12 +48,9 @@ def staged_local_paths(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     found: list[str] = []
     if suffix == ".tar":
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.isfile() and Path(member.name).suffix.lower() not in _BINARY:
-                    data = tar.extractfile(member).read()
-                    if b"\0" not in data[:_SNIFF]:
-                        found += _text_local_paths(data, member.name)
+        for name, data in iter_members(str(path), lambda name: Path(name).suffix.lower() not in _BINARY):
+            if b"\0" not in data[:_SNIFF]:
+                found += _text_local_paths(data, name)
     elif suffix == ".safetensors":  # an 8-byte length, then a JSON header whose __metadata__ is free text
         with path.open("rb") as f:
             try:

@@ -11,16 +11,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from sefdata.errors import SefError
-from sefdata.manifest import BUILD_FILE, MANIFEST_FILE, read_build
-from sefdata.shards import file_sha256, is_done, read_stats, tar_path
+from sefdata.manifest import BUILD_FILE, read_build
+from sefdata.shards import (
+    MANIFEST_FILE,
+    READ_ERRORS,
+    Manifest,
+    field_keys,
+    file_sha256,
+    is_done,
+    iter_samples,
+    read_stats,
+    sample_encoding,
+    tar_path,
+)
 
 
 @dataclass
@@ -34,20 +45,10 @@ class VerifyReport:
         return not self.problems
 
 
-def _samples(path: Path) -> dict[str, dict[str, bytes]]:
-    grouped: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, suffix = member.name.partition(".")
-            grouped.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-    return grouped
-
-
-def _check_sample(key: str, sample: dict[str, bytes], fields: list[str]) -> list[str]:
+def _check_sample(sample: dict[str, Any], fields: list[str]) -> list[str]:
     problems = []
-    present = {s.split(".")[0]: s for s in sample if s != "json"}
+    key = sample["__key__"]
+    present = {f: k for f, k in field_keys(sample).items() if k != "json"}
     missing = [f for f in fields if f not in present]
     extra = sorted(set(present) - set(fields))
     if missing or extra or "json" not in sample:
@@ -81,12 +82,14 @@ def verify(folder: str | Path) -> VerifyReport:
     build = read_build(out)
     fields: list[str] = build["fields"]
     report = VerifyReport()
-    manifest_path = out / MANIFEST_FILE
-    listed: dict[str, dict] = {}
-    if manifest_path.is_file():
-        listed = {s["url"]: s for s in json.loads(manifest_path.read_text())["shardlist"]}
-    else:
-        report.problems[MANIFEST_FILE].append("missing: run `sefdata manifest` once every shard is done")
+    try:
+        manifest = Manifest.find(out)
+        if manifest is None:
+            report.problems[MANIFEST_FILE].append("missing: run `sefdata manifest` once every shard is done")
+    except SefError as e:  # one that does not parse is a problem of the build, not the end of the check
+        manifest = None
+        report.problems[MANIFEST_FILE].append(str(e))
+    listed = {s.url: s for s in manifest.shards} if manifest else {}
     for partial in sorted(out.glob("*.partial")):
         report.problems[partial.name].append("leftover partial file (an interrupted write; re-run the build)")
     for index in range(build["num_shards"]):
@@ -109,20 +112,23 @@ def verify(folder: str | Path) -> VerifyReport:
         entry = listed.get(path.name)
         if listed and entry is None:
             report.problems[path.name].append("not listed in manifest.json")
-        elif entry is not None and (entry["filesize"], entry["sha256"], entry["nsamples"]) != (
+        elif entry is not None and (entry.filesize, entry.sha256, entry.nsamples) != (
             size, sha, stats["written"],
         ):  # fmt: skip
             report.problems[path.name].append("size, sha256 or count differ from manifest.json")
         try:
-            samples = _samples(path)
-        except (tarfile.TarError, OSError) as e:
-            report.problems[path.name].append(f"tar does not read: {e}")
+            samples = list(iter_samples(str(path)))
+        except READ_ERRORS as e:
+            report.problems[path.name].append(f"tar does not read: {e.args[0] if e.args else e}")
             continue
         if len(samples) != stats["written"]:
             report.problems[path.name].append(f"{len(samples)} samples, stats say {stats['written']}")
-        for key, sample in samples.items():
-            report.problems[path.name].extend(_check_sample(key, sample, fields))
-        encodings = {s.partition(".")[2] for sample in samples.values() for s in sample if s.startswith("real.")}
+        for key, n in Counter(s["__key__"] for s in samples).items():
+            if n > 1:  # members of one sample apart from each other: readers see several samples
+                report.problems[path.name].append(f"{key}: the key of {n} samples (its members are not together)")
+        for sample in samples:
+            report.problems[path.name].extend(_check_sample(sample, fields))
+        encodings = {sample_encoding(sample) for sample in samples} - {None}
         if len(encodings) > 1:
             report.problems[path.name].append(
                 f"samples of several encodings ({', '.join(sorted(encodings))}): `datasets` cannot load it"

@@ -1,7 +1,8 @@
 """Streaming training data from sefdata shards (DESIGN.md §4): pairs of a real and one of its fakes, same augmentation.
 
 Nothing is loaded into memory beyond a shuffle buffer of raw samples. Shards are read one at a time from local
-paths, brace/glob patterns, build folders (their ``manifest.json``) or ``hf://`` / http(s) URLs (via fsspec).
+paths, brace/glob patterns, build folders (their ``manifest.json``) or ``hf://`` / http(s) URLs, through the reader
+beside the shard writer (:mod:`sefdata.shards`: :func:`resolve_shards`, :func:`iter_samples`).
 
 **Splitting.** Training shards are split by rank (``shards[rank::world]``), then by data-loader worker
 (``rank_shards[w::workers]``), so ranks and workers see disjoint data. A worker without a shard would starve its rank
@@ -28,13 +29,9 @@ backbone's mean/std (reals first, then their fakes in the same order), ``labels`
 
 from __future__ import annotations
 
-import glob
 import io
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,116 +39,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sefdata.imageio import to_rgb
+from sefdata.shards import ShardSet, field_key, iter_samples, resolve_shards, sample_fields
 
 from .augment import AugmentConfig, AugmentParams, apply, sample_params
 from .images import open_image_file
 from .preprocess import ImageProcessor
 
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 DEFAULT_DOMAINS: dict[str, list[str]] = {"recon": ["vae", "ddim", "taesd"], "sr": ["sr"]}
 
 
-# ---- shard lists ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ShardSet:
-    """Resolved shard URLs/paths, in a deterministic order, and the sample fields (``real`` + fakes) if known."""
-
-    urls: list[str]
-    fields: list[str] | None
-
-    def __len__(self) -> int:
-        return len(self.urls)
-
-
-def _is_url(ref: str) -> bool:
-    return "://" in ref
-
-
-def open_shard(url: str) -> IO[bytes]:
-    """Open a shard for streaming: a local path, or any fsspec URL (``hf://``, ``http(s)://``, ``s3://``...)."""
-    if _is_url(url):
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
-    return open(url, "rb")
-
-
-def _manifest(folder: str) -> dict | None:
-    path = f"{folder.rstrip('/')}/manifest.json"
-    try:
-        if _is_url(folder):
-            import fsspec
-
-            with fsspec.open(path, "rt") as f:
-                return json.load(f)
-        return json.loads(Path(path).read_text()) if Path(path).is_file() else None
-    except FileNotFoundError:
-        return None
-
-
-def resolve_shards(sources: Sequence[str]) -> ShardSet:
-    """Expand shard sources into a list of tars.
-
-    A source is a build folder (its ``manifest.json`` shard list, else its ``shard-*.tar`` files), a ``.tar`` path or
-    URL, or a brace/glob pattern (``shards/shard-{000000..000009}.tar``, ``hf://datasets/me/x/shard-*.tar``).
-    Fields come from the manifest's ``sef.fields`` when there is one.
-    """
-    from braceexpand import braceexpand
-
-    if isinstance(sources, str):
-        sources = [sources]
-    urls: list[str] = []
-    fields: list[str] | None = None
-    for source in sources:
-        source = str(source)
-        for ref in braceexpand(source):
-            if (not _is_url(ref) and Path(ref).is_dir()) or (_is_url(ref) and not ref.endswith(".tar")):
-                manifest = _manifest(ref)
-                if manifest is not None:
-                    base = ref.rstrip("/")
-                    urls.extend(f"{base}/{s['url']}" for s in manifest["shardlist"])
-                    fields = fields or manifest.get("sef", {}).get("fields")
-                elif _is_url(ref):
-                    import fsspec
-
-                    fs, path = fsspec.core.url_to_fs(ref)
-                    protocol = ref.split("://", 1)[0]
-                    urls.extend(f"{protocol}://{p}" for p in sorted(fs.glob(f"{path.rstrip('/')}/*.tar")))
-                else:
-                    urls.extend(sorted(str(p) for p in Path(ref).glob("*.tar")))
-            elif _is_url(ref) and any(c in ref for c in "*?["):
-                import fsspec
-
-                fs, path = fsspec.core.url_to_fs(ref)
-                protocol = ref.split("://", 1)[0]
-                urls.extend(f"{protocol}://{p}" for p in sorted(fs.glob(path)))
-            elif any(c in ref for c in "*?["):
-                urls.extend(sorted(glob.glob(ref)))
-            elif _is_url(ref) or Path(ref).is_file():
-                urls.append(ref)
-            else:
-                raise FileNotFoundError(f"shard source {source!r}: {ref!r} is not a folder, a .tar file or a URL")
-    if not urls:
-        raise FileNotFoundError(f"no shards (*.tar) found in {', '.join(map(str, sources))}")
-    if fields is None:
-        fields = sample_fields(next(iter_samples(urls[0])))
-    return ShardSet(urls, fields)
-
-
-def iter_samples(url: str) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard, in tar order: ``{"__key__", "__url__", "<field>.<ext>": bytes, ...}``."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    with open_shard(url) as stream:
-        yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-
-
-def sample_fields(sample: dict[str, Any]) -> list[str]:
-    """Image fields of a raw sample (``real`` first), e.g. ``["real", "vae", "sr"]``."""
-    names = [k.split(".", 1)[0] for k in sample if not k.startswith("__") and k.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
-    return sorted(set(names), key=lambda n: (n != "real", names.index(n)))
+# ---- domains and splits ---------------------------------------------------------------------------------------
 
 
 def resolve_domains(
@@ -204,14 +101,6 @@ def check_split(num_shards: int, world: int, workers: int) -> None:
 
 
 # ---- decoding -------------------------------------------------------------------------------------------------
-
-
-def _field_key(sample: dict[str, Any], field: str) -> str:
-    for key in sample:
-        if key.split(".", 1)[0] == field and key.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
-            return key
-    present = ", ".join(sample_fields(sample))
-    raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no field {field!r} ({present})")
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -319,8 +208,8 @@ class PairStream(IterableDataset):
     def _collate(self, batch: list[tuple[dict[str, Any], int, str, AugmentParams]]) -> dict[str, Any]:
         reals, fakes, domain = [], [], []
         for sample, d, field, params in batch:
-            real = decode_image(sample[_field_key(sample, "real")])
-            fake = decode_image(sample[_field_key(sample, field)])
+            real = decode_image(sample[field_key(sample, "real")])
+            fake = decode_image(sample[field_key(sample, field)])
             if fake.size != real.size:
                 raise ValueError(f"sample {sample['__key__']!r}: {field} is {fake.size}, real is {real.size}")
             reals.append(self._pixels(real, params))
@@ -385,7 +274,7 @@ class EvalStream(IterableDataset):
                 continue
             items = [("real", -1)] + [(f, d) for d, fields in enumerate(self.domains.values()) for f in fields]
             for field, d in items:
-                image = self.processor(decode_image(sample[_field_key(sample, field)]), self.crop)
+                image = self.processor(decode_image(sample[field_key(sample, field)]), self.crop)
                 if crops and held + len(image) > self.batch:  # an image's crops stay in one batch
                     yield self._batch(crops, labels, domain)
                     crops, labels, domain, held = [], [], [], 0
@@ -435,7 +324,6 @@ __all__ = [
     "data_workers",
     "iter_samples",
     "make_loader",
-    "open_shard",
     "resolve_domains",
     "resolve_shards",
     "sample_fields",

@@ -24,6 +24,7 @@ from huggingface_hub import ModelCard
 from sefdata.errors import SefError
 from sefdata.hub import check_repo_id, staged_files
 from sefdata.privacy import is_local_path, public_json, public_text
+from sefdata.shards import Manifest
 from sefdata.upload import empty_folder, upload_staged
 from sefmodel.model_card import make_model_card
 from sefmodel.predict import load_detector, resolve_run
@@ -117,9 +118,9 @@ def _training_data(run: Path) -> tuple[list[str], list[str]]:
 def _describe_build(path: Path) -> str:
     folder = path if path.is_dir() else path.parent
     try:
-        sef = json.loads((folder / "manifest.json").read_text())["sef"]
-        return f" (a sefdata build: {sef['totals']['written']} samples, fields {', '.join(sef['fields'])})"
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = Manifest.load(folder)
+        return f" (a sefdata build: {manifest.totals.written} samples, fields {', '.join(manifest.fields)})"
+    except (SefError, AttributeError, TypeError):  # no manifest, a damaged one, or a bare shard index
         return " (local shards)"
 
 
