@@ -13,7 +13,7 @@ import typer
 from sefdata.errors import SefError
 from sefmodel.train.config import TrainConfig
 
-from .common import App, report_upload, run_app, user_errors
+from .common import App, command_line, report_upload, run_app, user_errors
 from .options import config_options, specs_in_source
 
 app = App(help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.")
@@ -212,27 +212,6 @@ THREADS_HELP = (
 )
 
 
-def _command_line(ctx: typer.Context) -> str:
-    """The command as typed, rebuilt from what the command line set (defaults left out), for a results file."""
-    import shlex
-
-    # typer ships its own copy of click: its classes are compared by name, not imported
-    parts = ["sefmodel", *ctx.command_path.split()[1:]]
-    for param in ctx.command.params:
-        source = ctx.get_parameter_source(param.name)
-        if source is None or source.name != "COMMANDLINE":
-            continue
-        value = ctx.params[param.name]
-        values = value if isinstance(value, list | tuple) else [value]
-        if param.param_type_name == "argument":
-            parts += [str(v) for v in values]
-        elif param.is_flag:
-            parts.append((param.opts if value else param.secondary_opts or param.opts)[0])
-        else:
-            parts += [item for v in values for item in (param.opts[0], str(v))]
-    return shlex.join(parts)
-
-
 @app.command("eval", no_args_is_help=True)
 def eval_(
     ctx: typer.Context,
@@ -319,7 +298,7 @@ def eval_(
         _use_threads(threads)
         detector = load_detector(run, device)
         results = evaluate(detector, config, out, detector_source=str(run), progress=progress,
-                           log=lambda m: typer.echo(m, err=True), command=_command_line(ctx))  # fmt: skip
+                           log=lambda m: typer.echo(m, err=True), command=command_line(ctx, "sefmodel"))  # fmt: skip
     mean = results["summary"]["mean"]
     typer.echo(
         f"{results['summary']['benchmarks']} benchmark(s): mean acc@0.5 {_f(mean['accuracy'])}, AP {_f(mean['ap'])}, "
