@@ -43,7 +43,10 @@ demo: setup
 	$(BIN)/python examples/demo_bench.py $(DET)/test $(DET)/bench
 	$(BIN)/sefmodel eval $(DET)/sef --bench $(DET)/bench --out $(DET)/eval --no-progress
 	@cat $(DET)/eval/results.md
-	@echo "detector: $(DET)/sef/detector  report: $(DET)/eval/results.md  plots: $(DET)/eval/plots/"
+# the detector's golden set: held-out reals and fakes with its probabilities, re-scored by `sefmodel check`
+	$(BIN)/sefmodel golden $(DET)/sef $(DET)/test --threads 1
+	$(BIN)/sefmodel check $(DET)/sef --threads 1
+	@echo "detector: $(DET)/sef/detector (golden set: golden/)  report: $(DET)/eval/results.md  plots: $(DET)/eval/plots/"
 	@echo "try it in a browser: $(BIN)/sefmodel serve $(DET)/sef --report $(DET)/eval   (then open http://127.0.0.1:7860/)"
 
 lint: setup

@@ -172,6 +172,28 @@ class App(typer.Typer):
         return super().command(*args, cls=cls, **kwargs)
 
 
+def command_line(ctx: typer.Context, program: str) -> str:
+    """The command as typed, rebuilt from what the command line set (defaults left out), for the provenance of what
+    it writes: ``program`` (``sefdata``, ``sefmodel``), the command's name, then its arguments and options."""
+    import shlex
+
+    # typer ships its own copy of click: its classes are compared by name, not imported
+    parts = [program, *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        values = value if isinstance(value, list | tuple) else [value]
+        if param.param_type_name == "argument":
+            parts += [str(v) for v in values]
+        elif param.is_flag:
+            parts.append((param.opts if value else param.secondary_opts or param.opts)[0])
+        else:
+            parts += [item for v in values for item in (param.opts[0], str(v))]
+    return shlex.join(parts)
+
+
 # ---- failures --------------------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import typer
 from sefdata.config import BuildConfig, load_recipe
 from sefdata.errors import SKIP_REASONS
 
-from .common import App, report_upload, run_app, user_errors
+from .common import App, command_line, report_upload, run_app, user_errors
 from .options import config_options, field_help
 
 app = App(help="Turn real image corpora into aligned, artifact-diverse real/fake WebDataset shards.")
@@ -33,6 +33,7 @@ GEN_HELP = (
                "device": {"metavar": "DEVICE"}, "dtype": {"metavar": "DTYPE"}},
 )  # fmt: skip
 def build(
+    ctx: typer.Context,
     sources: list[str] = typer.Argument(None, metavar="SOURCE", help=field_help(BuildConfig, "sources")),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help=field_help(BuildConfig, "out")),
     recipe: Path | None = typer.Option(
@@ -55,7 +56,7 @@ def build(
             values["sources"] = sources
         config = BuildConfig(**values, out=str(out), recipe=str(recipe) if recipe else None)
         try:
-            summary = run_build(config, progress=progress)
+            summary = run_build(config, progress=progress, command=command_line(ctx, "sefdata"))
         except NothingWritten as e:
             _skip_table(e.failed)
             raise

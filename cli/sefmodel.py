@@ -13,7 +13,7 @@ import typer
 from sefdata.errors import SefError
 from sefmodel.train.config import TrainConfig
 
-from .common import App, report_upload, run_app, user_errors
+from .common import App, command_line, report_upload, run_app, user_errors
 from .options import config_options, specs_in_source
 
 app = App(help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.")
@@ -212,27 +212,6 @@ THREADS_HELP = (
 )
 
 
-def _command_line(ctx: typer.Context) -> str:
-    """The command as typed, rebuilt from what the command line set (defaults left out), for a results file."""
-    import shlex
-
-    # typer ships its own copy of click: its classes are compared by name, not imported
-    parts = ["sefmodel", *ctx.command_path.split()[1:]]
-    for param in ctx.command.params:
-        source = ctx.get_parameter_source(param.name)
-        if source is None or source.name != "COMMANDLINE":
-            continue
-        value = ctx.params[param.name]
-        values = value if isinstance(value, list | tuple) else [value]
-        if param.param_type_name == "argument":
-            parts += [str(v) for v in values]
-        elif param.is_flag:
-            parts.append((param.opts if value else param.secondary_opts or param.opts)[0])
-        else:
-            parts += [item for v in values for item in (param.opts[0], str(v))]
-    return shlex.join(parts)
-
-
 @app.command("eval", no_args_is_help=True)
 def eval_(
     ctx: typer.Context,
@@ -319,7 +298,7 @@ def eval_(
         _use_threads(threads)
         detector = load_detector(run, device)
         results = evaluate(detector, config, out, detector_source=str(run), progress=progress,
-                           log=lambda m: typer.echo(m, err=True), command=_command_line(ctx))  # fmt: skip
+                           log=lambda m: typer.echo(m, err=True), command=command_line(ctx, "sefmodel"))  # fmt: skip
     mean = results["summary"]["mean"]
     typer.echo(
         f"{results['summary']['benchmarks']} benchmark(s): mean acc@0.5 {_f(mean['accuracy'])}, AP {_f(mean['ap'])}, "
@@ -487,6 +466,106 @@ def calibrate(
     )
 
 
+GOLDEN_SOURCE_HELP = (
+    "where the images come from: a sefdata build folder or .tar shards (reals and fakes), a folder of images "
+    "(real/ + fake/ or 0_real/ + 1_fake/ give labels) or another detector's golden/ folder"
+)
+CHECK_EXIT = (
+    "Exit status: 0 every golden image reproduced within the tolerance; 1 some did not (each has a FAILED line); "
+    "2 usage error (bad option, RUN not loadable, no golden set or a damaged golden.json)."
+)
+
+
+@app.command(no_args_is_help=True)
+def golden(
+    ctx: typer.Context,
+    run: Path = typer.Argument(..., metavar="RUN", help="local detector folder or trainer run folder (RUN/detector/)"),
+    source: str = typer.Argument(..., metavar="SOURCE", help=GOLDEN_SOURCE_HELP),
+    count: int = typer.Option(8, "--count", "-n", metavar="N", help="images in the set, 1 to 64"),
+    tolerance: float = typer.Option(
+        1e-4,
+        "--tolerance",
+        metavar="X",
+        help="largest difference of probability that `check` counts as reproduced (why 1e-4: docs/evaluation.md)",
+    ),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+) -> None:
+    """Store a golden set in a local detector folder: N small crops (at most the detector's input size) from
+    SOURCE, with the probabilities this detector gives them on the CPU, as golden/*.png and golden/golden.json
+    (replacing any set there). `sefmodel check` re-scores them on any install; `sefmodel publish` uploads them with
+    the detector. Saving other weights into the folder (training on) removes a golden set.
+
+    \b
+      sefmodel golden out/demo/detector/sef out/demo/detector/test     # reals and fakes of a held-out build
+      sefmodel check out/demo/detector/sef"""
+    from sefmodel.golden import GOLDEN_DIR, write_golden
+    from sefmodel.predict import load_detector, resolve_run
+
+    with user_errors(hub=True):
+        if not run.is_dir():
+            raise SefError(f"{run}: golden writes into a local detector folder; download the detector first")
+        folder = Path(resolve_run(run))
+        _use_threads(threads)
+        detector = load_detector(folder, "cpu")
+        made, warnings = write_golden(detector, folder, source, count=count, tolerance=tolerance,
+                                      command=command_line(ctx, "sefmodel"))  # fmt: skip
+    for warning in warnings:
+        typer.echo(f"warning: left out {warning}", err=True)
+    labels = [image.label or "unlabelled" for image in made.images]
+    kinds = ", ".join(f"{labels.count(k)} {k}" for k in ("real", "fake", "unlabelled") if k in labels)
+    typer.echo(f"golden set: {len(made.images)} images ({kinds}) in {folder / GOLDEN_DIR}, tolerance "
+               f"{made.tolerance:g}; check it on any install with: sefmodel check {run}")  # fmt: skip
+
+
+@app.command(no_args_is_help=True, epilog=CHECK_EXIT)
+def check(
+    run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
+    tolerance: float | None = typer.Option(
+        None,
+        "--tolerance",
+        metavar="X",
+        help="largest difference of probability that counts as reproduced (default: the one golden.json records)",
+        show_default=False,
+    ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        metavar="DEVICE",
+        help="cpu or cuda[:i]; golden sets are made on the CPU, and a GPU's float32 kernels (TF32) differ by more "
+        "than the recorded tolerance",
+    ),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+) -> None:
+    """Re-score the detector's golden set (golden/ in its folder: small images with the probabilities the detector
+    gave them when the set was made) and say, per image, whether this install reproduces the probability within the
+    tolerance, then a summary; when one does not, which package versions differ from the recorded ones.
+
+    \b
+      sefmodel check out/demo/detector/sef
+      sefmodel check USER/NAME                 # a published detector (its golden/ comes with it)"""
+    with user_errors():
+        _check_ref(run)
+    from sefmodel.golden import GoldenSet, check_golden
+    from sefmodel.predict import load_detector, resolve_run
+    from sefmodel.serialization import resolve_folder
+
+    with user_errors((ValueError, FileNotFoundError), hub=True):
+        if tolerance is not None and not tolerance >= 0:
+            raise SefError(f"--tolerance must be a number >= 0, got {tolerance}")
+        folder = resolve_folder(resolve_run(run))  # a Hub id: its snapshot, golden/ included
+        GoldenSet.load(folder)  # no golden set: say so before the model stack loads
+        _use_threads(threads)
+        detector = load_detector(folder, device)
+        report = check_golden(detector, folder, tolerance)
+    for image in report.images:
+        typer.echo(image.line())
+    typer.echo(report.summary())
+    for note in report.notes():
+        typer.echo(f"note: {note}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command(no_args_is_help=True)
 def explain(
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
@@ -591,15 +670,28 @@ def publish(
         help="Hub id of the backbone when it was loaded from a local folder (default: the folder's name, and the "
         "card says it was a local copy)",
     ),
+    golden: str | None = typer.Option(
+        None,
+        "--golden",
+        metavar="SOURCE",
+        help=f"publish a golden set for `sefmodel check` from here: {GOLDEN_SOURCE_HELP} (default: the detector's "
+        "own golden/, else the run's validation shards, else none)",
+        show_default=False,
+    ),
+    golden_count: int = typer.Option(8, "--golden-count", metavar="N", help="images in the golden set, 1 to 64"),
 ) -> None:
     """Upload a detector (trained tensors + config) with a model card to the Hugging Face Hub; metrics come from
-    RUN/eval/results.json when the run was evaluated. Nothing is uploaded if a staged file names a local path. The
-    token comes from `hf auth login` or HF_TOKEN."""
+    RUN/eval/results.json when the run was evaluated, and a golden set (a few images with the probabilities this
+    detector gives them, scored again here) lets anyone run `sefmodel check USER/NAME`. Nothing is uploaded if a
+    staged file names a local path. The token comes from `hf auth login` or HF_TOKEN."""
     from sefmodel.publish import publish as run_publish
 
     with user_errors(hub=True):
         staged = run_publish(run, repo, private=private, revision=revision, license=license, staging=staging,
-                             dry_run=dry_run, base_model=base_model)  # fmt: skip
+                             dry_run=dry_run, base_model=base_model, golden=golden,
+                             golden_count=golden_count)  # fmt: skip
+    for note in staged.notes:
+        typer.echo(f"note: {note}", err=True)
     report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/{repo}")
 
 

@@ -99,7 +99,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class Builder:
     """Runs one rank's share of a build. Models load lazily: a finished build re-runs without loading any."""
 
-    def __init__(self, config: BuildConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: BuildConfig, *, progress: bool = True, command: str | None = None) -> None:
         if not config.out:
             raise SefError("no output folder: give --out DIR")
         if not config.sources:
@@ -116,6 +116,7 @@ class Builder:
         self.recipe_hash = settings_hash(self.settings["config"])  # what is built
         self.config_hash = settings_hash(self.settings)  # what is built and everything that decides its bytes
         self.progress = progress
+        self.command = command  # the command line, for the manifest's provenance (None: a library call)
         self._generators: list[tuple[str, Generator]] | None = None
         self._infos: dict[str, dict] = {}
         self.multiple = 1
@@ -424,7 +425,7 @@ class Builder:
         self._write_build_file(plans)
         manifest = None
         if self.rank == 0 and all(is_done(self.out, p.index) for p in plans):
-            write_manifest(self.out)
+            write_manifest(self.out, command=self.command)
             manifest = self.out / "manifest.json"
         return BuildSummary(
             out=self.out, num_shards=len(plans), built=built, already_done=already, inputs=inputs,
@@ -435,7 +436,8 @@ class Builder:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _write_build_file(self, plans: list) -> None:
-        """``build.json``, a local file (never published): the config as given, with its paths, and the plan."""
+        """``build.json``, a local file (never published): the config as given, with its paths, the plan and the
+        command line (``sefdata manifest`` puts it in the manifest's provenance, by names)."""
         recipe = None
         if self.config.recipe:
             path = Path(self.config.recipe)
@@ -450,13 +452,15 @@ class Builder:
                 "fields": ["real", *(s.field for s in self.specs)],
                 "num_shards": len(plans),
                 "shard_size": self.config.shard_size,
+                "command": self.command,
             },
         )
 
 
-def build(config: BuildConfig, *, progress: bool = True) -> BuildSummary:
-    """Build (or resume) this rank's shards of ``config``; see :class:`Builder`."""
-    builder = Builder(config, progress=progress)
+def build(config: BuildConfig, *, progress: bool = True, command: str | None = None) -> BuildSummary:
+    """Build (or resume) this rank's shards of ``config``; see :class:`Builder`. ``command``: the command line,
+    recorded in the manifest's provenance."""
+    builder = Builder(config, progress=progress, command=command)
     try:
         return builder.run()
     finally:

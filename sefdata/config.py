@@ -134,7 +134,7 @@ def runtime_settings(batch_size: int, device: torch.device, dtype: torch.dtype) 
     """The settings besides the config that change a build's output bytes: floating-point results depend on the
     batch size (measured: batch 1 vs 2 give other TAEF2 fakes in fp32 on a CPU), the precision and the kind of
     device, and on the releases of the libraries that run the models and encode the files."""
-    from sefdata.manifest import package_versions
+    from sefdata.provenance import package_versions
 
     return {
         "batch_size": batch_size,

@@ -1,21 +1,24 @@
-"""``manifest.json``: the build's resolved config, versions, generators, totals and every shard.
+"""``manifest.json``: the build's resolved config, versions, generators, totals, every shard, and its provenance.
 
 Its ``shardlist`` follows the wids shard-index format (``__kind__: wids-shard-index-v1``), so the manifest is itself
-an index that ``wids.ShardListDataset("manifest.json")`` can open for random access.
+an index that ``wids.ShardListDataset("manifest.json")`` can open for random access. ``provenance`` says what made
+the build in the shape every output of the toolkit uses (:mod:`sefdata.provenance`): ``sources`` (by name),
+``recipe`` (name and sha256), ``generators`` (each field's generator, parameters and model ids, revisions and weight
+file hashes), ``config_hash``, ``seed``, ``packages`` and ``command`` (the ``sefdata build`` command line that last
+wrote ``build.json``). Manifests written before it have no ``provenance``; readers take it with ``.get``.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from sefdata.config import differences
 from sefdata.errors import SefError
 from sefdata.privacy import public_config, public_json
+from sefdata.provenance import installed_versions, provenance
 from sefdata.shards import MANIFEST_FILE, atomic_write_json, is_done, read_stats, stats_path, tar_path
 
 BUILD_FILE = "build.json"
@@ -23,19 +26,8 @@ PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transformers", 
             "numpy", "datasets", "huggingface_hub")  # fmt: skip
 
 
-def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
-    """Installed release of each package (None where it is not installed)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), **package_versions(PACKAGES)}
+    return installed_versions(PACKAGES)
 
 
 def read_build(out: Path) -> dict:
@@ -45,11 +37,12 @@ def read_build(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_manifest(out: Path) -> dict:
+def write_manifest(out: Path, command: str | None = None) -> dict:
     """Merge every shard's stats into ``manifest.json``; all shards must be done.
 
     Published as it is, so it names no local path (:mod:`sefdata.privacy`). Shards made with other runtime settings
-    (a resume with ``--allow-mixed``) are listed under ``runs``, one entry per set of settings with its shards."""
+    (a resume with ``--allow-mixed``) are listed under ``runs``, one entry per set of settings with its shards.
+    ``command``: the build's command line for ``provenance`` (default: the one ``build.json`` recorded)."""
     build = read_build(out)
     n = build["num_shards"]
     missing = [i for i in range(n) if not is_done(out, i)]
@@ -91,6 +84,13 @@ def write_manifest(out: Path) -> dict:
             "`sefdata build` again with --allow-mixed to accept a mixed build, or rebuild those shards"
         )
     recipe = build.get("recipe")
+    recipe = {"name": PurePosixPath(recipe["path"]).name, "sha256": recipe["sha256"]} if recipe else None
+    config = public_config(build["config"])
+    # public_json again: stats written before the build recorded them so name local model folders
+    generators = {name: public_json({k: v for k, v in info.items() if k != "runtime"})
+                  for name, info in (generators or {}).items()}  # fmt: skip
+    made_from = {"sources": config["sources"], "recipe": recipe, "generators": generators,
+                 "config_hash": next(iter(runs))}  # fmt: skip
     manifest = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
@@ -98,21 +98,20 @@ def write_manifest(out: Path) -> dict:
         "shardlist": shardlist,
         "sef": {
             "format_version": 2,
-            "config": public_config(build["config"]),
+            "config": config,
             "config_hash": next(iter(runs)),
             "mixed": len(runs) > 1,
             "runs": list(runs.values()),
-            "recipe": {"name": PurePosixPath(recipe["path"]).name, "sha256": recipe["sha256"]} if recipe else None,
+            "recipe": recipe,
             "fields": build["fields"],
-            "generators": {
-                # public_json again: stats written before the build recorded them so name local model folders
-                name: public_json({k: v for k, v in info.items() if k != "runtime"})
-                for name, info in (generators or {}).items()
-            },
+            "generators": generators,
             "totals": {"inputs": inputs, "written": written, "failed": dict(sorted(failed.items()))},
             "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
+        "provenance": provenance(
+            made_from, seed=config.get("seed"), packages=PACKAGES, command=command or build.get("command")
+        ),
     }
     atomic_write_json(out / MANIFEST_FILE, manifest)
     return manifest

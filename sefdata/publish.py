@@ -96,6 +96,17 @@ def _generator_lines(generators: dict) -> list[str]:
     return lines
 
 
+def _made_by(provenance: dict | None) -> list[str]:
+    """The card's line naming the command and releases that made the build (its ``provenance``), if recorded."""
+    if not provenance or not provenance.get("command"):
+        return []
+    packages = provenance.get("packages") or {}
+    releases = ", ".join(f"{name} {packages[name]}" for name in ("sef-toolkit", "torch", "diffusers", "spandrel")
+                         if packages.get(name))  # fmt: skip
+    return [f"- Made with `{provenance['command']}` ({releases}); the rest of what made it is under `provenance` in "
+            "`manifest.json`."]  # fmt: skip
+
+
 def make_card(
     manifest: Manifest,
     repo_id: str,
@@ -158,6 +169,7 @@ def make_card(
         "quantisation tables and chroma subsampling, other reals give PNG; the real is re-encoded the same way.",
         f"- Seed {config['seed']}; config hash `{manifest.config_hash}`; full config, tool and library versions and "
         "model revisions in `manifest.json`.",
+        *_made_by(manifest.get("provenance")),  # manifests written before provenance existed have none
         "",
         "## Loading",
         "",

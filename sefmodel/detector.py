@@ -38,6 +38,7 @@ from .backbones import Backbone, get_backbone_class, resolve_layer
 from .combine import combine_experts
 from .config import DetectorConfig
 from .fusion import get_fusion_class
+from .golden import DEFAULT_COUNT as GOLDEN_COUNT
 from .model_card import MODEL_CARD, card_fields
 from .pipeline import Scores
 from .pipeline import score as score_images
@@ -46,6 +47,7 @@ from .serialization import load_folder, resolve_folder, save_detector
 from .spectrum import highpass, periodic_spectrum, spectrum_dim
 
 if TYPE_CHECKING:
+    from .golden import GoldenSource
     from .threshold import CalibratedThreshold
 
 STAGES = ("expert", "mixed", "fusion")
@@ -377,6 +379,34 @@ class SEFDetector(
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The frozen backbone's own tensors (saved only for a backbone built from ``backbone_config``)."""
         return {k: v for k, v in self.state_dict().items() if k.startswith("backbone.") and not self._is_adapter_key(k)}
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        golden: GoldenSource | None = None,
+        golden_count: int = GOLDEN_COUNT,
+        **kwargs: Any,
+    ) -> str | None:
+        """Save the detector folder (see :mod:`sefmodel.serialization`); huggingface_hub's ``config``,
+        ``repo_id``, ``push_to_hub`` and ``model_card_kwargs`` as in its mixin.
+
+        Args:
+            golden: store a golden set (:mod:`sefmodel.golden`) of ``golden_count`` images from here in the folder,
+                with the probabilities this detector gives them: a folder of images (``real/`` + ``fake/`` gives
+                labels), a sefdata build folder or shards, another golden set's folder, or a list of PIL images or
+                image paths. Without it, a golden set already in the folder is kept only if it was made with the
+                very weights saved now (``sefmodel check`` re-scores it).
+        """
+        if golden is not None and kwargs.get("push_to_hub"):
+            raise ValueError("golden= with push_to_hub=True: save the folder, then upload it (sefmodel publish)")
+        url = super().save_pretrained(save_directory, **kwargs)
+        if golden is not None:
+            from .golden import write_golden
+
+            for warning in write_golden(self, save_directory, golden, count=golden_count)[1]:
+                warnings.warn(f"golden set: {warning}", stacklevel=2)
+        return url
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write the detector folder's files (see :mod:`sefmodel.serialization`); the mixin adds the card."""

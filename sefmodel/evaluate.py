@@ -21,11 +21,12 @@ Protocol (every choice is recorded in ``results.json`` under ``protocol``):
   list of them (``dda``: JPEG 96; ``social``: the social-media chain), reported under its name as well, so numbers
   computed under one name are comparable across papers.
 
-**Provenance** (``results.json`` → ``provenance``): what made the numbers, with every local path reduced to its
-name (:mod:`sefdata.privacy`): the sha256 of the detector's ``model.safetensors`` (and ``backbone.safetensors``)
-and its config, each benchmark's name, definition and, for a sefdata build, the sha256 of its ``manifest.json``,
-the seed (none: eval draws nothing at random; perturbations are seeded by each image's key), the versions of the
-packages that compute a score, and the command line.
+**Provenance** (``results.json`` → ``provenance``, in the shape every output of the toolkit uses:
+:mod:`sefdata.provenance`): what made the numbers, with every local path reduced to its name
+(:mod:`sefdata.privacy`): the sha256 of the detector's ``model.safetensors`` (and ``backbone.safetensors``) and its
+config, each benchmark's name, definition and, for a sefdata build, the sha256 of its ``manifest.json``, the seed
+(none: eval draws nothing at random; perturbations are seeded by each image's key), the versions of python and of
+the packages that compute a score, and the command line.
 
 Outputs (``out`` folder): ``results.json``, ``results.md``, ``results.csv``, ``scores.csv`` (every image's score
 under every condition) and ``plots/*.png``.
@@ -46,7 +47,8 @@ import numpy as np
 from PIL import Image
 
 from sefdata.errors import SefError
-from sefdata.privacy import public_json, public_name, public_text
+from sefdata.privacy import public_name
+from sefdata.provenance import provenance
 from sefdata.shards import file_sha256
 
 from . import metrics as M
@@ -427,9 +429,7 @@ def _weights_folder(detector_source: str) -> Path | None:
 def _provenance(
     detector: SEFDetector, detector_source: str, benches: list[ResolvedBenchmark], command: str | None
 ) -> dict[str, Any]:
-    """What made these numbers (module docstring), free of local paths."""
-    from importlib.metadata import PackageNotFoundError, version
-
+    """What made these numbers (module docstring), free of local paths (:mod:`sefdata.provenance`)."""
     from .serialization import BACKBONE_WEIGHTS_NAME, WEIGHTS_NAME
 
     folder = _weights_folder(detector_source)
@@ -445,28 +445,14 @@ def _provenance(
             "definition": bench.definition.name if bench.definition not in (None, PLAIN) else None,
             "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
         }
-    packages = {}
-    for package in PACKAGES:
-        try:
-            packages[package] = version(package)
-        except PackageNotFoundError:
-            packages[package] = None
-    import torch
-
-    packages["torch"] = torch.__version__  # with its build (+cpu, +cu130), which the metadata version drops
-    return public_json(
-        {
-            "detector": {
-                "source": public_name(detector_source) if detector_source else None,
-                "weights_sha256": weights,
-                "config": detector.config.to_dict(),
-            },
-            "benchmarks": benchmarks,
-            "seed": None,
-            "packages": packages,
-            "command": public_text(command) if command else None,
-        }
-    )
+    detector_info = {
+        "source": public_name(detector_source) if detector_source else None,
+        "weights_sha256": weights,
+        "config": detector.config.to_dict(),
+    }
+    # seed None: eval draws nothing at random (perturbations are seeded by each image's key)
+    return provenance({"detector": detector_info, "benchmarks": benchmarks}, seed=None, packages=PACKAGES,
+                      command=command)  # fmt: skip
 
 
 def _robustness(perturbations: list[PerturbSpec], per_condition: dict[str, dict[str, dict]]) -> dict[str, Any]:

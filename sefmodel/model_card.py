@@ -87,9 +87,11 @@ def make_model_card(
     results: dict | None,
     local_data: list[str] = (),
     local_backbone: bool = False,
+    golden=None,
 ) -> ModelCard:
     """The published card; ``datasets`` are Hub dataset ids, ``local_data`` lines naming unpublished local builds.
-    ``local_backbone``: the config's ``backbone_id`` is the name of a local copy of the weights, not a Hub id."""
+    ``local_backbone``: the config's ``backbone_id`` is the name of a local copy of the weights, not a Hub id.
+    ``golden``: the staged :class:`~sefmodel.golden.GoldenSet`, if any."""
     cfg = detector.config
     eval_results, model_name = None, repo_id.split("/")[-1]
     if results and results.get("model-index"):
@@ -143,6 +145,12 @@ def make_model_card(
     if results:
         body += ["## Evaluation", "", *_metrics_table(results), "",
                  "Full report, robustness curves and plots: [eval/results.md](eval/results.md).", ""]  # fmt: skip
+    if golden is not None:
+        body += ["## Reproducing its scores", "",
+                 f"`sefmodel check {repo_id}` scores the {len(golden.images)} small images in `golden/` again and "
+                 "says, per image, whether your install gives the probability recorded in `golden/golden.json` (within "
+                 f"{golden.tolerance:g}, on the CPU), and which package versions differ from the recorded ones when "
+                 "it does not.", ""]  # fmt: skip
     body += [
         "## Intended use and limits",
         "",

@@ -4,7 +4,10 @@ The staged folder (all that ``--dry-run`` writes) is the detector folder as ``sa
 (``config.json``, ``preprocessor_config.json``, ``model.safetensors``: trained tensors only) with a model card
 (:func:`sefmodel.model_card.make_model_card`) whose YAML carries the base model, the training datasets and, when the
 run was evaluated (``RUN/eval/results.json``), the metrics as structured ``model-index`` eval results; the
-evaluation report and plots go along under ``eval/``.
+evaluation report and plots go along under ``eval/``, and a golden set under ``golden/`` (:mod:`sefmodel.golden`: a
+few images with the probabilities the staged detector gives them, scored again while staging, for ``sefmodel
+check USER/NAME``). Its images come from ``golden`` when given, else from the detector's own golden set, else from
+the run's validation shards (``val_data`` in ``train_config.json``); without any, the card says how to add one.
 
 Nothing names where things lay on this machine: a backbone loaded from a local folder is published as the Hub id
 the user names (``base_model``), as the Hub id a Hub-cache folder came from, or else by the folder's name, with a
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -26,6 +29,7 @@ from sefdata.hub import check_repo_id, staged_files
 from sefdata.privacy import is_local_path, public_json, public_text
 from sefdata.shards import Manifest
 from sefdata.upload import empty_folder, upload_staged
+from sefmodel.golden import DEFAULT_COUNT, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, write_golden
 from sefmodel.model_card import make_model_card
 from sefmodel.predict import load_detector, resolve_run
 
@@ -79,6 +83,9 @@ class StagedDetector:
     folder: Path
     files: list[str]
     card: ModelCard
+    golden: GoldenSet | None = None
+    notes: list[str] = field(default_factory=list)
+    """What the user should know: where the golden set came from, or why there is none."""
 
 
 def _find_eval(run: Path, detector_dir: Path) -> Path | None:
@@ -124,11 +131,50 @@ def _describe_build(path: Path) -> str:
         return " (local shards)"
 
 
+def _validation_data(run: Path) -> list[str]:
+    try:
+        data = json.loads((run / "train_config.json").read_text()).get("val_data") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [data] if isinstance(data, str) else [str(d) for d in data]
+
+
+def _stage_golden(
+    detector, run: Path, detector_dir: Path, staging: Path, golden: str | None, count: int
+) -> tuple[GoldenSet | None, list[str]]:
+    """Write the staged golden set (module docstring: where its images come from); returns it and notes."""
+    if golden is not None:  # asked for: any problem stops the publish
+        made, warnings = write_golden(detector, staging, golden, count=count, command="sefmodel publish")
+        return made, [f"golden set: left out {w}" for w in warnings]
+    if (detector_dir / GOLDEN_DIR / GOLDEN_FILE).is_file():
+        source, what = detector_dir / GOLDEN_DIR, "the detector's golden set"
+    elif val := _validation_data(run):
+        source, what = val, "the run's validation shards"
+    else:
+        return None, ["no golden set: give --golden SOURCE (held-out shards or images) so that users can run "
+                      "`sefmodel check` on the published detector"]  # fmt: skip
+    try:
+        made, warnings = write_golden(detector, staging, source, count=count, command="sefmodel publish")
+    except SefError as e:
+        return None, [f"no golden set: {what} could not be used ({e}); give --golden SOURCE"]
+    return made, [f"golden set: {len(made.images)} images from {what}, scored again"] + [
+        f"golden set: left out {w}" for w in warnings
+    ]
+
+
 def stage(
-    run: str | Path, staging: str | Path, *, repo_id: str, license: str = "apache-2.0", base_model: str | None = None
+    run: str | Path,
+    staging: str | Path,
+    *,
+    repo_id: str,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    golden: str | None = None,
+    golden_count: int = DEFAULT_COUNT,
 ) -> StagedDetector:
     """Write the folder that ``publish`` uploads into ``staging`` (emptied first). ``base_model``: the backbone's
-    Hub id when the detector was trained on a local copy of it."""
+    Hub id when the detector was trained on a local copy of it; ``golden``: where the golden set's images come from
+    (module docstring), ``golden_count`` of them."""
     run, staging = Path(run), Path(staging)
     if not run.is_dir():
         raise SefError(f"{run} is not a local run or detector folder")
@@ -139,6 +185,7 @@ def stage(
     # the staged config.json names the public backbone (this detector object is not used for scoring again)
     detector.config.backbone_id, detector.config.backbone_revision = backbone.id, backbone.revision
     detector.save_pretrained(empty_folder(staging))
+    staged_golden, notes = _stage_golden(detector, run, detector_dir, staging, golden, golden_count)
     eval_dir = _find_eval(run, detector_dir)
 
     def public_report(name: str) -> str:
@@ -160,11 +207,12 @@ def stage(
             shutil.copytree(eval_dir / "plots", staging / "eval" / "plots")
     datasets, local_data = _training_data(run)
     card = make_model_card(
-        detector, repo_id, license, datasets, results, local_data, local_backbone=backbone.local_copy
-    )
+        detector, repo_id, license, datasets, results, local_data, local_backbone=backbone.local_copy,
+        golden=staged_golden,
+    )  # fmt: skip
     card.save(staging / "README.md")
     files = staged_files(staging)
-    return StagedDetector(folder=staging, files=files, card=card)
+    return StagedDetector(folder=staging, files=files, card=card, golden=staged_golden, notes=notes)
 
 
 def publish(
@@ -177,13 +225,16 @@ def publish(
     staging: str | Path | None = None,
     dry_run: bool = False,
     base_model: str | None = None,
+    golden: str | None = None,
+    golden_count: int = DEFAULT_COUNT,
     api=None,
 ) -> StagedDetector:
     """Stage a run's detector with its card, scan it and upload it to the model repo ``repo_id``. ``dry_run``:
-    stage and scan only; ``base_model``: see :func:`stage`."""
+    stage and scan only; ``base_model``, ``golden`` and ``golden_count``: see :func:`stage`."""
     check_repo_id(repo_id)
     staging = Path(staging) if staging else Path(run) / ".publish"
-    staged = stage(run, staging, repo_id=repo_id, license=license, base_model=base_model)
+    staged = stage(run, staging, repo_id=repo_id, license=license, base_model=base_model, golden=golden,
+                   golden_count=golden_count)  # fmt: skip
     staged.files = upload_staged(staging, repo_id, repo_type="model", command="sefmodel publish", hint=HINT,
                                  private=private, revision=revision, dry_run=dry_run, api=api)  # fmt: skip
     return staged

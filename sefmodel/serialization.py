@@ -6,7 +6,9 @@ A detector folder holds ``config.json`` (:class:`~sefmodel.config.DetectorConfig
 ``backbone.safetensors`` for a randomly initialised backbone only, ``README.md`` (the model card) and, when the
 detector was calibrated on real images (``sefmodel calibrate``), ``threshold.json``
 (:class:`~sefmodel.threshold.CalibratedThreshold`): loading sets it as ``detector.calibrated_threshold`` (None
-without one) and saving writes it back, or removes a stale file when the detector has none.
+without one) and saving writes it back, or removes a stale file when the detector has none. A detector folder may
+also carry a golden set, ``golden/`` (:mod:`sefmodel.golden`: small PNG images and the probabilities the detector
+gave them, for ``sefmodel check``); saving other weights into the folder removes it.
 
 Pickle-based checkpoints (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt``...) can run arbitrary code while
 they are being loaded, so a detector folder that contains one is refused outright, local or on the Hub.
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import DetectorConfig
+from .golden import GOLDEN_DIR, drop_stale
 from .preprocess import PROCESSOR_NAME, ImageProcessor
 from .threshold import THRESHOLD_NAME, CalibratedThreshold
 
@@ -38,8 +41,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_WEIGHTS_NAME = "backbone.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-# What a detector folder may hold; everything else on a Hub repo is not downloaded.
-ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.md"]
+# What a detector folder may hold; everything else on a Hub repo is not downloaded. (The golden set's PNG files are
+# decoded by Pillow, with its decompression-bomb guard, only by `sefmodel check`.)
+ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.md", f"{GOLDEN_DIR}/*.png"]
 
 
 class UnsafeCheckpointError(ValueError):
@@ -128,6 +132,7 @@ def save_detector(detector: SEFDetector, folder: Path) -> None:
         calibrated.save(folder)
     else:  # a threshold belongs to the weights it was fitted with
         (folder / THRESHOLD_NAME).unlink(missing_ok=True)
+    drop_stale(folder)  # so does a golden set: kept only if these are the weights it was made with
 
 
 @dataclass

@@ -105,3 +105,73 @@ def test_skipped_inputs_are_summarised(tmp_path, corpus, tiny_sr_file):
     assert "skipped 5 input(s)" in result.output
     for reason in ("animated", "corrupt", "empty", "not_an_image", "too_small"):
         assert reason in result.output
+
+
+def test_the_manifest_records_what_made_the_build_and_no_local_path(tmp_path, tiny_sr_file, corpus, monkeypatch):
+    """manifest.json -> provenance: sources, generators (weights by name and sha256), seed, package versions and the
+    command line, with absolute and ../ paths reduced to their names."""
+    import hashlib
+    import shlex
+
+    import torch
+
+    from sefdata.manifest import write_manifest
+    from sefdata.privacy import json_local_paths
+
+    (tmp_path / "photos").mkdir()
+    for name in ("rocket.jpg", "chelsea.png"):
+        (tmp_path / "photos" / name).write_bytes((corpus / name).read_bytes())
+    weights = tmp_path / "weights" / "sr.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(tiny_sr_file.read_bytes())
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    out = tmp_path / "out"
+    args = ["build", "../photos", "--out", str(out), "--gen", f"sr:weights={weights},scale=2", "--seed", "7",
+            "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    prov = manifest["provenance"]
+    assert prov["sources"] == ["photos"] and prov["recipe"] is None and prov["seed"] == 7
+    assert prov["config_hash"] == manifest["sef"]["config_hash"]
+    sr = prov["generators"]["sr"]
+    assert sr["generator"] == "sr" and sr["params"]["weights"] == "sr.pth" and sr["params"]["scale"] == 2
+    assert sr["model"]["file"] == "sr.pth" and sr["model"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    packages = prov["packages"]
+    assert packages["torch"] == torch.__version__ and packages["python"] and packages["sef-toolkit"]
+    assert packages["spandrel"] and packages["pillow"]
+    words = shlex.split(prov["command"])
+    assert words[:3] == ["sefdata", "build", "photos"] and words.count("--out") == 1
+    assert words[words.index("--out") + 1] == "out" and "sr:weights=sr.pth,scale=2" in words
+    assert words[words.index("--seed") + 1] == "7" and "--no-progress" in words
+    assert json_local_paths(prov) == [] and json_local_paths(manifest) == []
+    # rewritten later (sefdata manifest), it keeps the build's command; a home-folder path goes by its name too
+    assert write_manifest(out)["provenance"]["command"] == prov["command"]
+    home = write_manifest(out, command="sefdata build ~/photos ~alice/more --out ../x/out")["provenance"]["command"]
+    assert home == "sefdata build photos more --out out"
+    assert "Made with `sefdata build photos more --out out`" in _card(out, tmp_path / "s1")
+
+
+def _card(out: Path, staging: Path) -> str:
+    from sefdata.publish import publish
+
+    return (publish(out, "me/x", dry_run=True, staging=staging).folder / "README.md").read_text()
+
+
+def test_a_manifest_written_before_provenance_is_still_read(tmp_path, tiny_sr_file, corpus):
+    from sefmodel.data import resolve_shards
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", str(corpus), "--out", str(out), "--no-progress",
+                                 "--gen", f"sr:weights={tiny_sr_file},scale=2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["provenance"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
+    preview = runner.invoke(app, ["preview", str(out), "--out", str(tmp_path / "p.png"), "--tile", "32"])
+    assert preview.exit_code == 0, preview.output
+    assert resolve_shards([str(out)]).fields == ["real", "sr"]
+    card = _card(out, tmp_path / "stage")
+    assert "Made with" not in card and "## How it was made" in card

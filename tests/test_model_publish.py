@@ -199,3 +199,76 @@ def test_a_planted_path_in_a_staged_run_file_is_refused(evaluated_run, tmp_path)
         if not had_plots:
             plots.rmdir()
     assert "\n" not in str(err.value) and api.calls == []
+
+
+# ---- the golden set ------------------------------------------------------------------------------------------
+
+
+def test_publish_stages_a_golden_set_scored_by_the_staged_detector(evaluated_run, tmp_path):
+    from sefdata.privacy import file_local_paths
+    from sefmodel.golden import GoldenSet, tensors_sha256
+
+    bench = evaluated_run.parent / "bench"
+    result = CliRunner().invoke(app, ["publish", str(evaluated_run), "--repo", "me/sef-tiny", "--dry-run",
+                                      "--staging", str(tmp_path / "s"), "--golden", str(bench),
+                                      "--golden-count", "4"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    staged = tmp_path / "s"
+    golden = GoldenSet.load(staged)
+    assert [i.label for i in golden.images] == ["real", "fake", "real", "fake"]
+    assert {f"golden/{i.file}" for i in golden.images} | {"golden/golden.json"} <= set(result.output.split())
+    assert golden.provenance["detector"]["tensors_sha256"] == tensors_sha256(staged)
+    assert golden.provenance["source"] == {"name": "bench", "kind": "images"}
+    assert golden.provenance["command"] == "sefmodel publish"
+    assert file_local_paths(staged / "golden" / "golden.json") == []
+    card = ModelCard.load(staged / "README.md")
+    assert "`sefmodel check me/sef-tiny` scores the 4 small images in `golden/`" in card.text
+    # what users download reproduces
+    check = CliRunner().invoke(app, ["check", str(staged)])
+    assert check.exit_code == 0 and "reproduced: all 4" in check.output, check.output
+
+
+def test_publish_takes_the_golden_set_from_the_detector_then_the_validation_shards(evaluated_run, tmp_path):
+    from train_helpers import write_contract_shards
+
+    from sefmodel.golden import GoldenSet
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    val = tmp_path / "data" / "val"
+    write_contract_shards(val, shards=2, per_shard=2)
+    (run / "train_config.json").write_text(json.dumps({"data": "hf://datasets/me/a/x.tar", "val_data": [str(val)]}))
+    staged = publish(run, "me/x", dry_run=True, staging=tmp_path / "a", golden_count=4)
+    assert staged.notes == ["golden set: 4 images from the run's validation shards, scored again"]
+    assert [i.origin for i in staged.golden.images][:2] == ["shard-000000.tar:s0000/real", "shard-000000.tar:s0000/sr"]
+    assert staged.golden.provenance["source"]["name"] == "val" and "golden/golden.json" in staged.files
+
+    detector = SEFDetector.from_pretrained(run / "detector")
+    detector.save_pretrained(run / "detector", golden=evaluated_run.parent / "bench", golden_count=2)
+    staged = publish(run, "me/x", dry_run=True, staging=tmp_path / "b")
+    assert staged.notes == ["golden set: 2 images from the detector's golden set, scored again"]
+    assert [i.sha256 for i in staged.golden.images] == [i.sha256 for i in GoldenSet.load(run / "detector").images]
+
+    # a default that cannot be used is said, and the detector is published without a golden set
+    shutil.rmtree(run / "detector" / "golden")
+    shutil.rmtree(val)
+    staged = publish(run, "me/x", dry_run=True, staging=tmp_path / "c")
+    assert staged.golden is None and not any(f.startswith("golden/") for f in staged.files)
+    assert staged.notes[0].startswith("no golden set: the run's validation shards could not be used")
+
+
+def test_publish_without_a_golden_source_says_how_to_add_one_and_a_bad_one_stops_it(evaluated_run, tmp_path):
+    staged = publish(evaluated_run, "me/x", dry_run=True, staging=tmp_path / "a")
+    assert staged.golden is None and staged.notes == [
+        "no golden set: give --golden SOURCE (held-out shards or images) so that users can run `sefmodel check` on "
+        "the published detector"
+    ]
+    assert "Reproducing" not in (staged.folder / "README.md").read_text()
+    api = FakeHubApi()
+    with pytest.raises(SefError, match="golden source .*missing: no such file or folder"):
+        publish(evaluated_run, "me/x", api=api, staging=tmp_path / "b", golden=str(tmp_path / "missing"))
+    assert api.calls == []
+    args = ["publish", str(evaluated_run), "--repo", "me/x", "--dry-run", "--staging", str(tmp_path / "c"),
+            "--golden", str(tmp_path), "--golden-count", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "1 to 64 images, not 0" in result.output, result.output

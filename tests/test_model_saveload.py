@@ -174,7 +174,7 @@ def test_hub_repo_with_pickles_is_refused_before_anything_is_downloaded(monkeypa
         SEFDetector.from_pretrained("someone/detector")
 
 
-def test_hub_download_fetches_only_json_safetensors_and_markdown(monkeypatch, tmp_path):
+def test_hub_download_fetches_only_json_safetensors_markdown_and_golden_images(monkeypatch, tmp_path):
     import huggingface_hub
 
     tiny_detector().save_pretrained(tmp_path / "snap")
@@ -191,5 +191,5 @@ def test_hub_download_fetches_only_json_safetensors_and_markdown(monkeypatch, tm
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     detector = SEFDetector.from_pretrained("someone/detector", revision="v1")
     assert seen["repo_id"] == "someone/detector" and seen["revision"] == "v1"
-    assert seen["allow_patterns"] == ["*.json", "*.safetensors", "*.md"]
+    assert seen["allow_patterns"] == ["*.json", "*.safetensors", "*.md", "golden/*.png"]  # golden/: sefmodel check
     assert detector.expert_names == ["recon", "sr"]
