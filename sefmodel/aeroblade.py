@@ -261,7 +261,7 @@ class AerobladeDetector(nn.Module):
         """Crops in [0, 1] (B, 3, S, S) -> each autoencoder's reconstruction, float32 on :attr:`device`. Random
         latents (the ``vae`` generator's posterior sample) are drawn with seed 0 for every image, so scores are
         deterministic (float rounding may still differ in the last digits with the batch size, as for any model)."""
-        x = pixels.to("cpu", torch.float32)
+        x = pixels.to(torch.float32)  # a generator moves its input to its own device (no round trip to the CPU)
         seeds = [0] * len(x)
         return {name: gen.generate(x, seeds).to(self.device, torch.float32) for name, gen in self.autoencoders.items()}
 
