@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
                 train_s[tag] = runs.seconds[tag]
                 results[tag] = {"best_checkpoint": runs.best_step[tag], **score(learning.load(best), held)}
                 row = results[tag]
-                print(f"{tag:32s} " + "  ".join(f"{c} {row[c]['map']:.3f}" for c in row if isinstance(row[c], dict) and "map" in row[c])
-                      + f"  format AUROC {row['format_control']['format_auroc']:.3f}", flush=True)  # fmt: skip
+                aps = "  ".join(f"{c} {v['map']:.3f}" for c, v in row.items() if isinstance(v, dict) and "map" in v)
+                print(f"{tag:32s} {aps}  format AUROC {row['format_control']['format_auroc']:.3f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = summarize(results, settings, split, held, args)

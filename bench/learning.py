@@ -21,7 +21,10 @@ detectors on a pretrained backbone (DESIGN.md §11), CPU, offline.
    the chosen fusion (one LoRA, the cost of one expert). Every run keeps its best checkpoint by validation AP.
 4. Controls on the same tiles: logistic regression on (a) the frozen backbone's features, (b) the periodic
    spectrum (``sefmodel.spectrum.periodic_spectrum``, the feature a detector can also read), C chosen on
-   validation.
+   validation; (c) AEROBLADE (``sefmodel.aeroblade``), training-free: the TAEF2 autoencoder's reconstruction
+   distance under the frozen MobileNetV2's LPIPS-style feature distance (its default block), nothing fitted or
+   chosen. It holds the very autoencoder that made the ``taesd`` fakes (the paper's setting: a generator's own
+   autoencoder); on ``sr`` it meets a family it has no autoencoder for.
 5. **Selection on validation only.** Each of ``CANDIDATES`` (the winner of the exploration below) trains the two
    experts; the one whose experts score best on their own families on the validation photos is kept; then each
    of ``FUSIONS`` is trained on those experts and, of the learned heads (``CHOOSABLE_FUSIONS``; the fixed rules
@@ -59,7 +62,7 @@ from PIL import Image
 from sefdata.assets import find_assets
 from sefdata.privacy import public_json
 from sefdata.shards import field_key, iter_samples, resolve_shards
-from sefmodel import SEFDetector
+from sefmodel import AerobladeDetector, SEFDetector
 from sefmodel.augment import AugmentConfig
 from sefmodel.metrics import average_precision
 from sefmodel.perturb import jpeg, resize
@@ -324,6 +327,14 @@ def spectrum_features(ims: list[Image.Image]) -> np.ndarray:
     return periodic_spectrum(pixels).numpy()
 
 
+def aeroblade_control(weights: Path, backbone: str, size: int) -> AerobladeDetector:
+    """The training-free AEROBLADE control: TAEF2 (``taef2_encoder/decoder.pth`` in ``weights``) reconstructs each
+    ``size`` px tile, the MobileNetV2 at ``backbone`` measures the LPIPS-style distance; scored like a detector."""
+    spec = f"taesd:encoder={weights / 'taef2_encoder.pth'},decoder={weights / 'taef2_decoder.pth'}"
+    return AerobladeDetector.create([spec], distance="features", distance_model=backbone, image_size=size,
+                                    device=DEVICE)  # fmt: skip
+
+
 class Probe:
     """Logistic regression per family on one split's training features; C chosen on its validation features."""
 
@@ -494,7 +505,7 @@ def explore_parallel(args: argparse.Namespace, work: Path, data_dir: Path) -> di
 
 
 def run_split(name: str, split: dict, images: dict, shards: dict, args: argparse.Namespace, backbone: str,
-              work: Path, choice: dict | None) -> dict:  # fmt: skip
+              work: Path, choice: dict | None, weights: Path) -> dict:  # fmt: skip
     """Train and choose on ``split``'s validation (or reuse ``choice``), then score its held-out photos once."""
     runs = Runs(work / name, shards, args, backbone)
     val_images = {p: images[p] for p in split["val"]}
@@ -547,6 +558,8 @@ def run_split(name: str, split: dict, images: dict, shards: dict, args: argparse
               "control_spectrum_probe": Probe(spectrum_features, images, split)}  # fmt: skip
     for control, probe in probes.items():
         heldout[control] = probe.analyse(held_images)
+    aeroblade = aeroblade_control(weights, backbone, args.tile)
+    heldout["control_aeroblade"] = analyse(score_detector(aeroblade, held_images))
     robustness = {}
     for label, fn in ROBUSTNESS.items():
         pert = perturbed(held_images, fn)
@@ -554,6 +567,8 @@ def run_split(name: str, split: dict, images: dict, shards: dict, args: argparse
                              for n, m in named(evaluate(runs_by_name, pert)).items()}  # fmt: skip
         for control, probe in probes.items():
             robustness[label][control] = {k: v for k, v in probe.analyse(pert).items() if k in ("recon", "sr", "map")}
+        robustness[label]["control_aeroblade"] = {k: v for k, v in analyse(score_detector(aeroblade, pert)).items()
+                                                  if k in ("recon", "sr", "map")}  # fmt: skip
     for a in attempts:
         a.pop("runs", None)
     return {
@@ -643,7 +658,7 @@ def main(argv: list[str] | None = None) -> dict:
             choice = None
             for s in wanted:
                 t0 = time.perf_counter()
-                result[s] = run_split(s, keyed[s], images, shards[s], args, backbone, work, choice)
+                result[s] = run_split(s, keyed[s], images, shards[s], args, backbone, work, choice, assets / "weights")
                 choice = choice or result[s]["chosen"]
                 timings[f"{s}_s"] = time.perf_counter() - t0
     finally:
@@ -707,7 +722,9 @@ def summarize(result: dict, args: argparse.Namespace) -> dict:
         "controls_are": "logistic regression (scikit-learn, standardised features, C in 0.01-10 chosen on "
         "validation) on (a) the frozen backbone's features at the chosen stage, pooling and input, (b) the periodic "
         "spectrum of sefmodel.spectrum (FFT of the tile minus its 3x3 mean, log power and peak-to-neighbours ratio "
-        "at k = n/8 ... n/2 along x, y and the diagonal: periods 8, 4, 2 px and harmonics)",
+        "at k = n/8 ... n/2 along x, y and the diagonal: periods 8, 4, 2 px and harmonics); control_aeroblade: "
+        "AEROBLADE, training-free (sefmodel.aeroblade: the TAEF2 reconstruction's LPIPS-style distance on the "
+        "frozen MobileNetV2's block 1; the autoencoder that made the taesd fakes, none for sr)",
         "columns": "per family: pooled AP; FAMILY_per_photo: mean of per-photo AP; drift: min, max and std over "
         "photos of the real tiles' mean P(generated)",
     }

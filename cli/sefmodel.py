@@ -590,6 +590,9 @@ def explain(
     with user_errors(hub=True):
         _use_threads(threads)
         detector = load_detector(run, device)
+        if not detector.explainable:
+            raise SefError(f"{run} is a training-free {detector.detector_type} detector: it has no experts to explain "
+                           "(Grad-CAM needs a SEF detector)")  # fmt: skip
         try:
             ex = explain_file(detector, image, out, layer)
         except (OSError, UnidentifiedImageError, SyntaxError, ImageRejected) as e:
@@ -648,6 +651,82 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: not a failure
             run_server(web, config, announce)
     typer.echo("stopped", err=True)
+
+
+@app.command(no_args_is_help=True)
+@config_options(
+    specs_in_source("sefmodel.aeroblade", "AerobladeConfig"),
+    include=("distance", "distance_backbone", "distance_layers", "lpips_layer", "image_size", "crop"),
+    overrides={"distance": {"metavar": "features|lpips|l2|l1"}, "distance_backbone": {"metavar": "FAMILY"},
+               "distance_layers": {"metavar": "N"}, "lpips_layer": {"metavar": "0-5"},
+               "image_size": {"metavar": "PIXELS"}, "crop": {"metavar": "center|multi"}},
+)  # fmt: skip
+def aeroblade(
+    autoencoder: list[str] = typer.Option(
+        ...,
+        "--autoencoder",
+        "-a",
+        metavar="SPEC",
+        help="repeatable: an autoencoder as sefdata build --gen names it, taesd:encoder=PATH,decoder=PATH (or "
+        "weights=DIR) or vae:model=DIR_OR_HUB_ID[,subfolder=vae,sample=false]; several: each image's smallest "
+        "distance counts. Its weights are copied into --out",
+        show_default=False,
+    ),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="detector folder to write (new or empty)"),
+    distance_model: str | None = typer.Option(
+        None,
+        "--distance-model",
+        metavar="DIR_OR_FILE",
+        help="the distance's network, copied into --out: features: a transformers folder (or Hub id) of "
+        "--distance-backbone (default: the family's Hub id); lpips: torchvision's VGG16 weights file "
+        "(vgg16-397923af.pth, read as plain tensors). Nothing is downloaded for lpips",
+        show_default=False,
+    ),
+    fit_on: str | None = typer.Option(
+        None,
+        "--fit-on",
+        metavar="SET",
+        help="labelled images to fit P(generated) on (logistic regression on the log distance): a sefdata build "
+        "folder (real = 0, every fake field = 1) or a set as eval --bench reads it (real/ + fake/, NAME=PATH, hf:ID). "
+        "Without it the probability is uncalibrated: AP/AUROC hold, set a threshold with sefmodel calibrate",
+        show_default=False,
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="crops per forward pass (with --fit-on)"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
+    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    config_flags: dict,
+) -> None:
+    """Make a training-free AEROBLADE detector (Ricker et al., CVPR 2024): an image is scored by how close it lies to
+    its reconstruction by an autoencoder (generated images reconstruct better), P(generated) = sigmoid(scale *
+    (offset - ln distance)). The folder is a detector like a trained one, self-contained (the autoencoders' and the
+    distance network's weights are copied in): sefmodel eval, predict, serve, calibrate and publish take it.
+
+    \b
+      sefmodel aeroblade -a taesd:encoder=taef2_encoder.pth,decoder=taef2_decoder.pth \\
+          --distance features --distance-model mobilenet_v2_1.0_224 --out runs/aeroblade
+      sefmodel aeroblade -a vae:model=sd2-vae,sample=false --fit-on shards/val --out runs/aeroblade-sd2
+      sefmodel calibrate runs/aeroblade --calibrate-on my_photos/ && sefmodel eval runs/aeroblade -b bench/
+
+    Distances: features (LPIPS-style: early blocks of a frozen --distance-backbone, unit-normalised channels),
+    lpips (the LPIPS metric, layer --lpips-layer; needs pip install lpips and the VGG16 weights), l2, l1 (pixels)."""
+    from sefmodel.aeroblade import build_aeroblade
+    from sefmodel.predict import pick_device
+
+    with user_errors((ValueError, FileNotFoundError), hub=True, fetching="the distance network",
+                     offline_hint="give a local folder with --distance-model DIR"):  # fmt: skip
+        _use_threads(threads)
+        detector = build_aeroblade(autoencoder, out, distance_model=distance_model, fit_on=fit_on,
+                                   device=pick_device(device), batch_size=batch_size, **config_flags)  # fmt: skip
+    c = detector.config
+    how = (
+        f"fitted on {c.fit['on']} ({c.fit['n_real']} real, {c.fit['n_fake']} generated; AP of the distance "
+        f"{c.fit['ap']:.3f})"
+        if c.fit
+        else "not fitted: AP/AUROC need no threshold; set one with sefmodel calibrate"
+    )
+    typer.echo(f"AEROBLADE detector ({', '.join(e['name'] for e in c.autoencoders)}; distance {c.distance}) written to "
+               f"{out}; P(generated) = sigmoid({c.scale:.4g} * ({c.offset:.4g} - ln distance)), {how}")  # fmt: skip
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""sefmodel: detection half of the SEF toolkit (backbones, LoRA experts, gated fusion, detector save/load).
+"""sefmodel: detection half of the SEF toolkit (backbones, LoRA experts, gated fusion, detector save/load; the
+training-free AEROBLADE baseline; ``load_detector`` loads any kind of detector folder).
 
 The names below load on first use (PEP 562), so that reading a config or a command's help does not import torch
 and the model stacks."""
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_exports
 
 _EXPORTS = {
+    "AerobladeConfig": "aeroblade",
+    "AerobladeDetector": "aeroblade",
     "Backbone": "backbones",
     "CNNBackbone": "backbones",
     "DetectorConfig": "config",
@@ -22,11 +25,14 @@ _EXPORTS = {
     "get_backbone_class": "backbones",
     "known_backbones": "backbones",
     "known_fusions": "fusion",
+    "load_detector": "predict",
     "register_backbone": "backbones",
     "register_fusion": "fusion",
 }
 
 __all__ = [
+    "AerobladeConfig",
+    "AerobladeDetector",
     "Backbone",
     "CNNBackbone",
     "DetectorConfig",
@@ -39,11 +45,13 @@ __all__ = [
     "get_backbone_class",
     "known_backbones",
     "known_fusions",
+    "load_detector",
     "register_backbone",
     "register_fusion",
 ]
 
 if TYPE_CHECKING:
+    from .aeroblade import AerobladeConfig, AerobladeDetector
     from .backbones import (
         Backbone,
         CNNBackbone,
@@ -57,6 +65,7 @@ if TYPE_CHECKING:
     from .fusion import known_fusions, register_fusion
     from .lora import LoraSettings
     from .pipeline import Scores
+    from .predict import load_detector
     from .preprocess import ImageProcessor
     from .serialization import UnsafeCheckpointError
 

@@ -25,7 +25,7 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from huggingface_hub import ModelHubMixin
@@ -75,6 +75,10 @@ class SEFDetector(
         processor: the :class:`~sefmodel.preprocess.ImageProcessor` that turns images into this detector's
             inputs, for training, validation, scoring and explanations alike; saved with the detector.
     """
+
+    detector_type: ClassVar[str] = "sef"  # config.json's detector_type (sefmodel.serialization.DETECTOR_TYPES)
+    config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
+    explainable: ClassVar[bool] = True  # per-expert Grad-CAM (sefmodel explain, serve's heatmaps)
 
     def __init__(
         self, config: DetectorConfig, backbone: Backbone | None = None, processor: ImageProcessor | None = None
@@ -339,6 +343,12 @@ class SEFDetector(
     @property
     def device(self) -> torch.device:
         return next(self.heads.parameters()).device
+
+    def describe(self) -> dict[str, Any]:
+        """What reports say about this detector (eval's results.json, serve's /api/info)."""
+        c = self.config
+        return {"type": self.detector_type, "backbone": c.backbone, "backbone_id": c.backbone_id,
+                "experts": self.expert_names, "fusion": c.fusion, "image_size": self.image_size}  # fmt: skip
 
     @property
     def dtype(self) -> torch.dtype:

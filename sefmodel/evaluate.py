@@ -23,10 +23,11 @@ Protocol (every choice is recorded in ``results.json`` under ``protocol``):
 
 **Provenance** (``results.json`` → ``provenance``, in the shape every output of the toolkit uses:
 :mod:`sefdata.provenance`): what made the numbers, with every local path reduced to its name
-(:mod:`sefdata.privacy`): the sha256 of the detector's ``model.safetensors`` (and ``backbone.safetensors``) and its
-config, each benchmark's name, definition and, for a sefdata build, the sha256 of its ``manifest.json``, the seed
-(none: eval draws nothing at random; perturbations are seeded by each image's key), the versions of python and of
-the packages that compute a score, and the command line.
+(:mod:`sefdata.privacy`): the sha256 of the detector's weight files (``model.safetensors`` and
+``backbone.safetensors``; an AEROBLADE folder's stored networks) and its config, each benchmark's name, definition
+and, for a sefdata build, the sha256 of its ``manifest.json``, the seed (none: eval draws nothing at random;
+perturbations are seeded by each image's key), the versions of python and of the packages that compute a score, and
+the command line.
 
 Outputs (``out`` folder): ``results.json``, ``results.md``, ``results.csv``, ``scores.csv`` (every image's score
 under every condition) and ``plots/*.png``.
@@ -360,11 +361,7 @@ def _results(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "detector": {
             "source": detector_source,
-            "backbone": detector.config.backbone,
-            "backbone_id": detector.config.backbone_id,
-            "experts": detector.expert_names,
-            "fusion": detector.config.fusion,
-            "image_size": detector.image_size,
+            **detector.describe(),  # backbone, experts, fusion, image_size (an AEROBLADE detector: its description)
             "processor": detector.processor.to_dict(),  # the pixels every score was computed on
         },
         "config": asdict(config),
@@ -411,7 +408,7 @@ def _presets(presets: list[Preset], per_condition: dict[str, dict[str, dict]]) -
 def _weights_folder(detector_source: str) -> Path | None:
     """The local folder holding the detector's weight files: RUN itself, RUN/detector, or a Hub id's cached copy."""
     from .predict import resolve_run
-    from .serialization import WEIGHTS_NAME
+    from .serialization import CONFIG_NAME
 
     if not detector_source:
         return None  # an in-memory detector
@@ -420,7 +417,7 @@ def _weights_folder(detector_source: str) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(detector_source, WEIGHTS_NAME)
+        cached = try_to_load_from_cache(detector_source, CONFIG_NAME)
     except Exception:  # not a repo id: nothing to hash
         return None
     return Path(cached).parent if isinstance(cached, str) else None
@@ -430,13 +427,10 @@ def _provenance(
     detector: SEFDetector, detector_source: str, benches: list[ResolvedBenchmark], command: str | None
 ) -> dict[str, Any]:
     """What made these numbers (module docstring), free of local paths (:mod:`sefdata.provenance`)."""
-    from .serialization import BACKBONE_WEIGHTS_NAME, WEIGHTS_NAME
+    from .serialization import weight_files
 
     folder = _weights_folder(detector_source)
-    weights = {}
-    for name in (WEIGHTS_NAME, BACKBONE_WEIGHTS_NAME):
-        if folder is not None and (folder / name).is_file():
-            weights[name] = file_sha256(folder / name)
+    weights = {name: file_sha256(folder / name) for name in weight_files(folder)} if folder is not None else {}
     benchmarks = {}
     for bench in benches:
         manifest = Path(bench.source) / "manifest.json"
@@ -665,10 +659,11 @@ def markdown(results: dict) -> str:
     lines = [
         "# Evaluation report",
         "",
-        f"Detector `{det['source'] or 'in-memory'}`: backbone `{det['backbone']}` "
-        f"(`{det['backbone_id'] or 'random, built from config'}`), experts "
-        f"{', '.join(f'`{e}`' for e in det['experts'])}, fusion `{det['fusion']}`, crop `{proto['crop']}` of "
-        f"{det['image_size']} px. Created {results['created']}.",
+        f"Detector `{det['source'] or 'in-memory'}`: "
+        + (det["description"] if det.get("description") else
+           f"backbone `{det['backbone']}` (`{det['backbone_id'] or 'random, built from config'}`), experts "
+           f"{', '.join(f'`{e}`' for e in det['experts'])}, fusion `{det['fusion']}`")
+        + f", crop `{proto['crop']}` of {det['image_size']} px. Created {results['created']}.",
         "",
         f"An image is called generated when its probability is > 0.5 (`acc@0.5`). `acc@cal` uses a calibrated "
         f"threshold ({cal['method']}"

@@ -162,3 +162,81 @@ def make_model_card(
         "- Small or heavily compressed images carry fewer artifacts; scores on them are less reliable.",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+
+
+def make_aeroblade_card(
+    detector: Any, repo_id: str | None = None, license: str | None = None, results: dict | None = None
+) -> ModelCard:
+    """The card of a training-free AEROBLADE detector (:mod:`sefmodel.aeroblade`): what it computes, what its folder
+    holds and, when published after ``sefmodel eval``, the metrics. Names files, never where they lay."""
+    cfg = detector.config
+    model_name = (repo_id or "aeroblade").split("/")[-1]
+    eval_results = None
+    if results and results.get("model-index"):
+        index = results["model-index"]
+        index[0]["name"] = model_name
+        model_name, eval_results = model_index_to_eval_results(index)
+    data = ModelCardData(
+        eval_results=eval_results or None,
+        library_name="sef-toolkit",
+        license=license,
+        model_name=model_name,
+        pipeline_tag="image-classification",
+        tags=["ai-generated-image-detection", "aeroblade", "training-free"],
+    )
+    sources = []
+    for entry in cfg.autoencoders:
+        files = [f"`{v['file']}` (sha256 `{v['sha256'][:12]}…`)" for v in entry.get("source", {}).values()
+                 if isinstance(v, dict) and v.get("file") and v.get("sha256")]  # fmt: skip
+        model = entry.get("source", {}).get("model")
+        what = ", ".join(files) or (f"`{model}`" if isinstance(model, str) else "recorded in config.json")
+        sources.append(f"- `{entry['name']}`: a `{entry['generator']}` autoencoder, from {what}")
+    processor = detector.processor
+    crops = (f"one {processor.size} px centre crop" if processor.crop == "center"
+             else f"up to {processor.crops_per_side}x{processor.crops_per_side} crops of {processor.size} px, "
+             "probabilities averaged")  # fmt: skip
+    fit = (f"fitted by logistic regression on `{cfg.fit['on']}` ({cfg.fit['n_real']} real, {cfg.fit['n_fake']} "
+           f"generated images; AP of the distance there {cfg.fit['ap']:.3f})" if cfg.fit else
+           "not fitted (a rough default): take AP and AUROC, which need no threshold, or set a threshold from your own "
+           "real images with `sefmodel calibrate`")  # fmt: skip
+    ref = repo_id or "PATH_OR_REPO_ID"
+    body = [
+        f"# {model_name}",
+        "",
+        "A training-free detector of AI-generated images from the SEF toolkit: AEROBLADE (Ricker et al., CVPR 2024). "
+        "An autoencoder reconstructs the image; images that came out of such a decoder are reconstructed more "
+        "faithfully than photos, so the smaller the distance between an image and its reconstruction, the higher "
+        "P(generated).",
+        "",
+        f"- {detector.describe()['description']}.",
+        f"- scale and offset: {fit}.",
+        f"- input: {crops}, native resolution, RGB in [0, 1].",
+        "",
+        "Autoencoders (their weights are stored in this repository, under `autoencoders/`, as safetensors; the "
+        "distance network under `distance/`):",
+        "",
+        *sources,
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from sefmodel import load_detector",
+        f'detector = load_detector("{ref}")',
+        "scores = detector.score(images)   # PIL images of any size; scores.probs in [0, 1]",
+        "```",
+        "",
+        f"or `sefmodel predict {ref} IMAGES_OR_DIRS` (also `eval`, `serve`, `calibrate`). No pickles.",
+        "",
+    ]
+    if results:
+        body += ["## Evaluation", "", *_metrics_table(results), "",
+                 "Full report: [eval/results.md](eval/results.md).", ""]  # fmt: skip
+    body += [
+        "## Limits",
+        "",
+        "- It detects images made through the decoders it holds (or ones like them); images from other generators, "
+        "and any image that was resized, recompressed or screenshotted, reconstruct differently: check the robustness "
+        "curves before relying on it.",
+        "- A score is one signal among others, not proof.",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -21,11 +21,20 @@ from PIL import Image
 from sefdata.errors import SefError
 
 from .benchmarks import IMAGE_EXTENSIONS
-from .config import DetectorConfig
 from .detector import SEFDetector
 from .images import describe_error, open_image_file
-from .serialization import CONFIG_NAME, UnsafeCheckpointError
+from .serialization import (
+    CONFIG_NAME,
+    UnsafeCheckpointError,
+    detector_class,
+    detector_type,
+    folder_detector_type,
+    resolve_folder,
+)
 from .threshold import UncertainBand, decision_threshold, label
+
+if TYPE_CHECKING:
+    from .aeroblade import AerobladeDetector
 
 RUN_DETECTOR_SUBFOLDER = "detector"
 """Where a trainer run folder keeps its final detector (``RUN/detector/``)."""
@@ -42,9 +51,10 @@ def resolve_run(run: str | os.PathLike) -> str:
         problem = f"{path} has no {CONFIG_NAME}"
         if config.is_file():
             try:
-                DetectorConfig.from_dict(json.loads(config.read_text()))
+                data = json.loads(config.read_text())
+                detector_class(detector_type(data)).config_class.from_dict(data)
                 return str(path)
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, SefError) as e:
                 problem = f"{config} is not a detector config ({e})"
         if (path / RUN_DETECTOR_SUBFOLDER / CONFIG_NAME).is_file():
             return str(path / RUN_DETECTOR_SUBFOLDER)
@@ -66,11 +76,15 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector:
-    """Load the detector a RUN names (see :func:`resolve_run`) onto ``device``, with one-line errors."""
+def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector | AerobladeDetector:
+    """Load the detector a RUN names (see :func:`resolve_run`) onto ``device``, with one-line errors: a SEF detector
+    or any other kind a folder's ``config.json`` names (``detector_type``, see
+    :data:`~sefmodel.serialization.DETECTOR_TYPES`; e.g. the training-free AEROBLADE detector)."""
     source = resolve_run(run)
     try:
-        return SEFDetector.from_pretrained(source, map_location=pick_device(device))
+        folder = resolve_folder(source)
+        cls = detector_class(folder_detector_type(folder))
+        return cls.from_pretrained(folder, map_location=pick_device(device))
     except SefError:
         raise
     except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:

@@ -7,7 +7,9 @@ run was evaluated (``RUN/eval/results.json``), the metrics as structured ``model
 evaluation report and plots go along under ``eval/``, and a golden set under ``golden/`` (:mod:`sefmodel.golden`: a
 few images with the probabilities the staged detector gives them, scored again while staging, for ``sefmodel
 check USER/NAME``). Its images come from ``golden`` when given, else from the detector's own golden set, else from
-the run's validation shards (``val_data`` in ``train_config.json``); without any, the card says how to add one.
+the run's validation shards (``val_data`` in ``train_config.json``); without any, the card says how to add one. A
+training-free AEROBLADE detector (:mod:`sefmodel.aeroblade`) is staged the same way, with its stored networks and its
+own card.
 
 Nothing names where things lay on this machine: a backbone loaded from a local folder is published as the Hub id
 the user names (``base_model``), as the Hub id a Hub-cache folder came from, or else by the folder's name, with a
@@ -30,7 +32,7 @@ from sefdata.privacy import is_local_path, public_json, public_text
 from sefdata.shards import Manifest
 from sefdata.upload import empty_folder, upload_staged
 from sefmodel.golden import DEFAULT_COUNT, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, write_golden
-from sefmodel.model_card import make_model_card
+from sefmodel.model_card import make_aeroblade_card, make_model_card
 from sefmodel.predict import load_detector, resolve_run
 
 EVAL_FILES = ("results.json", "results.md", "results.csv")
@@ -180,10 +182,17 @@ def stage(
         raise SefError(f"{run} is not a local run or detector folder")
     detector_dir = Path(resolve_run(run))
     detector = load_detector(detector_dir, device="cpu")  # proves it loads before anything is uploaded
-    backbone = public_backbone(detector.config.backbone_id, detector.config.backbone_revision, base_model)
-    trained_on = detector.config.backbone_id
-    # the staged config.json names the public backbone (this detector object is not used for scoring again)
-    detector.config.backbone_id, detector.config.backbone_revision = backbone.id, backbone.revision
+    if detector.detector_type == "aeroblade":  # training-free: its networks are in its folder, no backbone to name
+        if base_model is not None:
+            raise SefError("--base-model: an AEROBLADE detector has no backbone to name; its networks are stored "
+                           "in its folder")  # fmt: skip
+        backbone = PublicBackbone(None, None, False)
+        trained_on = None
+    else:
+        backbone = public_backbone(detector.config.backbone_id, detector.config.backbone_revision, base_model)
+        trained_on = detector.config.backbone_id
+        # the staged config.json names the public backbone (this detector object is not used for scoring again)
+        detector.config.backbone_id, detector.config.backbone_revision = backbone.id, backbone.revision
     detector.save_pretrained(empty_folder(staging))
     staged_golden, notes = _stage_golden(detector, run, detector_dir, staging, golden, golden_count)
     eval_dir = _find_eval(run, detector_dir)
@@ -205,11 +214,14 @@ def stage(
                 (staging / "eval" / name).write_text(public_report(name), encoding="utf-8")
         if (eval_dir / "plots").is_dir():
             shutil.copytree(eval_dir / "plots", staging / "eval" / "plots")
-    datasets, local_data = _training_data(run)
-    card = make_model_card(
-        detector, repo_id, license, datasets, results, local_data, local_backbone=backbone.local_copy,
-        golden=staged_golden,
-    )  # fmt: skip
+    if detector.detector_type == "aeroblade":
+        card = make_aeroblade_card(detector, repo_id, license, results)
+    else:
+        datasets, local_data = _training_data(run)
+        card = make_model_card(
+            detector, repo_id, license, datasets, results, local_data, local_backbone=backbone.local_copy,
+            golden=staged_golden,
+        )  # fmt: skip
     card.save(staging / "README.md")
     files = staged_files(staging)
     return StagedDetector(folder=staging, files=files, card=card, golden=staged_golden, notes=notes)

@@ -10,12 +10,18 @@ without one) and saving writes it back, or removes a stale file when the detecto
 also carry a golden set, ``golden/`` (:mod:`sefmodel.golden`: small PNG images and the probabilities the detector
 gave them, for ``sefmodel check``); saving other weights into the folder removes it.
 
+A folder's ``config.json`` says which kind of detector it holds (``"detector_type"``; absent means ``"sef"``, the
+trained detector above); :data:`DETECTOR_TYPES` names the class that loads each kind (:func:`detector_class`), and
+the one loading function, :func:`sefmodel.predict.load_detector`, dispatches on it. The other kind is the
+training-free AEROBLADE detector (:mod:`sefmodel.aeroblade`), whose folder holds its networks' weights.
+
 Pickle-based checkpoints (``.bin``, ``.pt``, ``.pth``, ``.pkl``, ``.ckpt``...) can run arbitrary code while
 they are being loaded, so a detector folder that contains one is refused outright, local or on the Hub.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Iterable
@@ -38,6 +44,9 @@ if TYPE_CHECKING:
     from .detector import SEFDetector
 
 CONFIG_NAME = "config.json"
+DETECTOR_TYPE_KEY = "detector_type"
+DETECTOR_TYPES = {"sef": "sefmodel.detector:SEFDetector", "aeroblade": "sefmodel.aeroblade:AerobladeDetector"}
+"""Kind of detector (``config.json``'s ``detector_type``) -> ``module:class`` that loads it, imported on use."""
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_WEIGHTS_NAME = "backbone.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -104,6 +113,45 @@ def resolve_folder(
     return Path(folder)
 
 
+def detector_type(config: dict[str, Any]) -> str:
+    """The kind of detector a ``config.json`` dict describes (``"sef"`` when it does not say)."""
+    kind = config.get(DETECTOR_TYPE_KEY, "sef") if isinstance(config, dict) else None
+    if kind not in DETECTOR_TYPES:
+        raise ValueError(f"unknown {DETECTOR_TYPE_KEY} {kind!r}; known: {', '.join(DETECTOR_TYPES)}")
+    return kind
+
+
+def detector_class(kind: str) -> type:
+    """The class that loads detectors of ``kind`` (:data:`DETECTOR_TYPES`)."""
+    if kind not in DETECTOR_TYPES:
+        raise ValueError(f"unknown {DETECTOR_TYPE_KEY} {kind!r}; known: {', '.join(DETECTOR_TYPES)}")
+    module, name = DETECTOR_TYPES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def folder_detector_type(folder: Path) -> str:
+    """The kind of detector a local folder holds, from its ``config.json``."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a detector folder: {CONFIG_NAME} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not JSON ({e})") from None
+    return detector_type(data)
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The weight files of a local detector folder (relative names, sorted): what a results file hashes."""
+    folder = Path(folder)
+    if folder_detector_type(folder) == "sef":
+        return [n for n in (WEIGHTS_NAME, BACKBONE_WEIGHTS_NAME) if (folder / n).is_file()]
+    from .aeroblade import AUTOENCODER_FOLDER, DISTANCE_FOLDER
+
+    return sorted(p.relative_to(folder).as_posix() for sub in (AUTOENCODER_FOLDER, DISTANCE_FOLDER)
+                  for p in (folder / sub).rglob("*.safetensors"))  # fmt: skip
+
+
 # ---- writing and reading a detector folder -------------------------------------------------------------------
 
 
@@ -149,9 +197,12 @@ class DetectorFolder:
 def read_folder(folder: Path, map_location: str | torch.device = "cpu") -> DetectorFolder:
     """Read a local detector folder's config, image processor and tensors (JSON and safetensors only)."""
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a detector folder: {path.name} is missing")
+    kind = folder_detector_type(folder)
+    if kind != "sef":
+        raise ValueError(f"{folder} holds a detector of type {kind!r}, not a SEF detector: load it with "
+                         "sefmodel.load_detector (or its own class)")  # fmt: skip
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a detector folder: {weights_path.name} is missing")
     config = DetectorConfig.from_dict(json.loads(config_path.read_text()))
     processor = ImageProcessor.from_pretrained(folder) if (folder / PROCESSOR_NAME).is_file() else None
     device = str(map_location)

@@ -240,7 +240,7 @@ class Scorer:
         c = self.config
         inputs = [(name, opener(file)) for name, file in uploads]
         records = list(predict_records(self.detector, inputs, c.batch_size, c.crop, self.threshold, self.uncertain))
-        if heatmaps and not c.no_heatmaps:
+        if heatmaps and not c.no_heatmaps and self.detector.explainable:
             for record, (_, file) in zip(records, uploads, strict=True):
                 if "error" in record:
                     continue
@@ -272,16 +272,17 @@ def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | N
     threshold, source = decision_threshold(detector, config.threshold)
     band = UncertainBand.parse(config.uncertain)
 
-    c = detector.config
+    described = detector.describe()
     return {
-        "backbone": c.backbone,
-        "experts": list(detector.expert_names),
-        "fusion": c.fusion,
-        "image_size": detector.image_size,
+        "backbone": described["backbone"],
+        "experts": list(described["experts"]),
+        "fusion": described["fusion"],
+        "image_size": described["image_size"],
+        "description": described.get("description"),  # an AEROBLADE detector's one line; None for SEF
         "threshold": threshold,
         "threshold_source": source,
         "uncertain": [band.low, band.high] if band else None,
-        "heatmaps": not config.no_heatmaps,
+        "heatmaps": not config.no_heatmaps and detector.explainable,
         "report": report is not None,
         "limits": {
             "max_upload_mb": config.max_upload_mb,

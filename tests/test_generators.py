@@ -148,3 +148,27 @@ def test_pickled_code_is_never_loaded(tmp_path: Path):
 def test_missing_weights_say_what_was_tried():
     with pytest.raises(SefError, match="not a local file, an http"):
         _gen("sr:weights=nothing-here.pth")
+
+
+def test_autoencoders_travel_into_a_folder_and_load_back_identical(
+    tiny_taesd_files, tiny_vae_dir, tiny_sr_file, tmp_path
+):
+    """save_weights writes safetensors (and JSON) only, with paths relative to the folder; restore_generator loads
+    them from there: the same output, bit for bit. A generator that cannot travel says so."""
+    import json
+
+    from sefdata.generators import restore_generator
+
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for spec in (f"taesd:encoder={tiny_taesd_files[0]},decoder={tiny_taesd_files[1]}",
+                 f"vae:model={tiny_vae_dir},sample=false"):  # fmt: skip
+        gen = _gen(spec)
+        folder = tmp_path / gen.name
+        params = gen.save_weights(folder)
+        assert all(not Path(params[k]).is_absolute() for k in gen.saved_paths if params.get(k))
+        assert {p.suffix for p in folder.rglob("*") if p.is_file()} <= {".safetensors", ".json"}
+        again = restore_generator(gen.name, params, folder, CPU)
+        assert torch.equal(again.generate(images, [0, 0]), gen.generate(images, [0, 0]))
+    assert "_name_or_path" not in json.loads((tmp_path / "vae" / "config.json").read_text())
+    with pytest.raises(SefError, match="generator 'sr' cannot store its weights in another folder"):
+        _gen(f"sr:weights={tiny_sr_file},scale=2").save_weights(tmp_path / "sr")

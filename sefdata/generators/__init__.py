@@ -9,6 +9,7 @@ from sefdata.generators.base import (
     available_generators,
     create_generator,
     register_generator,
+    restore_generator,
     sample_seed,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "available_generators",
     "create_generator",
     "register_generator",
+    "restore_generator",
     "sample_seed",
 ]

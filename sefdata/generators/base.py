@@ -25,6 +25,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -43,10 +44,15 @@ class Runtime:
 
 
 class Generator(abc.ABC):
-    """Base class. Subclasses set ``multiple`` in ``__init__`` once their model is loaded."""
+    """Base class. Subclasses set ``multiple`` in ``__init__`` once their model is loaded.
+
+    A generator whose weights can travel inside another folder (an AEROBLADE detector stores its autoencoders)
+    implements :meth:`save_weights` and names in ``saved_paths`` the config fields that then hold paths relative to
+    that folder; :func:`restore_generator` loads it back from there."""
 
     name: ClassVar[str]  # registry name, set by register_generator
     multiple: int = 1  # H and W of the input must be multiples of this
+    saved_paths: ClassVar[tuple[str, ...]] = ()  # config fields that save_weights fills with folder-relative paths
 
     def __init__(self, config: Any, runtime: Runtime) -> None:
         self.config = config
@@ -65,6 +71,12 @@ class Generator(abc.ABC):
     def model_info(self) -> dict:
         """Model ids, revisions and file hashes, for the manifest. Override to add what identifies the weights."""
         return {}
+
+    def save_weights(self, folder: Path) -> dict[str, str]:
+        """Write this generator's weights into ``folder`` (safetensors and JSON only) and return the ``--gen``
+        parameters that load them again, with the ``saved_paths`` fields relative to ``folder``. Default: not
+        supported."""
+        raise SefError(f"generator {self.name!r} cannot store its weights in another folder")
 
     def info(self) -> dict:
         return {
@@ -174,6 +186,17 @@ class GenSpec:
 def create_generator(spec: GenSpec, runtime: Runtime) -> Generator:
     cls, _ = _REGISTRY[spec.name]
     return cls(spec.config(), runtime)
+
+
+def restore_generator(name: str, params: dict[str, str], folder: Path, runtime: Runtime) -> Generator:
+    """The generator that :meth:`Generator.save_weights` wrote into ``folder``, loaded from there: ``params`` are
+    what it returned (its ``saved_paths`` fields relative to ``folder``)."""
+    if name not in _REGISTRY:
+        raise SefError(f"unknown generator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    cls, _ = _REGISTRY[name]
+    located = {k: str(Path(folder) / v) if k in cls.saved_paths and v not in ("", "none", "None") else v
+               for k, v in params.items()}  # fmt: skip
+    return create_generator(GenSpec(name=name, field=name, params=located), runtime)
 
 
 def sample_seed(base_seed: int, key: str, field: str) -> int:

@@ -143,6 +143,7 @@ def _find_pair(folder: Path) -> tuple[Path, Path]:
 @register_generator("taesd", TaesdConfig)
 class TaesdGenerator(Generator):
     multiple = 8  # three stride-2 stages
+    saved_paths = ("encoder", "decoder")
 
     def __init__(self, config: TaesdConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
@@ -178,6 +179,21 @@ class TaesdGenerator(Generator):
             "latent_channels": self.latent_channels,
             "dtype": str(self.runtime.dtype).removeprefix("torch."),
         }  # fmt: skip
+
+    def save_weights(self, folder: Path) -> dict[str, str]:
+        """The encoder and decoder as ``NAME_encoder.safetensors`` / ``NAME_decoder.safetensors`` (float32) in
+        ``folder``, named after the files they came from."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        params = {}
+        for part, module, source in (("encoder", self.encoder, self.encoder_path),
+                                     ("decoder", self.decoder, self.decoder_path)):  # fmt: skip
+            name = f"{source.name.split('.')[0]}.safetensors"
+            state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(folder / name))
+            params[part] = name
+        return params
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, seeds) -> torch.Tensor:

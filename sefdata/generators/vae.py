@@ -87,6 +87,8 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 
 @register_generator("vae", VaeConfig)
 class VaeGenerator(Generator):
+    saved_paths = ("model",)
+
     def __init__(self, config: VaeConfig, runtime: Runtime) -> None:
         super().__init__(config, runtime)
         vae, self.root, self.subfolder = load_vae(config.model, config.subfolder, config.revision, runtime.dtype)
@@ -104,6 +106,21 @@ class VaeGenerator(Generator):
             "latent_channels": self.vae.config.latent_channels,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+
+    def save_weights(self, folder: Path) -> dict[str, str]:
+        """The VAE as a diffusers folder (``config.json`` + safetensors, float32) in ``folder``; its config does not
+        record where it was loaded from."""
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        dtype = self.vae.dtype
+        self.vae.to(torch.float32).save_pretrained(folder, safe_serialization=True)
+        self.vae.to(dtype)
+        config = folder / "config.json"
+        saved = json.loads(config.read_text())
+        saved.pop("_name_or_path", None)  # where this machine kept the source, never published
+        config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        return {"model": ".", "subfolder": "", "sample": str(self.config.sample).lower()}
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

@@ -30,9 +30,11 @@ async function init() {
     return;
   }
   const fusion = { sef: "SEF gate", moe: "gated mixture of the experts", stack: "stacking", noisy_or: "noisy-OR" }[info.fusion] || info.fusion;
+  const about = info.description
+    ? `Detector: ${info.description.replaceAll("`", "")}; `
+    : `Detector: ${info.backbone} backbone, experts ${info.experts.join(", ")} (fusion: ${fusion}), `;
   $("detector").textContent =
-    `Detector: ${info.backbone} backbone, experts ${info.experts.join(", ")} (fusion: ${fusion}), ` +
-    `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}` +
+    about + `${info.image_size}-px crops. An image is called generated when P(generated) > ${info.threshold}` +
     (info.threshold_source === "default" ? "" : ` (${info.threshold_source})`) +
     (info.uncertain ? `, "uncertain" when ${info.uncertain[0]} ≤ P(generated) ≤ ${info.uncertain[1]}.` : ".");
   $("report-link").hidden = !info.report;
