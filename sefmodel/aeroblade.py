@@ -233,6 +233,11 @@ class AerobladeDetector(nn.Module):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the distances are computed in (float32: the scores are compared across machines)."""
+        return torch.float32
+
     def describe(self) -> dict[str, Any]:
         """What reports say about this detector (eval's results.json, serve's /api/info)."""
         c = self.config

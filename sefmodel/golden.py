@@ -58,7 +58,7 @@ from sefdata.errors import SefError
 from sefdata.imageio import to_rgb
 from sefdata.privacy import public_name, public_text
 from sefdata.provenance import installed_versions, provenance, version_differences
-from sefdata.shards import file_sha256
+from sefdata.shards import field_key, file_sha256, iter_samples, resolve_shards, sample_fields
 
 from .images import describe_error, open_image_file
 
@@ -180,16 +180,22 @@ class GoldenSet:
 
 
 def weights_sha256(folder: Path) -> dict[str, str]:
-    """sha256 of every ``*.safetensors`` file of a detector folder (the trained tensors, and a random backbone's)."""
-    return {p.name: file_sha256(p) for p in sorted(Path(folder).glob("*.safetensors"))}
+    """sha256 of every weight file of a detector folder (:func:`sefmodel.serialization.weight_files`: the trained
+    tensors and a random backbone's; an AEROBLADE folder's stored networks)."""
+    from .serialization import weight_files
+
+    return {name: file_sha256(Path(folder) / name) for name in sorted(weight_files(Path(folder)))}
 
 
 def tensors_sha256(folder: Path) -> dict[str, str]:
     """A sha256 of the tensors in every ``*.safetensors`` file of a detector folder: names, dtypes, shapes and bytes
     in name order. Two saves of the same tensors give two files whose bytes differ (safetensors writes its header's
     metadata in no fixed order), so this, not the file's sha256, says whether the weights are the same."""
+    from .serialization import weight_files
+
     out = {}
-    for path in sorted(Path(folder).glob("*.safetensors")):
+    for file in sorted(weight_files(Path(folder))):
+        path = Path(folder) / file
         data = path.read_bytes()
         (size,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8 : 8 + size])
@@ -199,7 +205,7 @@ def tensors_sha256(folder: Path) -> dict[str, str]:
             begin, end = entry["data_offsets"]
             digest.update(json.dumps([name, entry["dtype"], entry["shape"]]).encode())
             digest.update(data[8 + size + begin : 8 + size + end])
-        out[path.name] = digest.hexdigest()
+        out[file] = digest.hexdigest()
     return out
 
 
@@ -314,7 +320,6 @@ def _open(opener, what: str, warnings: list[str]) -> Image.Image | None:
 
 
 def _from_shards(refs: list[str], count: int, size: int) -> Picked:
-    from .data import iter_samples, resolve_shards, sample_fields
 
     try:
         shards = resolve_shards(refs)
@@ -327,7 +332,7 @@ def _from_shards(refs: list[str], count: int, size: int) -> Picked:
     picked = Picked([], source)
 
     def take(url: str, sample: dict, field_name: str) -> None:
-        key = next(k for k in sample if k.split(".", 1)[0] == field_name)
+        key = field_key(sample, field_name)
         origin = public_text(f"{Path(url).name}:{sample['__key__']}/{field_name}")
         image = _open(lambda: open_image_file(io.BytesIO(sample[key])), origin, picked.warnings)
         if image is not None:

@@ -417,3 +417,29 @@ def test_taef2_reconstructions_score_higher_than_the_photos(tmp_path, assets, ta
     assert ratio.min() > 1.5, ratio  # and by a wide margin: about 2x closer
     ap = average_precision(np.r_[np.zeros(len(real)), np.ones(len(fake))], np.r_[real, fake])
     assert ap > 0.9, ap  # pooled over photos of different content
+
+
+def test_it_carries_a_golden_set_that_check_reproduces_and_a_changed_network_fails(tmp_path, tiny_aeroblade):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "detector"
+    shutil.copytree(tiny_aeroblade, folder)
+    images = tmp_path / "golden-source"
+    for label, seeds in (("real", (1, 2)), ("fake", (3, 4))):
+        (images / label).mkdir(parents=True)
+        for s in seeds:
+            Image.fromarray(photo_like(40, 40, s)).save(images / label / f"{s}.png")
+    made = runner.invoke(app, ["golden", str(folder), str(images), "--count", "4"])
+    assert made.exit_code == 0, made.output
+    assert runner.invoke(app, ["check", str(folder)]).exit_code == 0
+    # the stored autoencoder's weights altered: the golden set says so, in its own line
+    weights = sorted((folder / "autoencoders").rglob("*.safetensors"))[0]
+    tensors = load_file(str(weights))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[name] = tensors[name] * 3 + 0.5
+    save_file(tensors, str(weights))
+    result = runner.invoke(app, ["check", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert "weight files are not those the golden set was made with" in result.output

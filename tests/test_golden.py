@@ -191,7 +191,7 @@ def test_golden_command_writes_a_set_from_a_build_and_records_its_provenance(tmp
     write_contract_shards(tmp_path / "work" / "held-out", shards=3, per_shard=2, fakes=("vae", "sr"))
     build = tmp_path / "work" / "held-out"
     urls = sorted(p.name for p in build.glob("*.tar"))
-    (build / "manifest.json").write_text(json.dumps({"shardlist": [{"url": u} for u in urls],
+    (build / "manifest.json").write_text(json.dumps({"shardlist": [{"url": u, "nsamples": 2} for u in urls],
                                                      "sef": {"fields": ["real", "vae", "sr"]}}))  # fmt: skip
     run = tmp_path / "work" / "run"
     randomize_trained(tiny_detector()).save_pretrained(run / "detector")
