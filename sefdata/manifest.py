@@ -5,7 +5,7 @@ an index that ``wids.ShardListDataset("manifest.json")`` can open for random acc
 the build in the shape every output of the toolkit uses (:mod:`sefdata.provenance`): ``sources`` (by name),
 ``recipe`` (name and sha256), ``generators`` (each field's generator, parameters and model ids, revisions and weight
 file hashes), ``config_hash``, ``seed``, ``packages`` and ``command`` (the ``sefdata build`` command line that last
-wrote ``build.json``). Manifests written before it have no ``provenance``; readers take it with ``.get``.
+wrote ``build.json``). Manifests written before it have no ``provenance``; ``Manifest.provenance`` is None for them.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def make_card(
         "quantisation tables and chroma subsampling, other reals give PNG; the real is re-encoded the same way.",
         f"- Seed {config['seed']}; config hash `{manifest.config_hash}`; full config, tool and library versions and "
         "model revisions in `manifest.json`.",
-        *_made_by(manifest.get("provenance")),  # manifests written before provenance existed have none
+        *_made_by(manifest.provenance),  # manifests written before provenance existed have none
         "",
         "## Loading",
         "",

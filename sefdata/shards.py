@@ -331,6 +331,7 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)  # the resolved build config, as published
     config_hash: str | None = None
     totals: Totals | None = None
+    provenance: dict[str, Any] | None = None  # what made the build (sefdata.provenance); None before it existed
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -346,6 +347,7 @@ class Manifest:
                 config=sef.get("config") or {},
                 config_hash=sef.get("config_hash"),
                 totals=Totals.from_dict(sef["totals"]) if sef.get("totals") else None,
+                provenance=data.get("provenance"),
                 raw=data,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
