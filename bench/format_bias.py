@@ -116,10 +116,7 @@ def make_photo(path: Path, data: Path, args: argparse.Namespace, weights: Path) 
     if not make_tiles(path, folder, args.tile, args.max_side):
         shutil.rmtree(folder)
         raise SystemExit(f"{path.name}: smaller than one {args.tile} px tile after downscaling to {args.max_side}")
-    gens = [
-        f"taesd:encoder={weights / 'taef2_encoder.pth'},decoder={weights / 'taef2_decoder.pth'}",
-        f"sr:weights={weights / 'realesr-animevideov3.pth'},scale=4",
-    ]
+    gens = learning.generators(weights)
     for name, fmt in BUILDS.items():
         build(BuildConfig(sources=[str(folder / "jpeg")], out=str(folder / name), gen=gens, format=fmt, shard_size=64,
                           batch_size=16, seed=args.seed, device=args.build_device), progress=False)  # fmt: skip
@@ -172,26 +169,24 @@ def conditions(photo: dict[str, list[Image.Image]], name: str) -> dict[str, dict
     }  # fmt: skip
 
 
-def _probs(detector, images: list[Image.Image]) -> np.ndarray:
-    return detector.score(images, batch_size=64).probs.numpy()
-
-
 def score(detector, held: dict[str, dict[str, list[Image.Image]]]) -> dict:
     """Per condition, per-family pooled AP and their mean; the real-vs-real format control."""
     out: dict = {}
+    scored: dict[int, np.ndarray] = {}  # conditions share image lists (the as-built reals, the JPEG fakes): once each
+
+    def probs(images: list[Image.Image]) -> np.ndarray:
+        if id(images) not in scored:
+            scored[id(images)] = detector.score(images, batch_size=64).probs.numpy()
+        return scored[id(images)]
+
     per_photo = {p: conditions(images, p) for p, images in held.items()}
     for cond in next(iter(per_photo.values())):
-        scores = {
-            p: {
-                "real": _probs(detector, c[cond]["real"]),
-                **{FAMILIES[f]: _probs(detector, c[cond][f]) for f in FAMILIES},
-            }
-            for p, c in per_photo.items()
-        }
-        full = learning.analyse(scores)  # fmt: skip
+        scores = {p: {"real": probs(c[cond]["real"]), **{FAMILIES[f]: probs(c[cond][f]) for f in FAMILIES}}
+                  for p, c in per_photo.items()}  # fmt: skip
+        full = learning.analyse(scores)
         out[cond] = {k: full[k] for k in (*FAMILIES, "map")}
-    lossless = np.concatenate([_probs(detector, images["real_lossless"]) for images in held.values()])
-    jpeg = np.concatenate([_probs(detector, images["real_jpeg"]) for images in held.values()])
+    lossless = np.concatenate([probs(images["real_lossless"]) for images in held.values()])
+    jpeg = np.concatenate([probs(images["real_jpeg"]) for images in held.values()])
     area = auroc(np.r_[np.ones(len(lossless)), np.zeros(len(jpeg))], np.r_[lossless, jpeg])
     out["format_control"] = learning._r({
         "format_auroc": area, "shortcut": 2 * abs(area - 0.5),
@@ -203,19 +198,9 @@ def score(detector, held: dict[str, dict[str, list[Image.Image]]]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the setting's)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="which settings to train (comma-separated)")
-    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (the design's default)")
-    parser.add_argument("--batch", type=int, default=16, help="images per step (half real, half fake)")
-    parser.add_argument("--tile", type=int, default=96, help="tile side = training crop (a multiple of 32)")
-    parser.add_argument("--max-side", type=int, default=640, help="photos are downscaled to this longer side first")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
-    parser.add_argument("--build-device", default="auto", help="device of the fakes' generators")
-    parser.add_argument("--backbone-id", default=None, help="MobileNetV2 folder (default: the shared or demo kit's)")
+    learning.add_training_args(parser)
     parser.add_argument("--photos", type=Path, default=None, help="photo folder (default: the shared assets' photos)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="build tiles and shards here and reuse them")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS.name})")
     args = parser.parse_args(argv)
     settings = [s for s in args.settings.split(",") if s]

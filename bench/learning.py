@@ -221,6 +221,29 @@ def photo_key(path: Path) -> str:
     return path.stem if path.parent.resolve() == SHARED_PHOTOS else f"own-{path.stem}"
 
 
+def generators(weights: Path) -> list[str]:
+    """The fakes' generators (``--gen`` specs): the real TAEF2 autoencoder and x4 Real-ESRGAN compact in ``weights``."""
+    return [
+        f"taesd:encoder={weights / 'taef2_encoder.pth'},decoder={weights / 'taef2_decoder.pth'}",
+        f"sr:weights={weights / 'realesr-animevideov3.pth'},scale=4",
+    ]
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the photos, the builds and the LoRA runs (this bench's and bench/format_bias.py's)."""
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per LoRA run (default: the setting's)")
+    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (the design's default)")
+    parser.add_argument("--batch", type=int, default=16, help="images per step (half real, half fake)")
+    parser.add_argument("--tile", type=int, default=96, help="tile side = training crop (a multiple of 32)")
+    parser.add_argument("--max-side", type=int, default=640, help="photos are downscaled to this longer side first")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
+    parser.add_argument("--build-device", default="auto", help="device of the fakes' generators")
+    parser.add_argument("--backbone-id", default=None, help="MobileNetV2 folder (default: the shared or demo kit's)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="build tiles and shards here and reuse them")
+
+
 def make_photo(path: Path, data: Path, args: argparse.Namespace, weights: Path) -> Path:
     """Tiles and aligned shards of one photo under ``data``; a finished build of the same photo is reused."""
     folder = data / photo_key(path)
@@ -235,12 +258,9 @@ def make_photo(path: Path, data: Path, args: argparse.Namespace, weights: Path) 
     if not tile_photo(path, folder / "tiles", args.tile, args.max_side):
         shutil.rmtree(folder)
         raise SystemExit(f"{path.name}: smaller than one {args.tile} px tile after downscaling to {args.max_side}")
-    gens = [
-        f"taesd:encoder={weights / 'taef2_encoder.pth'},decoder={weights / 'taef2_decoder.pth'}",
-        f"sr:weights={weights / 'realesr-animevideov3.pth'},scale=4",
-    ]
-    build(BuildConfig(sources=[str(folder / "tiles")], out=str(folder / "shards"), gen=gens, format="png",
-                      shard_size=64, batch_size=16, device=args.build_device), progress=False)  # fmt: skip
+    config = BuildConfig(sources=[str(folder / "tiles")], out=str(folder / "shards"), gen=generators(weights),
+                         format="png", shard_size=64, batch_size=16, device=args.build_device)  # fmt: skip
+    build(config, progress=False)
     listing.write_text(wanted)
     return folder / "shards"
 
@@ -593,19 +613,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--explore-only", default=None, help="with --explore: these EXPLORE indices (e.g. 0,3)")
     parser.add_argument("--jobs", type=int, default=1, help="with --explore: processes sharing the settings")
     parser.add_argument("--splits", default="by_source,by_photo", help="which splits to run (comma-separated)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per LoRA run (default: the setting's)")
     parser.add_argument("--fusion-steps", type=int, default=200, help="optimizer steps of each fusion run")
-    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (the design's default)")
-    parser.add_argument("--batch", type=int, default=16, help="images per step (half real, half fake)")
-    parser.add_argument("--tile", type=int, default=96, help="tile side = training crop (a multiple of 32)")
-    parser.add_argument("--max-side", type=int, default=640, help="photos are downscaled to this longer side first")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda to train on a GPU")
-    parser.add_argument("--build-device", default="auto", help="device of the fakes' generators")
-    parser.add_argument("--backbone-id", default=None, help="MobileNetV2 folder (default: the shared or demo kit's)")
+    add_training_args(parser)
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder")
-    parser.add_argument("--data-dir", type=Path, default=None, help="build tiles and shards here and reuse them")
     parser.add_argument(
         "--out", type=Path, default=None, help=f"results JSON (default: {RESULTS.name}, with --explore "
         f"{EXPLORE_RESULTS.name}; with --heldout-photos: learning_own_photos.json in the current folder)"
