@@ -143,3 +143,19 @@ def test_a_tiny_run_writes_its_results(fb, assets, taef2, realesr, tmp_path):
         urls = resolve_shards([str(tmp_path / "data" / "rocket" / build)]).urls
         sample = next(iter_samples(urls[0]))
         assert {k.rsplit(".", 1)[-1] for k in sample if k.split(".")[0] in ("real", "taesd", "sr")} == {ext}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--settings", "mine"], "--settings: unknown ['mine']"), (["--photos", "FEW"], "at least 4 photos are needed")],
+)
+def test_bad_input_stops_in_one_line_before_any_work(fb, tmp_path, args, message):
+    few = tmp_path / "few"
+    few.mkdir()
+    for seed in range(3):
+        Image.fromarray(photo_like(200, 120, seed)).save(few / f"p{seed}.png")
+    out = tmp_path / "fb.json"
+    with pytest.raises(SystemExit) as stop:
+        fb.main([a.replace("FEW", str(few)) for a in args] + ["--data-dir", str(tmp_path / "data"), "--out", str(out)])
+    assert message in str(stop.value) and "\n" not in str(stop.value)
+    assert not out.exists() and not (tmp_path / "data").exists()
