@@ -8,6 +8,7 @@ Tar members carry fixed metadata (mtime 0, fixed owner and mode), so the same sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,6 +96,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         if not self._file.closed:
+            # end the tar stream while its file is open (else it flushes into a closed file when collected); what
+            # it writes is removed below, and an error (a full disk) changes nothing
+            with contextlib.suppress(OSError, ValueError):
+                self._tar.close()
             self._file.close()
         self.tmp.unlink(missing_ok=True)
 

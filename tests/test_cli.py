@@ -105,3 +105,15 @@ def test_skipped_inputs_are_summarised(tmp_path, corpus, tiny_sr_file):
     assert "skipped 5 input(s)" in result.output
     for reason in ("animated", "corrupt", "empty", "not_an_image", "too_small"):
         assert reason in result.output
+
+
+def test_throughput_switches_reach_the_build_and_compile_is_noted_on_the_cpu(tmp_path, corpus):
+    """--compile on a CPU: one note line, the build runs eager; --no-channels-last (a switch on by default) is
+    recorded in the build's runtime settings."""
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["build", str(corpus / "chelsea.png"), "--out", str(out), "--no-progress", "--gen",
+                                 "identity", "--device", "cpu", "--compile", "--no-channels-last"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: --compile is ignored on cpu" in result.output
+    runtime = json.loads((out / "build.json").read_text())["settings"]["runtime"]
+    assert runtime["channels_last"] is False and "compile" not in runtime
