@@ -26,6 +26,7 @@ from the same windows whatever the timing, so the bytes do not depend on thread 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -167,6 +168,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _lower_priority() -> None:
+    """Give the calling thread a lower CPU priority (nice 10; Linux: a thread's id is a process id here)."""
+    with contextlib.suppress(AttributeError, OSError):  # elsewhere, or not permitted: run as is
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 class Builder:
     """Runs one rank's share of a build. Models load lazily: a finished build re-runs without loading any.
 
@@ -216,7 +223,11 @@ class Builder:
         # neither waits in (nor blocks) the pool. A GPU's thread keeps a core of its own to launch kernels
         cores = available_cores()
         self.workers = config.workers or min(16, max(1, cores - 1) if self.device.type == "cuda" else cores)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sefdata-io")
+        # On a CPU the models' threads use every core: a decode that takes a core from one of them stalls each of
+        # the model's parallel regions until it ends, so there the I/O threads run at a lower priority and take the
+        # cores the models leave (builds ran 1.3x faster so, median of 8 alternated pairs on 2 busy cores)
+        lower = _lower_priority if self.device.type == "cpu" else None
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sefdata-io", initializer=lower)
         self._feeder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sefdata-feed")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sefdata-write")
         self._timing_lock = threading.Lock()
@@ -481,17 +492,16 @@ class Builder:
         reads: dict[int, list[Future]] = {}  # window -> its read/decode/align tasks, while in flight
         fed: deque[Future] = deque()  # windows being fed, in order
         written: deque[tuple[Future, list[Future]]] = deque()  # (write, its encodes), in order
-        reading: _Shard | None = None
+        reading: list[_Shard] = []  # shards with reads in flight, in order
 
         def submit(w: int) -> None:
-            nonlocal reading
             window = windows[w]
-            if window.shard is not reading:  # a shard's first window
-                # a streamed dataset keeps exactly the rows of the (at most two) shards being read as they pass
-                want((reading.items if reading else []) + window.shard.items)
-                reading = window.shard
-                reading.started = time.perf_counter()
-            reads[w] = [self._pool.submit(self._timed, reading, "read_decode_align", self._try_prepare, item)
+            if not reading or window.shard is not reading[-1]:  # a shard's first window
+                reading.append(window.shard)
+                # a streamed dataset keeps exactly the rows of the shards being read as they pass
+                want([item for shard in reading for item in shard.items])
+                window.shard.started = time.perf_counter()
+            reads[w] = [self._pool.submit(self._timed, window.shard, "read_decode_align", self._try_prepare, item)
                         for item in window.items]  # fmt: skip
             fed.append(self._feeder.submit(self._feed, window, reads[w]))
 
@@ -510,6 +520,8 @@ class Builder:
                 window = fed.popleft().result()
                 del reads[w]
                 shard = window.shard
+                if window.last:  # every read of this shard is done
+                    reading.remove(shard)
                 shard.timings["wait_input"] += time.perf_counter() - t0
                 for item, r in zip(window.items, window.results, strict=True):
                     if isinstance(r, SkipSample):
