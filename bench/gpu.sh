@@ -1,29 +1,45 @@
 #!/usr/bin/env bash
-# One GPU check (issue #22 item 4): every GPU measurement that exists today, on one GPU, in under 8 minutes on an
-# H200; each script merges its run into its own results file, as it does when run by hand:
+# One GPU check (issue #22 item 4): every GPU measurement that exists today, on one GPU; each script merges its run
+# into its own results file, as it does when run by hand:
 #
 #   1. bench/generation.py --model sd-vae --crop 512   the SD 2.x VAE's architecture with random weights (the real
 #                                                      FLOPs, no download): models alone, build, per-image loops
-#   2. bench/generation.py --model taef2-sr            the real small TAEF2 and x4 Real-ESRGAN weights of the assets
-#   3. bench/loader.py --step vit-l                    the loader's 12 workers against a DINOv2-L/14 training step
-#   4. sefdata build + a short sefmodel train          an expert run on the GPU (MobileNetV2 from the assets'
+#   2.   ... --compile --ways models_alone,build       the same with torch.compile (the build's --compile lever)
+#   3. bench/generation.py --model sd-ddim --crop 512  DDIM inversion + regeneration (50 + 50 steps) with the SD 2.1
+#                                                      base UNet, VAE and scheduler from config, random weights:
+#                                                      models alone, build, per-image loop (loop_public left out:
+#                                                      fp32 DDIM one image at a time would take minutes)
+#   4. bench/generation.py --model identity --crop 512 the pipeline with no model (pinned copies to the GPU and back,
+#                                                      encode, write): its images/s per core on this machine
+#   5. bench/generation.py --model taef2-sr            the real small TAEF2 and x4 Real-ESRGAN weights of the assets
+#   6.   ... --model sd-vae --no-channels-last --ways models_alone    the NCHW lever's row
+#   7. bench/loader.py --step vit-l                    the loader's 12 workers against a DINOv2-L/14 training step
+#   8. sefdata build + a short sefmodel train          an expert run on the GPU (MobileNetV2 from the assets'
 #                                                      weights): it has no results file; its times are in the log
 #
-# Not here: `bench/generation.py --model sd-ddim` (issue #22 item 3) does not exist yet; add its step when it does.
-# bench/learning.py measures accuracy over many long runs, fusion_cost.py runs on the CPU.
+# Steps 1-6 were added before any GPU ran them: their limits are guesses (about 12 minutes in all on an H200, most of
+# it step 2's compilation and step 3's per-image loop); SEF_GPU_CHECK_STEPS runs a part of the check per call, e.g.
+# two calls under the device tool's 10-minute limit. bench/learning.py measures accuracy over many long runs,
+# fusion_cost.py runs on the CPU.
 #
 # Usage, from the repository root:
 #   bash bench/gpu.sh [WHEELS]          WHEELS: a folder of wheels to install first (see below)
 #   SEF_GPU_CHECK_DEVICE=cpu bash bench/gpu.sh [WHEELS]
-#                                       a rehearsal on the CPU: the same commands at tiny sizes (under 2 minutes on
-#                                       2 cores); its results go under the log folder, never into bench/results
+#                                       a rehearsal on the CPU: the same commands at tiny sizes (2 to 4 minutes on
+#                                       2 cores, a third of it the SD 2.1 UNet: its random weights are made, saved
+#                                       and loaded, and a call at 64 px takes a second; --compile is noted and left
+#                                       off);
+#                                       its results go under the log folder, never into bench/results
 # Environment:
 #   SEF_ASSETS            photos/ and weights/ (default: ../shared/assets, else the repo's examples/ kit:
 #                         sefdata/assets.py decides, for the benches and this script alike)
 #   SEF_GPU_CHECK_OUT     the log (gpu.log) and a copy of each results file it merged into (default: out/gpu-check)
 #   SEF_GPU_CHECK_SITE    where the wheels go (default: /tmp/site)
-# Nothing reaches the network (HF_HUB_OFFLINE=1): the SD VAE is built from its config, every other weight file comes
-# from the assets.
+#   SEF_GPU_CHECK_STEPS   the steps to run, by name, space-separated (default: all of them, in the order above):
+#                         generation-sd-vae generation-sd-vae-compile generation-sd-ddim generation-identity
+#                         generation-taef2-sr generation-sd-vae-nchw loader train-shards train
+# Nothing reaches the network (HF_HUB_OFFLINE=1): the SD VAE and the SD 2.1 pipeline are built from their configs,
+# every other weight file comes from the assets.
 #
 # Wheels. The GPU machine's python3 has torch 2.11 (CUDA), transformers 5.17, accelerate, peft, huggingface_hub,
 # safetensors, scikit-learn, numpy, pillow (and, through transformers, typer), but not diffusers, webdataset, spandrel,
@@ -76,10 +92,15 @@ for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
 EOF
 }
 
+STEPS=${SEF_GPU_CHECK_STEPS:-}
 FAILED=()
 step() { # step NAME SECONDS COMMAND...: run under a time limit; a failure is logged and the next step still runs
     local name=$1 limit=$2
     shift 2
+    if [ -n "$STEPS" ] && [[ " $STEPS " != *" $name "* ]]; then
+        echo "=== $name: not in SEF_GPU_CHECK_STEPS, skipped"
+        return
+    fi
     echo
     echo "=== $name (limit ${limit}s): $*"
     local started=$SECONDS rc=0
@@ -126,12 +147,16 @@ EOF
     trap 'rm -rf "$work"' EXIT # main runs in the pipeline's subshell: this fires when it ends
 
     # the same commands in both modes; only the device and the sizes differ
-    local gen_vae gen_taef2 loader build train
+    local gen_vae gen_ddim gen_identity gen_taef2 loader build train
     if [ "$DEVICE" = cpu ]; then
         results="$OUT_DIR/results" # a rehearsal merges into copies of the committed files, never into them
         mkdir -p "$results"
         cp bench/results/generation.json bench/results/loader.json "$results/"
         gen_vae=(--device cpu --model sd-vae --crop 64 --limit 2 --repeats 1 --batch-size 2)
+        # fp32: this CPU's bf16 runs the SD 2.1 UNet at half fp32's speed; one image, one step
+        gen_ddim=(--device cpu --model sd-ddim --crop 64 --steps 1 --limit 2 --images 1 --batch-size 1 --repeats 1
+            --dtype fp32)
+        gen_identity=(--device cpu --model identity --crop 64 --limit 2 --repeats 1 --batch-size 2)
         gen_taef2=(--device cpu --max-side 96 --limit 2 --repeats 1 --batch-size 2)
         loader=(--step vit-ti --device cpu --precision no --workers 3 --limit 4 --max-side 96 --size 32 --pairs 2
             --batches 2 --steps 1 --repeats 1)
@@ -140,14 +165,21 @@ EOF
     else
         results=bench/results
         gen_vae=(--device "$DEVICE" --model sd-vae --crop 512 --images 64 --batch-size 16)
+        gen_ddim=(--device "$DEVICE" --model sd-ddim --crop 512 --images 8 --batch-size 8)
+        gen_identity=(--device "$DEVICE" --model identity --crop 512 --images 96 --batch-size 16)
         gen_taef2=(--device "$DEVICE" --images 64 --batch-size 16)
         loader=(--step vit-l --device "$DEVICE" --precision bf16 --workers 12 --pairs 16)
         build=(--device "$DEVICE" --max-side 384)
         train=(--steps 60 --batch-size 32 --num-workers 4 --image-size 96)
     fi
     local w="$assets/weights"
-    step generation-sd-vae 150 python3 bench/generation.py "${gen_vae[@]}" --out "$results/generation.json"
-    step generation-taef2-sr 70 python3 bench/generation.py "${gen_taef2[@]}" --out "$results/generation.json"
+    local g=bench/generation.py gout=(--out "$results/generation.json")
+    step generation-sd-vae 150 python3 $g "${gen_vae[@]}" "${gout[@]}"
+    step generation-sd-vae-compile 300 python3 $g "${gen_vae[@]}" --compile --ways models_alone,build "${gout[@]}"
+    step generation-sd-ddim 240 python3 $g "${gen_ddim[@]}" --ways models_alone,build,loop "${gout[@]}"
+    step generation-identity 90 python3 $g "${gen_identity[@]}" "${gout[@]}"
+    step generation-taef2-sr 70 python3 $g "${gen_taef2[@]}" "${gout[@]}"
+    step generation-sd-vae-nchw 90 python3 $g "${gen_vae[@]}" --no-channels-last --ways models_alone "${gout[@]}"
     step loader 100 python3 bench/loader.py "${loader[@]}" --out "$results/loader.json"
     step train-shards 40 python3 -m sef_cli.sefdata build "$assets/photos" --out "$work/shards" --shard-size 2 \
         --gen "taesd:encoder=$w/taef2_encoder.pth,decoder=$w/taef2_decoder.pth" \

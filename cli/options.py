@@ -1,10 +1,10 @@
 """Command-line options derived from a config dataclass: an option is declared once, as a field.
 
 A field's name gives the flag (``max_side`` -> ``--max-side``), its type the value type (``list[...]`` makes it
-repeatable, ``bool`` a switch), its help (``metadata["help"]``, or the attribute docstring) the help, and its
-default the ``[default: ...]`` shown. The command receives only the flags given on the command line, as a dict of
-field values, so that they can override a recipe or config file, which in turn overrides the defaults the
-dataclass owns.
+repeatable, ``bool`` a switch: ``--x/--no-x`` when it is on by default), its help (``metadata["help"]``, or the
+attribute docstring) the help, and its default the ``[default: ...]`` shown. The command receives only the flags
+given on the command line, as a dict of field values, so that they can override a recipe or config file, which in
+turn overrides the defaults the dataclass owns.
 
     @app.command()
     @config_options(BuildConfig, exclude=("sources", "out", "recipe"))
@@ -166,7 +166,10 @@ def config_options(
         for f in fields:
             kind, repeatable = _value_type(f.annotation)
             extra = dict(overrides.get(f.name, {}))
-            names = [f"--{(prefix + f.name).replace('_', '-')}", *extra.pop("names", [])]
+            flag = (prefix + f.name).replace("_", "-")
+            # a switch that is on by default can be turned off: --x/--no-x
+            on = kind is bool and not repeatable and f.default() is True
+            names = [f"--{flag}/--no-{flag}" if on else f"--{flag}", *extra.pop("names", [])]
             help_text, stated = split_default(extra.pop("help", None) or f.help)
             shown = stated or _shown(f.default())
             if repeatable:

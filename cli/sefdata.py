@@ -19,7 +19,8 @@ GEN_HELP = (
     "vae:model=HUB_ID_OR_DIR[,subfolder=vae][,sample=true] | "
     "sr:weights=PATH_OR_URL_OR_HUB_FILE,scale=4[,tile=512] | "
     "ddim:model=HUB_ID_OR_DIR,steps=50,strength=1.0 | "
-    "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID). "
+    "taesd:encoder=PATH,decoder=PATH (or weights=DIR_OR_HUB_ID) | "
+    "identity[:wait_ms=MS] (no model: measures the pipeline). "
     "Any of them: NAME:preset=PRESET[,key=value] for a pinned preset from manifests/generators"
 )
 
@@ -65,6 +66,8 @@ def build(
         f"in {summary.out}: {summary.written} samples from {summary.inputs} inputs "
         f"({summary.images_per_second:.2f} img/s)"
     )
+    for note in summary.notes:
+        typer.echo(f"note: {note}")
     if summary.failed:
         _skip_table(summary.failed)
         typer.echo("  (each skipped source and why: 'skipped' in the shard-*.stats.json files)")

@@ -52,7 +52,11 @@ class BuildConfig:
     shard_size: int = field(default=1000, metadata=_help("samples per shard (inputs per shard before skips)"))
     batch_size: int = field(default=8, metadata=_help("images per model call (same-size images are batched)"))
     workers: int | None = field(
-        default=None, metadata=_help("threads decoding and encoding beside the models (default: one per core, max 16)")
+        default=None,
+        metadata=_help(
+            "threads decoding and encoding beside the models (default: one per core, max 16, less the one a GPU's "
+            "thread keeps)"
+        ),
     )
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:i (auto: the rank's GPU if any)"))
     dtype: str = field(
@@ -60,6 +64,20 @@ class BuildConfig:
         metadata=_help(
             "model precision: auto, fp32, fp16 or bf16 (auto: bf16 where the device computes it natively, "
             "else fp16 on GPUs, else fp32; models unsafe in a precision fall back to fp32)"
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the generators' models (CUDA only: ignored with a note on a CPU; the first batch of "
+            "each image size compiles for a minute or more; fakes may differ from eager ones by a level)"
+        ),
+    )
+    channels_last: bool = field(
+        default=True,
+        metadata=_help(
+            "run convolutional generators in channels-last (NHWC) memory format, faster on CPUs and on tensor-core "
+            "GPUs (off: NCHW; fakes may differ by a level)"
         ),
     )
     seed: int = field(default=0, metadata=_help("base seed; each sample's seed derives from it and its key"))
@@ -118,7 +136,8 @@ class BuildConfig:
         """What to build: the fields that decide the samples (the runtime settings that change their bytes too are
         :func:`runtime_settings`; where and how fast a build runs is in neither)."""
         # batch size and precision are runtime settings (the precision as resolved: "auto" may mean fp32 or bf16)
-        skip = {"out", "batch_size", "workers", "device", "dtype", "rank", "world", "recipe", "allow_mixed"}
+        skip = {"out", "batch_size", "workers", "device", "dtype", "compile", "channels_last", "rank", "world",
+                "recipe", "allow_mixed"}  # fmt: skip
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def to_dict(self) -> dict:
@@ -130,10 +149,14 @@ OUTPUT_PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transfor
                    "imagecodecs", "webdataset")  # fmt: skip
 
 
-def runtime_settings(batch_size: int, device: torch.device, dtype: torch.dtype) -> dict:
+def runtime_settings(
+    batch_size: int, device: torch.device, dtype: torch.dtype, *, compile: bool = False, channels_last: bool = True
+) -> dict:
     """The settings besides the config that change a build's output bytes: floating-point results depend on the
     batch size (measured: batch 1 vs 2 give other TAEF2 fakes in fp32 on a CPU), the precision and the kind of
-    device, and on the releases of the libraries that run the models and encode the files."""
+    device, the kernels (compiled or not, memory format), and on the releases of the libraries that run the models
+    and encode the files. ``compile`` and ``channels_last`` are recorded only when not the default, so builds made
+    before they existed keep their hash."""
     from sefdata.provenance import package_versions
 
     return {
@@ -141,6 +164,8 @@ def runtime_settings(batch_size: int, device: torch.device, dtype: torch.dtype) 
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
         "versions": package_versions(OUTPUT_PACKAGES),
+        **({"compile": True} if compile else {}),
+        **({} if channels_last else {"channels_last": False}),
     }
 
 

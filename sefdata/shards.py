@@ -15,6 +15,7 @@ field the rest, lowercased (:func:`split_name`). ``manifest.json`` is written by
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -115,6 +116,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         if not self._file.closed:
+            # end the tar stream while its file is open (else it flushes into a closed file when collected); what
+            # it writes is removed below, and an error (a full disk) changes nothing
+            with contextlib.suppress(OSError, ValueError):
+                self._tar.close()
             self._file.close()
         self.tmp.unlink(missing_ok=True)
 

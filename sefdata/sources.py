@@ -297,10 +297,11 @@ def want(items: list[SourceItem]) -> None:
     """Tell the streamed datasets among ``items``' sources which rows this rank reads next, so that their
     streams keep exactly those rows as they pass (other sources read any item directly and ignore this)."""
     rows = [item.read for item in items if isinstance(item.read, _StreamRow)]
-    for stream in {id(r.stream): r.stream for r in rows}.values():
-        stream.wanted.clear()
+    wanted: dict[int, tuple[_Stream, set[int]]] = {}
     for r in rows:
-        r.stream.wanted.add(r.index)
+        wanted.setdefault(id(r.stream), (r.stream, set()))[1].add(r.index)
+    for stream, indices in wanted.values():  # swapped whole: reads in other threads see the old set or the new one
+        stream.wanted = indices
 
 
 # --- all sources ---------------------------------------------------------------------------------------------------

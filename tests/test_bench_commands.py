@@ -57,6 +57,38 @@ def test_generation_skips_and_counts_photos_smaller_than_the_crop(generation, ki
     assert json.loads(out.read_text())["runs"]["cpu/taef2-sr"]["skipped"] == run["skipped"]
 
 
+def test_generation_identity_reports_the_pipeline_and_runs_the_ways_asked(generation, kit, tmp_path, capsys):
+    """--model identity: the build with no model is the pipeline's own rate, per core; a lever's row (--compile,
+    noted and left off on a CPU) runs only the ways asked and keeps its own key."""
+    out = tmp_path / "generation.json"
+    tiny = ["--assets", str(kit), "--crop", "64", "--images", "4", "--batch-size", "2", "--repeats", "1"]
+    run = generation.main([*tiny, "--model", "identity", "--out", str(out)])
+    pipe = run["pipeline"]
+    assert pipe["images_per_second"] == run["images_per_second"]["build"]["median"] > 0
+    assert pipe["images_per_second_per_core"] == pytest.approx(pipe["images_per_second"] / pipe["cores"], abs=1e-3)
+    assert json.loads(out.read_text())["pipeline"] == pipe  # the CPU identity run's figure, at the top
+    assert "per core" in capsys.readouterr().out.strip().splitlines()[-1]
+
+    lever = generation.main([*tiny, "--model", "identity", "--wait-ms", "5", "--compile", "--ways",
+                             "models_alone,build", "--out", str(out)])  # fmt: skip
+    assert set(lever["images_per_second"]) == {"models_alone", "build"} and "build_over_loop" not in lever
+    assert lever["compile"] is False and lever["wait_ms_per_batch"] == 5 and "pipeline" not in lever
+    assert "note: --compile is ignored on cpu" in capsys.readouterr().out
+    assert set(json.loads(out.read_text())["runs"]) == {"cpu/identity", "cpu/identity+wait5ms+compile"}
+
+
+def test_sd_ddim_has_the_sd21_base_architecture(generation):
+    """The bench's SD 2.1 base UNet and SD 2.x VAE have the published models' parameter counts (built on the meta
+    device: no memory, no time)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**generation.SD21_BASE_UNET_CONFIG)
+        vae = AutoencoderKL(**generation.SD_VAE_CONFIG)
+    assert sum(p.numel() for p in unet.parameters()) == 865_910_724
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+
+
 def _fields(build_dir) -> dict[str, np.ndarray]:
     (sample,) = [s for url in resolve_shards([str(build_dir)]).urls for s in iter_samples(url)]
     return {k.split(".")[0]: np.asarray(Image.open(io.BytesIO(v))) for k, v in sample.items() if k.endswith(".png")}
@@ -75,7 +107,9 @@ def test_the_loop_runs_the_builds_generators(generation, kit, tmp_path):
         out = tmp_path / f"loop-{name}"
         out.mkdir()
         config = generation.config_for(listing, out, specs, args, name)
-        generation.per_image_loop([kit / "photos" / "wide.png"], config, out, dtype, pillow=False)
+        generators, _ = generation.load_generators(config)
+        assert {g.runtime.dtype for g in generators} == {dtype}
+        generation.per_image_loop([kit / "photos" / "wide.png"], config, out, generators, pillow=False)
         looped = {f: np.asarray(Image.open(out / f"0_{f}.png")) for f in ("real", 0, 1)}
         assert looped["real"].shape == built["real"].shape == (72, 80, 3)
         if dtype == torch.float32:
@@ -91,7 +125,8 @@ def test_vae_loads_without_the_float32_warning(generation, tiny_vae_dir, tmp_pat
     listing.write_text(f"{tmp_path / 'p.png'}\n")
     args = generation.argparse.Namespace(max_side=None, crop=None, batch_size=1, device="cpu")
     config = generation.config_for(listing, tmp_path, [f"vae:model={tiny_vae_dir}"], args, "bf16")
-    generation.per_image_loop([tmp_path / "p.png"], config, tmp_path, torch.bfloat16, pillow=False)
+    generators, _ = generation.load_generators(config)
+    generation.per_image_loop([tmp_path / "p.png"], config, tmp_path, generators, pillow=False)
     assert (tmp_path / "0_0.png").is_file()
     assert FLOAT32_WARNING not in caplog.text
 
@@ -119,8 +154,8 @@ def test_loader_never_runs_more_workers_than_shards(assets, taef2, realesr, tmp_
 
 @pytest.mark.slow
 def test_gpu_check_rehearses_on_the_cpu(tmp_path):
-    """bench/gpu.sh with SEF_GPU_CHECK_DEVICE=cpu: every step of the GPU check at tiny sizes (about a minute on 2
-    cores), merging into copies of the committed results, never into them."""
+    """bench/gpu.sh with SEF_GPU_CHECK_DEVICE=cpu: every step of the GPU check at tiny sizes (2 to 4 minutes on 2
+    cores, a third of it the SD 2.1 UNet's), merging into copies of the committed results, never into them."""
     committed = {name: (REPO / "bench" / "results" / name).read_bytes() for name in ("generation.json", "loader.json")}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "SEF_GPU_CHECK_DEVICE": "cpu", "SEF_GPU_CHECK_OUT": str(tmp_path / "out"),
@@ -129,5 +164,7 @@ def test_gpu_check_rehearses_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "every step passed" in (tmp_path / "out" / "gpu.log").read_text()
     runs = json.loads((tmp_path / "out" / "results" / "generation.json").read_text())["runs"]
-    assert {"cpu/sd-vae", "cpu/taef2-sr"} <= set(runs)
+    assert {"cpu/sd-vae", "cpu/sd-vae+compile", "cpu/sd-vae+nchw", "cpu/sd-ddim", "cpu/identity",
+            "cpu/taef2-sr"} <= set(runs)  # fmt: skip
+    assert runs["cpu/sd-ddim"]["steps"] == 1 and runs["cpu/sd-vae+compile"]["compile"] is False
     assert committed == {name: (REPO / "bench" / "results" / name).read_bytes() for name in committed}

@@ -175,3 +175,15 @@ def test_a_manifest_written_before_provenance_is_still_read(tmp_path, tiny_sr_fi
     assert resolve_shards([str(out)]).fields == ["real", "sr"]
     card = _card(out, tmp_path / "stage")
     assert "Made with" not in card and "## How it was made" in card
+
+
+def test_throughput_switches_reach_the_build_and_compile_is_noted_on_the_cpu(tmp_path, corpus):
+    """--compile on a CPU: one note line, the build runs eager; --no-channels-last (a switch on by default) is
+    recorded in the build's runtime settings."""
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["build", str(corpus / "chelsea.png"), "--out", str(out), "--no-progress", "--gen",
+                                 "identity", "--device", "cpu", "--compile", "--no-channels-last"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: --compile is ignored on cpu" in result.output
+    runtime = json.loads((out / "build.json").read_text())["settings"]["runtime"]
+    assert runtime["channels_last"] is False and "compile" not in runtime

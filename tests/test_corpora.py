@@ -161,6 +161,25 @@ def test_a_streamed_dataset_is_read_by_rank_and_matches_a_whole_build(assets, ge
         assert (split / p.name).read_bytes() == p.read_bytes()
 
 
+def test_a_streamed_dataset_is_read_in_one_pass_with_many_shards_in_flight(assets, tmp_path, monkeypatch):
+    """Shards of one input: the pipeline reads several shards ahead, and the stream keeps every row of the shards
+    in flight as it passes them, so no read sends it back to the start."""
+    cells = [asset(assets, f"photos/{n}").read_bytes() for n in ("chelsea.png", "rocket.jpg", "coffee.png", "ihc.png")]
+    fetched = []
+
+    def rows():
+        for i, data in enumerate(cells * 2):
+            fetched.append(i)
+            yield {"image": {"bytes": data, "path": None}}
+
+    streamed = datasets.IterableDataset.from_generator(rows)
+    monkeypatch.setattr(datasets, "load_dataset", lambda ref, split, streaming: streamed)
+    config = BuildConfig(sources=["someone/photos"], out=str(tmp_path / "o"), gen=["identity"], image_field="image",
+                         shard_size=1, batch_size=1, max_side=64, format="png", workers=2)  # fmt: skip
+    assert build(config, progress=False).written == 8
+    assert fetched == list(range(8)) * 2  # the listing pass, then one reading pass
+
+
 def test_a_resume_with_other_settings_stops_naming_them_or_records_each_shards(corpus, gens, tmp_path):
     out = tmp_path / "out"
     build(_config([corpus], out, gens, batch_size=2), progress=False)

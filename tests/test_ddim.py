@@ -28,41 +28,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_ldm_dir(tmp_path_factory) -> Path:
-    """A diffusers pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) of tiny random models.
-
-    The scheduler is saved as SD 2.1 base saves it (a PNDMScheduler config, scaled-linear betas), so the
-    generator's conversion to DDIM is exercised; its spacing is "trailing" so that every step count spans the same
-    noise interval [clean, t=999] and round-trip errors at different step counts are comparable."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("tiny_ldm")
-    torch.manual_seed(0)
-    AutoencoderKL(
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-    ).save_pretrained(root / "vae")  # fmt: skip
-    UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=16, sample_size=8, in_channels=4,
-        out_channels=4, norm_num_groups=4, attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).save_pretrained(root / "unet")  # fmt: skip
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5, "ab</w>": 6}
-    CLIPTokenizer(vocab=vocab, merges=[("a", "b</w>")], model_max_length=8).save_pretrained(root / "tokenizer")
-    text_config = CLIPTextConfig(
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, projection_dim=16,
-        vocab_size=len(vocab), max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
-    CLIPTextModel(text_config).save_pretrained(root / "text_encoder")
-    PNDMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, set_alpha_to_one=False,
-        skip_prk_steps=True, timestep_spacing="trailing",
-    ).save_pretrained(root / "scheduler")  # fmt: skip
-    return root
-
-
 def _ddim(root: Path, **params) -> DdimGenerator:
     spec = f"ddim:model={root}" + "".join(f",{k}={v}" for k, v in params.items())
     return create_generator(GenSpec.parse(spec), CPU)

@@ -35,7 +35,7 @@ def test_registry_refuses_duplicates_and_lists_known_names():
 
     with pytest.raises(ValueError, match="already registered"):
         register_generator("vae", Cfg)(type("Dup", (Generator,), {"generate": lambda self, x, s: x}))
-    with pytest.raises(SefError, match="known: ddim, sr, taesd, vae"):
+    with pytest.raises(SefError, match="known: ddim, identity, sr, taesd, vae"):
         GenSpec.parse("nope:x=1")
 
 

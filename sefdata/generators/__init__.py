@@ -1,7 +1,7 @@
 """Generators: one file each, registered by name (see base.py for the interface)."""
 
 # Registration happens on import: one line per generator file.
-from sefdata.generators import ddim, sr, taesd, vae  # noqa: F401
+from sefdata.generators import ddim, identity, sr, taesd, vae  # noqa: F401
 from sefdata.generators.base import (
     Generator,
     GenSpec,

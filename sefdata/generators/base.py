@@ -1,9 +1,11 @@
 """The generator interface and its registry.
 
 A generator turns a batch of aligned real images into fakes of the same size. It knows nothing about shards,
-files or encodings. Images come in as float32 tensors in [0, 1], NCHW, RGB, on the CPU; the generator moves them
-to its device and dtype and returns the same shape in [0, 1] *on its device* (any float dtype): the build
-quantises to uint8 there, so only a quarter of the bytes cross back to the host.
+files or encodings. Images come in as float32 tensors in [0, 1], NCHW, RGB, on the generator's device (the build
+copies uint8 there and converts it on the device) or on the CPU (tests, scripts); the generator only reads them,
+moves them to its dtype and memory format (:meth:`Generator.inputs`) and returns the same shape in [0, 1] *on its
+device* (any float dtype): the build quantises to uint8 there, so only a quarter of the bytes cross back to the
+host. :meth:`Generator.optimise` puts a model in the runtime's memory format and compiles it when asked.
 
 Adding a generator is one new file plus one registration line::
 
@@ -41,6 +43,8 @@ class Runtime:
 
     device: torch.device
     dtype: torch.dtype
+    compile: str | None = None  # a torch.compile backend ("inductor") for the models' forward passes; None: eager
+    channels_last: bool = True  # convolutional models and their inputs in NHWC memory format; False: NCHW
 
 
 class Generator(abc.ABC):
@@ -60,8 +64,26 @@ class Generator(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """images: float32 [0, 1], (N, 3, H, W), CPU; seeds: one per image. Returns the same shape and range, on the
-        generator's device."""
+        """images: float32 [0, 1], (N, 3, H, W), on the CPU or the generator's device, read-only; seeds: one per
+        image. Returns the same shape and range, on the generator's device."""
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.runtime.channels_last else torch.contiguous_format
+
+    def inputs(self, images: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``images`` on the device, in ``dtype`` (default: the runtime's) and the runtime's memory format."""
+        return images.to(self.runtime.device, dtype or self.runtime.dtype, memory_format=self.memory_format)
+
+    def optimise(self, model: torch.nn.Module, *parts: torch.nn.Module) -> torch.nn.Module:
+        """Put ``model`` (already on its device and dtype) in the runtime's memory format and, when the runtime
+        asks, compile ``parts`` (default: the model itself) in place: the modules whose ``forward`` the generator
+        calls. Weights, parameter names and state dicts stay as they are. Returns ``model``, in eval mode, frozen."""
+        model.to(memory_format=self.memory_format).eval().requires_grad_(False)
+        if self.runtime.compile:
+            for part in parts or (model,):
+                part.compile(backend=self.runtime.compile)
+        return model
 
     def sample_records(self) -> list[dict]:
         """Per-image measurements of the last :meth:`generate` call, one dict per image in order, stored in each
@@ -208,3 +230,13 @@ def sample_seed(base_seed: int, key: str, field: str) -> int:
 def torch_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU torch.Generator per image: noise is drawn on the CPU so it is the same on every device."""
     return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def seeded_noise(generators: Sequence[torch.Generator], shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise of ``shape`` per image (stacked: (N, *shape)), drawn on the CPU with each image's own
+    generator, then on ``like``'s device and dtype. To a GPU it goes from pinned memory without waiting for the work
+    queued there (a copy from pageable memory would wait)."""
+    noise = torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])
+    if like.device.type == "cuda":
+        noise = noise.pin_memory().to(like.device, non_blocking=True)
+    return noise.to(like.device, like.dtype)

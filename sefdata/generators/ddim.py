@@ -26,7 +26,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from sefdata.errors import SefError
-from sefdata.generators.base import Generator, Runtime, register_generator, torch_generators
+from sefdata.generators.base import Generator, Runtime, register_generator, seeded_noise, torch_generators
 from sefdata.generators.vae import decode_latents, encode_latents, load_vae
 from sefdata.hub import resolve_dir, revision_of
 
@@ -107,7 +107,7 @@ class DdimGenerator(Generator):
                 "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) is needed"
             )
         vae, _, _ = load_vae(str(self.root), "vae", None, runtime.dtype)  # fp32 where the VAE forces upcasting
-        self.vae = vae.to(runtime.device).eval().requires_grad_(False)
+        self.vae = self.optimise(vae.to(runtime.device), vae.encoder, vae.decoder)
         try:
             unet = UNet2DConditionModel.from_pretrained(
                 self.root, subfolder="unet", torch_dtype=runtime.dtype, use_safetensors=True
@@ -123,7 +123,7 @@ class DdimGenerator(Generator):
                 f"ddim: steps={config.steps} exceeds the {self.scheduler.config.num_train_timesteps} timesteps "
                 f"{config.model!r} was trained with"
             )
-        self.unet = unet.to(runtime.device).eval().requires_grad_(False)
+        self.unet = self.optimise(unet.to(runtime.device))
         self.embeddings = self._encode_prompts()  # the text encoder is needed once, then freed
         # the VAE's downscale times the UNet's: sizes the UNet would otherwise resize internally are cropped away
         self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -161,10 +161,17 @@ class DdimGenerator(Generator):
         # the noise level one DDIM step below t, as DDIMScheduler.step computes it
         return t - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
 
-    def predict(self, latents: torch.Tensor, t: int) -> torch.Tensor:
-        """The UNet's output at timestep ``t`` (float32), with classifier-free guidance when ``guidance > 1``."""
+    def _on_device(self, steps: list[int]) -> torch.Tensor:
+        """The timesteps as one tensor on the UNet's device, made once per loop: a Python int would be copied there
+        at every UNet call (from pageable memory, which waits for the work queued on a GPU), and a compiled UNet
+        would see a new constant at every step."""
+        return torch.tensor(steps, device=self.runtime.device)
+
+    def predict(self, latents: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """The UNet's output at timestep ``t`` (an int or a 0-d tensor; float32), with classifier-free guidance when
+        ``guidance > 1``."""
         n = latents.shape[0]
-        x = latents.to(self.unet.dtype)
+        x = latents.to(self.unet.dtype, memory_format=self.memory_format)
         if self.config.guidance == 1.0:
             cond = self.embeddings.expand(n, -1, -1)
             return self.unet(x, t, encoder_hidden_states=cond).sample.float()
@@ -180,9 +187,13 @@ class DdimGenerator(Generator):
         less noisy latent stands in for the noise at the target (the usual DDIM inversion approximation; it is
         exact in the limit of many steps, which is why the round-trip error shrinks as ``steps`` grows)."""
         z = latents.float()
-        for t in reversed(self.timesteps()):
+        steps = self.timesteps()[::-1]
+        on_device = self._on_device(steps)
+        for i, t in enumerate(steps):
             alpha_prev, alpha_t = self._alpha_prod(self._prev(t)), self._alpha_prod(t)
-            x0, eps = split_prediction(self.predict(z, t), z, alpha_prev, self.scheduler.config.prediction_type)
+            x0, eps = split_prediction(
+                self.predict(z, on_device[i]), z, alpha_prev, self.scheduler.config.prediction_type
+            )
             z = alpha_t**0.5 * x0 + (1 - alpha_t) ** 0.5 * eps
         return z
 
@@ -192,17 +203,18 @@ class DdimGenerator(Generator):
         draw the step noise when ``eta > 0``; it is drawn on the CPU so it is the same on every device."""
         z = latents.float()
         generators = generators or [None] * z.shape[0]  # unseeded noise if none are given
-        for t in self.timesteps():
-            noise = None
-            if self.config.eta > 0:
-                noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in generators]).to(z.device)
-            z = self.scheduler.step(self.predict(z, t), t, z, eta=self.config.eta, variance_noise=noise).prev_sample
+        steps = self.timesteps()
+        on_device = self._on_device(steps)
+        for i, t in enumerate(steps):
+            noise = seeded_noise(generators, z.shape[1:], z) if self.config.eta > 0 else None
+            out = self.predict(z, on_device[i])
+            z = self.scheduler.step(out, t, z, eta=self.config.eta, variance_noise=noise).prev_sample
         return z
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         generators = torch_generators(seeds)
-        x = images.to(self.runtime.device, self.vae.dtype)
+        x = self.inputs(images, self.vae.dtype)
         latents = encode_latents(self.vae, x, generators if self.config.sample else None).float()
         regenerated = self.regenerate(self.invert(latents), generators)
         # how far the latent round trip drifted, per image (RMS over the latent, in scaled-latent units)

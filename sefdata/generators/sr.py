@@ -56,8 +56,9 @@ def load_sr_model(path) -> ImageModelDescriptor:
 
 
 def run_tiled(
-    model: torch.nn.Module, x: torch.Tensor, scale: int, tile: int, pad: int, multiple: int = 1
-) -> torch.Tensor:
+    model: torch.nn.Module, x: torch.Tensor, scale: int, tile: int, pad: int, multiple: int = 1,
+    memory_format: torch.memory_format = torch.channels_last,
+) -> torch.Tensor:  # fmt: skip
     """Apply an x``scale`` network to ``x`` (N, C, h, w) tile by tile; returns (N, C, h*scale, w*scale)."""
 
     def forward(t: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ def run_tiled(
         ph, pw = -th % multiple, -tw % multiple  # some architectures need sides that are multiples of k
         if ph or pw:
             t = F.pad(t, (0, pw, 0, ph), mode="reflect")
-        return model(t.contiguous(memory_format=torch.channels_last))[..., : th * scale, : tw * scale]
+        return model(t.contiguous(memory_format=memory_format))[..., : th * scale, : tw * scale]
 
     n, c, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
@@ -110,8 +111,7 @@ class SrGenerator(Generator):
         ):
             dtype = torch.float32  # spandrel knows which architectures overflow in half precision
         self.dtype = dtype
-        self.model = self.descriptor.model.to(runtime.device, dtype, memory_format=torch.channels_last)
-        self.model.eval().requires_grad_(False)
+        self.model = self.optimise(self.descriptor.model.to(runtime.device, dtype))
         self.model_multiple = self.descriptor.size_requirements.multiple_of
         self.multiple = config.scale
 
@@ -128,5 +128,6 @@ class SrGenerator(Generator):
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, seeds) -> torch.Tensor:
         x = downsample(images.to(self.runtime.device, torch.float32), self.config.scale).to(self.dtype)
-        out = run_tiled(self.model, x, self.config.scale, self.config.tile, self.config.tile_pad, self.model_multiple)
+        out = run_tiled(self.model, x, self.config.scale, self.config.tile, self.config.tile_pad, self.model_multiple,
+                        self.memory_format)  # fmt: skip
         return out.clamp(0, 1)

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from sefdata.errors import SefError
-from sefdata.generators.base import Generator, Runtime, register_generator, torch_generators
+from sefdata.generators.base import Generator, Runtime, register_generator, seeded_noise, torch_generators
 from sefdata.hub import resolve_dir, revision_of
 
 # Stability AI took the SD 2.x repos off the Hub (Nov 2025); the community mirror holds the same files
@@ -72,8 +72,7 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, generators: list[to
     dist = vae.encode(images * 2 - 1).latent_dist
     z = dist.mean
     if generators is not None:
-        noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in generators])
-        z = z + dist.std * noise.to(z.device, z.dtype)
+        z = z + dist.std * seeded_noise(generators, z.shape[1:], z)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (z - shift) * vae.config.scaling_factor
 
@@ -93,7 +92,8 @@ class VaeGenerator(Generator):
         super().__init__(config, runtime)
         vae, self.root, self.subfolder = load_vae(config.model, config.subfolder, config.revision, runtime.dtype)
         self.dtype = vae.dtype
-        self.vae = vae.to(runtime.device).eval().requires_grad_(False)
+        # the encoder and decoder are the work (quant convs are 1x1): those are compiled when asked
+        self.vae = self.optimise(vae.to(runtime.device), vae.encoder, vae.decoder)
         self.multiple = 2 ** (len(vae.config.block_out_channels) - 1)
 
     def model_info(self) -> dict:
@@ -124,6 +124,6 @@ class VaeGenerator(Generator):
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        x = images.to(self.runtime.device, self.dtype)
+        x = self.inputs(images, self.dtype)
         latents = encode_latents(self.vae, x, torch_generators(seeds) if self.config.sample else None)
         return decode_latents(self.vae, latents)
