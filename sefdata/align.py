@@ -44,9 +44,13 @@ def align(
     max_side: int | None = None,
     crop: int | None = None,
     min_side: int = 1,
+    full_size: tuple[int, int] | None = None,
 ) -> Aligned:
-    """Resize/crop ``pixels`` (H x W x 3 uint8) by the rules in the module docstring."""
+    """Resize/crop ``pixels`` (H x W x 3 uint8) by the rules in the module docstring. ``full_size``: (w, h) of the
+    source at full scale when ``pixels`` were decoded smaller (:func:`sefdata.imageio.decode` with ``max_side``):
+    the geometry, and what is recorded, is that of the full-scale source."""
     h, w = pixels.shape[:2]
+    w, h = full_size or (w, h)
     upright_size = (w, h)
     resized_from = None
     if max_side is not None and max(w, h) > max_side:
@@ -54,6 +58,8 @@ def align(
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         pixels = np.asarray(Image.fromarray(pixels).resize((nw, nh), Image.Resampling.LANCZOS))
         resized_from, (w, h) = (w, h), (nw, nh)
+    elif (w, h) != (pixels.shape[1], pixels.shape[0]):
+        raise ValueError(f"pixels of {pixels.shape[1]}x{pixels.shape[0]} for a {w}x{h} source need max_side")
 
     if crop is not None:
         if crop % multiple:

@@ -138,7 +138,10 @@ class BuildConfig:
         # batch size and precision are runtime settings (the precision as resolved: "auto" may mean fp32 or bf16)
         skip = {"out", "batch_size", "workers", "device", "dtype", "compile", "channels_last", "rank", "world",
                 "recipe", "allow_mixed"}  # fmt: skip
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if self.max_side is not None:  # large JPEGs decode at a reduced scale (sefdata.imageio): other bytes
+            out["jpeg_draft"] = True
+        return out
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

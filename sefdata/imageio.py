@@ -11,11 +11,18 @@ metadata under ``conversions`` when applied):
 * 16-bit and 32-bit integer grayscale is scaled to 8 bits by value / 257, rounded (``16bit_to_8bit``).
 * Grayscale and bilevel images are replicated to three channels (``gray_to_rgb``).
 * Animated images (more than one frame) are skipped, not reduced to a frame.
+
+Speed: given ``max_side`` (the build's downscale), a JPEG whose longer side is over twice that is decoded at a
+reduced DCT scale (libjpeg's 1/2, 1/4, 1/8) that still leaves at least twice ``max_side``: the rule of Pillow's
+``Image.thumbnail`` (``reducing_gap=2``). Its Lanczos downscale then matches a full decode's to 46.6 dB PSNR or
+better (the shared photos to 384 px, 2026-12-04; 54 dB on a 2560 x 1600 one), and decode plus resize of the shared
+photos take 28 ms instead of 62 ms each.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -92,6 +99,27 @@ class DecodedImage:
     jpeg: JpegEncoding | None = None
     icc_profile: bytes | None = None
     conversions: list[str] = field(default_factory=list)
+    upright_size: tuple[int, int] | None = None  # (w, h) of the source upright at full scale; None: pixels' size
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """(w, h) of the source upright at full scale (``pixels`` may be smaller: a reduced-scale JPEG decode)."""
+        return self.upright_size or (self.pixels.shape[1], self.pixels.shape[0])
+
+
+# EXIF orientations that swap width and height (transposes and 90-degree rotations)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+DRAFT_GAP = 2  # Pillow's thumbnail rule: decode at a DCT scale that leaves at least this many times the target
+
+
+def _draft_for(img: Image.Image, max_side: int | None) -> bool:
+    """Decode ``img`` (not yet loaded) at a reduced JPEG scale when it will be downscaled to ``max_side`` anyway."""
+    width, height = img.size
+    if max_side is None or img.format not in ("JPEG", "MPO") or max(width, height) <= DRAFT_GAP * max_side:
+        return False
+    scale = DRAFT_GAP * max_side / max(width, height)
+    img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    return img.size != (width, height)
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -138,8 +166,9 @@ def to_rgb(img: Image.Image, conversions: list[str] | None = None) -> Image.Imag
     return _to_rgb(img, conversions)
 
 
-def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode image bytes to upright RGB uint8, or raise SkipSample with the reason."""
+def decode(data: bytes, *, max_pixels: int, max_side: int | None = None) -> DecodedImage:
+    """Decode image bytes to upright RGB uint8, or raise SkipSample with the reason. ``max_side``: the longer side
+    the caller downscales to; a large JPEG may then decode at a reduced scale (module docstring)."""
     if not data:
         raise SkipSample("empty")
     try:
@@ -152,6 +181,7 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
                 raise SkipSample("too_large", f"{width}x{height} > {max_pixels} pixels")
             if getattr(img, "n_frames", 1) > 1:
                 raise SkipSample("animated", f"{img.n_frames} frames")
+            drafted = _draft_for(img, max_side)
             img.load()
     except SkipSample:
         raise
@@ -169,6 +199,10 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
         icc = None
     conversions: list[str] = []
     mode = img.mode
+    upright = None
+    if drafted:
+        swapped = img.getexif().get(0x0112, 1) in _SWAPPING_ORIENTATIONS
+        upright = (height, width) if swapped else (width, height)
     rgb = to_rgb(img, conversions)
     return DecodedImage(
         pixels=np.asarray(rgb, dtype=np.uint8).copy(),
@@ -178,4 +212,5 @@ def decode(data: bytes, *, max_pixels: int) -> DecodedImage:
         jpeg=jpeg,
         icc_profile=icc,
         conversions=conversions,
+        upright_size=upright,
     )

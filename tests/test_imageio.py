@@ -97,3 +97,49 @@ def test_jpeg_encoding_read_back(quality):
     assert out.jpeg.quality == quality
     assert out.jpeg.subsampling == 1
     assert estimate_jpeg_quality(out.jpeg.qtables[0]) == quality
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_decodes_at_a_reduced_scale_when_it_will_be_downscaled(orientation):
+    """With max_side, a JPEG over twice that decodes smaller (libjpeg's DCT scaling), yet align gives the geometry
+    and records of a full decode (sizes of the full-scale upright source) and nearly its pixels."""
+    from sefdata.align import align
+
+    img = Image.fromarray(photo_like(1600, 1000))
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 6: shown rotated 90 degrees, so upright it is 1000 x 1600
+    data = io.BytesIO()
+    img.save(data, "JPEG", quality=95, exif=exif.tobytes())
+    full, small = decode(data.getvalue(), max_pixels=LIMIT), decode(data.getvalue(), max_pixels=LIMIT, max_side=200)
+    upright = (1600, 1000) if orientation == 1 else (1000, 1600)
+    assert full.full_size == upright and small.full_size == upright and small.size == full.size == (1600, 1000)
+    assert small.pixels.shape[0] * small.pixels.shape[1] <= full.pixels.shape[0] * full.pixels.shape[1] // 4
+    assert max(small.pixels.shape[:2]) >= 2 * 200  # Pillow's thumbnail rule: at least twice the target remains
+    a = align(full.pixels, multiple=8, max_side=200)
+    b = align(small.pixels, multiple=8, max_side=200, full_size=small.full_size)
+    assert (a.crop_box, a.resized_from, a.upright_size) == (b.crop_box, b.resized_from, b.upright_size)
+    assert a.pixels.shape == b.pixels.shape and _psnr(a.pixels, b.pixels) > 40
+
+
+def test_reduced_decoding_leaves_pngs_small_jpegs_and_plain_decodes_alone():
+    pixels = photo_like(600, 400)
+    jpeg = jpeg_bytes(pixels, quality=90)
+    for data in (jpeg, _png(Image.fromarray(pixels))):
+        assert decode(data, max_pixels=LIMIT, max_side=300).upright_size is None  # 600 is not over twice 300
+    assert decode(_png(Image.fromarray(photo_like(1600, 800))), max_pixels=LIMIT, max_side=100).upright_size is None
+    # 600 x 400 to 100: the largest DCT scale leaving at least 200 px on the longer side is 1/2 (1/4 leaves 150)
+    assert decode(jpeg, max_pixels=LIMIT, max_side=100).pixels.shape == (200, 300, 3)
+    plain = decode(jpeg, max_pixels=LIMIT).pixels
+    np.testing.assert_array_equal(plain, decode(jpeg, max_pixels=LIMIT, max_side=300).pixels)
+
+
+def test_align_refuses_reduced_pixels_without_the_downscale_they_were_decoded_for():
+    from sefdata.align import align
+
+    with pytest.raises(ValueError, match="need max_side"):
+        align(photo_like(300, 200), multiple=8, full_size=(600, 400))
