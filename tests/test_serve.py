@@ -8,7 +8,9 @@ import importlib.util
 import io
 import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel.predict import load_detector
-from sefmodel.serve import ServeConfig, background_server, create_app, host_allowed, same_origin
+from sefmodel.serve import ServeConfig, background_server, create_app
+from sefmodel.serve_middleware import host_allowed, same_origin
 
 runner = CliRunner()
 http = urllib3.PoolManager(retries=False)
@@ -216,6 +219,31 @@ def test_a_post_from_another_page_is_refused(server, files):
             assert 0 < json.loads(response.data)["records"][0]["prob"] < 1
     # a GET only reads, and another page cannot read the answer (no CORS headers): it is not checked
     assert http.request("GET", server + "api/info", headers={"Origin": "http://attacker.example"}).status == 200
+
+
+def test_the_assembled_app_guards_before_it_counts_and_its_busy_answer_carries_the_headers(tiny_run, files):
+    web = create_app(load_detector(tiny_run, "cpu"), ServeConfig(queue=1))
+    entered, release = threading.Event(), threading.Event()
+
+    def held(uploads: list, heatmaps: bool) -> list[dict]:  # the one admitted request waits on the worker
+        entered.set()
+        release.wait(30)
+        return [{"path": name} for name, _ in uploads]
+
+    web.state.scorer.score = held
+    with background_server(web) as url, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_post, url, _upload(files, "good.png"))
+        assert entered.wait(30)
+        body, content_type = urllib3.encode_multipart_formdata([("files", ("good.png", b"x"))])
+        foreign = {"Content-Type": content_type, "Origin": "http://attacker.example"}
+        assert http.request("POST", url + "api/score", body=body, headers=foreign).status == 403  # not 503
+        busy = http.request("POST", url + "api/score", body=body, headers={"Content-Type": content_type})
+        assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+        assert json.loads(busy.data) == {"error": "busy: 1 requests are being scored or waiting; try again shortly"}
+        assert busy.headers["X-Content-Type-Options"] == "nosniff"
+        assert http.request("GET", url + "api/info").status == 200  # reading is never counted
+        release.set()
+        assert first.result(timeout=30) == (200, {"records": [{"path": "good.png"}]})
 
 
 def test_report_page_renders_results_md_and_its_plots(tiny_run, tmp_path):
