@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from sefdata.errors import SefError
+from sefdata.markdown import fmt as _f
 from sefmodel.train.config import TrainConfig
 
 from .common import App, command_line, report_upload, run_app, user_errors
@@ -323,10 +324,6 @@ def _use_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def _f(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 @app.command(no_args_is_help=True, epilog=PREDICT_EXIT)

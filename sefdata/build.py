@@ -61,6 +61,7 @@ from sefdata.imageio import NOT_A_JPEG, DecodedImage, decode
 from sefdata.manifest import BUILD_FILE, write_manifest
 from sefdata.plan import plan_shards
 from sefdata.privacy import public_json
+from sefdata.psnr import psnr
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
 
@@ -152,12 +153,6 @@ class BuildSummary:
     @property
     def images_per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds > 0 else 0.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images (inf if identical)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def available_cores() -> int:
@@ -666,4 +661,4 @@ def build(
         builder.close()
 
 
-__all__ = ["Batch", "BuildSummary", "Builder", "NothingWritten", "available_cores", "build", "psnr"]
+__all__ = ["Batch", "BuildSummary", "Builder", "NothingWritten", "available_cores", "build"]

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from sefdata.errors import SefError
+from sefdata.psnr import psnr
 from sefdata.shards import Manifest, field_keys, iter_samples, sample_fields
 
 LABEL_HEIGHT = 22
@@ -24,12 +25,6 @@ LABEL_HEIGHT = 22
 
 def _load(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def psnr(real: np.ndarray, fake: np.ndarray) -> float:
-    """PSNR in dB of ``fake`` against ``real`` (uint8 images of one size, peak 255); inf when identical."""
-    mse = float(np.mean((fake.astype(np.float64) - real.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def encoding_label(data: bytes) -> str:

@@ -128,7 +128,7 @@ def overlay(ax: Axes, crop: Image.Image, heat: np.ndarray, alpha: float = 0.5) -
 def figure(explanation: Explanation, title: str = "") -> Figure:
     """Input crop | one heatmap per expert (titled with its own P(generated) and gate weight) | the fused score's
     heatmap, one colour bar for the maps, and a bar chart of each expert's gate weight and own P(generated)."""
-    from .report import SHARE, new_figure
+    from .report.charts import SHARE, new_figure
 
     ex = explanation
     heat_panels = []
@@ -184,7 +184,7 @@ def figure(explanation: Explanation, title: str = "") -> Figure:
 def explain_file(detector: SEFDetector, path: str | Path, out: str | Path, layer: int | None = None) -> Explanation:
     """Explain one image file and write the figure to ``out`` (PNG, or any format matplotlib knows by suffix)."""
     from .images import open_image_file
-    from .report import save
+    from .report.charts import save
 
     explanation = grad_cam(detector, open_image_file(path), layer)
     save(figure(explanation, title=f"{Path(path).name}: Grad-CAM per expert"), out)
@@ -196,7 +196,7 @@ def heatmap_png(explanation: Explanation, name: str | None, side: int = 192) -> 
     ``side`` x ``side`` PNG; ``name=None`` gives the crop alone. For pages that show the maps one by one."""
     from matplotlib.figure import Figure
 
-    from .report import DPI
+    from .report.charts import DPI
 
     fig = Figure(figsize=(side / DPI, side / DPI), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from sefdata.markdown import fmt, md_table
+
 if TYPE_CHECKING:
     from .config import DetectorConfig
 
@@ -69,14 +71,14 @@ def card_fields(config: DetectorConfig, processor: Any) -> dict[str, str]:
     }
 
 
-def _metrics_table(results: dict) -> list[str]:
-    rows = ["| benchmark | AP | AUROC | accuracy | real acc | fake acc |", "|---|---|---|---|---|---|"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    for name, entry in results.get("benchmarks", {}).items():
-        m = entry.get("metrics", {})
-        rows.append(f"| {entry.get('title', name)} | {fmt(m.get('ap'))} | {fmt(m.get('auroc'))} | "
-                    f"{fmt(m.get('accuracy'))} | {fmt(m.get('real_acc'))} | {fmt(m.get('fake_acc'))} |")  # fmt: skip
-    return rows
+def _metrics_table(results: dict) -> str:
+    """The card's table of clean metrics, one row per benchmark of ``results.json``."""
+    keys = ("ap", "auroc", "accuracy", "real_acc", "fake_acc")
+    rows = [
+        [entry.get("title", name), *[fmt(entry.get("metrics", {}).get(k)) for k in keys]]
+        for name, entry in results.get("benchmarks", {}).items()
+    ]
+    return md_table(["benchmark", "AP", "AUROC", "accuracy", "real acc", "fake acc"], rows)
 
 
 def make_model_card(
@@ -143,7 +145,7 @@ def make_model_card(
         "",
     ]  # fmt: skip
     if results:
-        body += ["## Evaluation", "", *_metrics_table(results), "",
+        body += ["## Evaluation", "", _metrics_table(results), "",
                  "Full report, robustness curves and plots: [eval/results.md](eval/results.md).", ""]  # fmt: skip
     if golden is not None:
         body += ["## Reproducing its scores", "",
@@ -229,7 +231,7 @@ def make_aeroblade_card(
         "",
     ]
     if results:
-        body += ["## Evaluation", "", *_metrics_table(results), "",
+        body += ["## Evaluation", "", _metrics_table(results), "",
                  "Full report: [eval/results.md](eval/results.md).", ""]  # fmt: skip
     body += [
         "## Limits",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sefmodel import report
 from sefmodel.explain import Explanation, figure
+from sefmodel.report import charts
 
 
 def _check_labelled(fig) -> None:
@@ -24,10 +24,10 @@ def _check_labelled(fig) -> None:
 def test_overlapping_curves_differ_in_marker_or_dash_not_only_colour(tmp_path):
     xs = [30, 60, 90]
     same = [0.7, 0.8, 0.9]  # twelve benchmarks on top of each other, then a summary and a reference line
-    series = [report.Series(f"bench{i}", xs, same) for i in range(12)]
-    series += [report.Series("mean", xs, same, "summary"), report.Series("clean", [30, 90], [0.5, 0.5], "reference")]
-    panel = report.Panel("jpeg: AP", series, "JPEG quality", f"AP {report.SHARE}", x_ticks=xs, reverse_x=True)
-    fig = report.line_chart([panel, panel], "two panels")
+    series = [charts.Series(f"bench{i}", xs, same) for i in range(12)]
+    series += [charts.Series("mean", xs, same, "summary"), charts.Series("clean", [30, 90], [0.5, 0.5], "reference")]
+    panel = charts.Panel("jpeg: AP", series, "JPEG quality", f"AP {charts.SHARE}", x_ticks=xs, reverse_x=True)
+    fig = charts.line_chart([panel, panel], "two panels")
     _check_labelled(fig)
     ax = fig.axes[0]
     lines = [line for line in ax.get_lines() if line.get_label() in {s.label for s in series}]
@@ -35,18 +35,18 @@ def test_overlapping_curves_differ_in_marker_or_dash_not_only_colour(tmp_path):
     assert len(looks) == 8  # the first eight data curves differ in marker and dash pattern, even in grey-scale
     assert ax.xaxis_inverted() and [t.get_text() for t in ax.get_xticklabels()] == ["30", "60", "90"]
     assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"bench0", "mean", "clean"}
-    report.save(fig, tmp_path / "r.png")
+    charts.save(fig, tmp_path / "r.png")
     with Image.open(tmp_path / "r.png") as im:
         assert im.format == "PNG" and im.width > 1000
 
 
 def test_none_values_are_gaps_and_na_bars(tmp_path):
-    panel = report.Panel("ROC", [report.Series("a", [0, 0.5, 1], [0, None, 1])], "FPR", "TPR", roc=True)
-    fig = report.line_chart([panel])
+    panel = charts.Panel("ROC", [charts.Series("a", [0, 0.5, 1], [0, None, 1])], "FPR", "TPR", roc=True)
+    fig = charts.line_chart([panel])
     ys = fig.axes[0].get_lines()[0].get_ydata()
     assert math.isnan(ys[1])  # a gap, not a zero
     assert fig.axes[0].get_xlim() == pytest.approx((-0.02, 1.02))
-    bars = report.bar_chart("m", ["x", "y"], {"AP": [0.5, None], "AUROC": [0.25, 0.75]}, f"value {report.SHARE}")
+    bars = charts.bar_chart("m", ["x", "y"], {"AP": [0.5, None], "AUROC": [0.25, 0.75]}, f"value {charts.SHARE}")
     _check_labelled(bars)
     texts = [t.get_text() for t in bars.axes[0].texts]
     assert texts.count("n/a") == 1 and "0.50" in texts and "0.75" in texts
@@ -68,6 +68,6 @@ def test_explain_figure_has_one_heatmap_per_expert_a_colour_bar_and_labelled_bar
     assert bars.get_xlabel() and bars.get_ylabel() and bars.get_legend() is not None
     labels = {t.get_text() for t in bars.get_legend().get_texts()}
     assert ("gate weight" in labels) == gates and "own P(generated)" in labels
-    report.save(fig, tmp_path / "cam.png")
+    charts.save(fig, tmp_path / "cam.png")
     with Image.open(tmp_path / "cam.png") as im:
         assert im.format == "PNG" and im.width > 4 * 256

@@ -13,8 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from sefdata.build import build, psnr
+from sefdata.build import build
 from sefdata.config import BuildConfig
+from sefdata.psnr import psnr
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Charts of an evaluation, drawn with matplotlib, and the Markdown table helpers of its report.
+"""Charts of an evaluation (and of an explanation), drawn with matplotlib.
 
 Two kinds of chart cover an evaluation: grouped bars (metrics per benchmark) and panels of lines (ROC curves,
 robustness curves). Lines cycle colour, marker and dash pattern together, so curves that lie on top of each other
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from sefdata.markdown import fmt
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -158,7 +160,7 @@ def bar_chart(title: str, groups: Sequence[str], series: dict[str, Sequence[floa
         values = _values(ys)
         bars = ax.bar(xs, np.nan_to_num(values, nan=0.0), width * 0.92, label=name, color=f"C{j % 10}")
         if show_values:
-            labels = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in values]
+            labels = [fmt(None if math.isnan(v) else v, 2) for v in values]
             ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
     ax.set_xticks(centers, list(groups))
     if max((len(g) for g in groups), default=0) * 0.08 > slot:  # ~0.08 inch per character at the default size
@@ -174,21 +176,3 @@ def bar_chart(title: str, groups: Sequence[str], series: dict[str, Sequence[floa
     ax.set_ylabel(y_label)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False, fontsize="small")
     return fig
-
-
-# ---- Markdown ------------------------------------------------------------------------------------------------
-
-
-def fmt(value: float | int | None, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
-    return "\n".join(lines)
