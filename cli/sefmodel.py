@@ -12,6 +12,7 @@ import typer
 
 from sefdata.errors import SefError
 from sefmodel.eval_config import EvalConfig
+from sefmodel.lora import LoraSettings
 from sefmodel.runtime import RuntimeOptions
 from sefmodel.train.config import TrainConfig
 
@@ -41,8 +42,8 @@ def _number(text: str) -> int | float | str:
 
 
 # Options are declared once, in the configs: every TrainConfig field with a plain value is an option here and a key
-# in --config files; the detector's main fields (keys of the [detector] table) and the LoRA rank and blocks come from
-# DetectorConfig and LoraSettings, read from their source so that --help imports no torch.
+# in --config files; the detector's main fields (keys of the [detector] table) come from DetectorConfig, read from
+# its source so that --help imports no torch, and the LoRA rank and blocks from LoraSettings.
 @app.command()
 @config_options(
     TrainConfig,
@@ -61,7 +62,7 @@ def _number(text: str) -> int | float | str:
     param="detector_flags",
 )  # fmt: skip
 @config_options(
-    specs_in_source("sefmodel.lora", "LoraSettings"),
+    LoraSettings,
     include=("rank", "blocks"),
     prefix="lora_",
     overrides={"blocks": {"metavar": "all|last:K"}},
