@@ -148,7 +148,8 @@ def config_options(
     Fields: ``include`` (default: all) minus ``exclude``; flags are ``--{prefix}{name}``. The decorated function
     takes a keyword parameter ``param``: a dict of the fields given on the command line, by field name.
     ``overrides`` maps a field name to typer.Option keyword arguments (``help``, ``metavar``, extra flag names in
-    ``names``) for the few that need more than their field says."""
+    ``names``, another long name in ``flag``) for the few that need more than their field says. A field without a
+    default is a required option."""
     specs = specs_of(source) if isinstance(source, type) else list(source)
     wanted = [s.name for s in specs] if include is None else list(include)
     missing = set(wanted) - {s.name for s in specs}
