@@ -26,6 +26,8 @@ from typing import Any
 
 import typer
 
+from sefdata.fields import doc
+
 from .common import split_default
 
 PARAM = "config_flags"
@@ -39,6 +41,8 @@ class FieldSpec:
     annotation: Any
     default: Callable[[], Any]  # called only for fields that become options (a factory may import heavy code)
     help: str
+    metavar: str | None = None
+    required: bool = False
 
 
 def field_help(cls: type, name: str) -> str:
@@ -56,7 +60,9 @@ def _default(f: dataclasses.Field) -> Any:
 def specs_of(cls: type) -> list[FieldSpec]:
     """The fields of a config dataclass whose help is in ``field(metadata={"help": ...})``."""
     hints = _type_hints(cls)
-    return [FieldSpec(f.name, hints[f.name], functools.partial(_default, f), f.metadata.get("help", ""))
+    return [FieldSpec(f.name, hints[f.name], functools.partial(_default, f), f.metadata.get("help", ""),
+                      f.metadata.get("metavar"),
+                      f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)]  # fmt: skip
 
 
@@ -142,7 +148,8 @@ def config_options(
     Fields: ``include`` (default: all) minus ``exclude``; flags are ``--{prefix}{name}``. The decorated function
     takes a keyword parameter ``param``: a dict of the fields given on the command line, by field name.
     ``overrides`` maps a field name to typer.Option keyword arguments (``help``, ``metavar``, extra flag names in
-    ``names``) for the few that need more than their field says."""
+    ``names``, another long name in ``flag``) for the few that need more than their field says. A field without a
+    default is a required option."""
     specs = specs_of(source) if isinstance(source, type) else list(source)
     wanted = [s.name for s in specs] if include is None else list(include)
     missing = set(wanted) - {s.name for s in specs}
@@ -166,20 +173,22 @@ def config_options(
         for f in fields:
             kind, repeatable = _value_type(f.annotation)
             extra = dict(overrides.get(f.name, {}))
-            flag = (prefix + f.name).replace("_", "-")
+            flag = (prefix + extra.pop("flag", f.name)).replace("_", "-")
             # a switch that is on by default can be turned off: --x/--no-x
-            on = kind is bool and not repeatable and f.default() is True
+            on = kind is bool and not repeatable and not f.required and f.default() is True
             names = [f"--{flag}/--no-{flag}" if on else f"--{flag}", *extra.pop("names", [])]
             help_text, stated = split_default(extra.pop("help", None) or f.help)
-            shown = stated or _shown(f.default())
+            # an on-switch's default reads as the flag that is on, as typer's own switches do
+            shown = stated or (None if f.required else flag if on else _shown(f.default()))
             if repeatable:
                 help_text += "; repeatable"
+            metavar = extra.pop("metavar", f.metavar or _METAVARS.get(kind, "TEXT"))
             option = typer.Option(
-                None,
+                ... if f.required else None,
                 *names,
                 help=help_text,
                 show_default=shown or False,
-                metavar=None if kind is bool else extra.pop("metavar", _METAVARS.get(kind, "TEXT")),
+                metavar=None if kind is bool else metavar,
                 **extra,
             )
             annotation = list[kind] if repeatable else kind | None
@@ -206,3 +215,36 @@ def config_options(
         return command
 
     return decorate
+
+
+# ---- option blocks several commands share -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PublishOptions:
+    """The options of ``sefdata publish`` and ``sefmodel publish``; ``{...}`` in a help is filled per command."""
+
+    repo: str = dataclasses.field(metadata=doc("Hub {repo} repo USER/NAME (created if missing)", metavar="USER/NAME"))
+    private: bool = dataclasses.field(default=False, metadata=doc("create the repo private"))
+    revision: str | None = dataclasses.field(
+        default=None, metadata=doc("branch to upload to (created if missing)", metavar="BRANCH")
+    )
+    license: str | None = dataclasses.field(
+        default=None, metadata=doc("licence id for the {card} (default: {license})", metavar="ID")
+    )
+    dry_run: bool = dataclasses.field(
+        default=False, metadata=doc("only write the folder that would be uploaded, and list it")
+    )
+    staging: str | None = dataclasses.field(
+        default=None, metadata=doc("where to stage the upload (default: {folder}/.publish)", metavar="DIR")
+    )
+
+
+def publish_options(*, repo: str, folder: str, card: str, license: str) -> Callable[[Callable], Callable]:
+    """The publish block, as ``publish_flags``: for a Hub ``repo`` type (dataset, model) staged from the command's
+    ``folder`` argument, with a ``card`` whose licence is the publishing library's default ``license`` unless
+    --license is given. The command passes the flags given to the library, whose defaults hold for the rest."""
+    texts = {"repo": repo, "folder": folder, "card": card, "license": license}
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(PublishOptions)}
+    return config_options(PublishOptions, overrides={name: {"help": text.format(**texts)} for name, text in
+                                                     helps.items() if "{" in text}, param="publish_flags")  # fmt: skip

@@ -10,7 +10,7 @@ from sefdata.config import BuildConfig, load_recipe
 from sefdata.errors import SKIP_REASONS
 
 from .common import App, command_line, report_upload, run_app, user_errors
-from .options import config_options, field_help
+from .options import config_options, field_help, publish_options
 
 app = App(help="Turn real image corpora into aligned, artifact-diverse real/fake WebDataset shards.")
 
@@ -136,33 +136,22 @@ def verify(folder: Path = typer.Argument(..., metavar="FOLDER", help="build outp
 
 
 @app.command()
+@publish_options(repo="dataset", folder="FOLDER", card="card (that of the real corpus)", license="unknown")
 def publish(
     folder: Path = typer.Argument(..., metavar="FOLDER", help="finished build folder (with manifest.json)"),
-    repo: str = typer.Option(
-        ..., "--repo", metavar="USER/NAME", help="Hub dataset repo USER/NAME (created if missing)"
-    ),
-    private: bool = typer.Option(False, "--private", help="create the repo private"),
-    revision: str | None = typer.Option(
-        None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"
-    ),
-    license: str = typer.Option(
-        "unknown", "--license", metavar="ID", help="licence id for the card (that of the real corpus)"
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
-    staging: Path | None = typer.Option(
-        None, "--staging", metavar="DIR", help="where to stage the upload (default: FOLDER/.publish)"
-    ),
+    *,
+    publish_flags: dict,
 ) -> None:
     """Upload shards, manifest.json, a preview and a dataset card to the Hugging Face Hub. Re-running resumes an
     interrupted upload. The token comes from `hf auth login` or HF_TOKEN and is never printed."""
     from sefdata.publish import publish as run_publish
 
+    repo = publish_flags.pop("repo")
     with user_errors(hub=True, fetching=f"the dataset repo {repo}", offline_hint="stage only with --dry-run"):
-        staged = run_publish(
-            folder, repo, private=private, revision=revision, license=license, staging=staging, dry_run=dry_run
-        )
+        staged = run_publish(folder, repo, **publish_flags)
     for warning in staged.warnings:
         typer.echo(f"warning: {warning}", err=True)
+    dry_run = publish_flags.get("dry_run", False)
     report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/datasets/{repo}")
 
 

@@ -12,10 +12,13 @@ import typer
 
 from sefdata.errors import SefError
 from sefdata.markdown import fmt as _f
+from sefmodel.eval_config import EvalConfig
+from sefmodel.lora import LoraSettings
+from sefmodel.runtime import RuntimeOptions
 from sefmodel.train.config import TrainConfig
 
 from .common import App, command_line, report_upload, run_app, user_errors
-from .options import config_options, specs_in_source
+from .options import config_options, field_help, publish_options, specs_in_source
 
 app = App(help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.")
 
@@ -40,8 +43,8 @@ def _number(text: str) -> int | float | str:
 
 
 # Options are declared once, in the configs: every TrainConfig field with a plain value is an option here and a key
-# in --config files; the detector's main fields (keys of the [detector] table) and the LoRA rank and blocks come from
-# DetectorConfig and LoraSettings, read from their source so that --help imports no torch.
+# in --config files; the detector's main fields (keys of the [detector] table) come from DetectorConfig, read from
+# its source so that --help imports no torch, and the LoRA rank and blocks from LoraSettings.
 @app.command()
 @config_options(
     TrainConfig,
@@ -60,7 +63,7 @@ def _number(text: str) -> int | float | str:
     param="detector_flags",
 )  # fmt: skip
 @config_options(
-    specs_in_source("sefmodel.lora", "LoraSettings"),
+    LoraSettings,
     include=("rank", "blocks"),
     prefix="lora_",
     overrides={"blocks": {"metavar": "all|last:K"}},
@@ -70,7 +73,7 @@ def train(
     more_experts: list[str] = typer.Argument(
         None, metavar="RUN", help="more expert runs after --experts (--experts RUN_A RUN_B)"
     ),
-    out: Path = typer.Option(..., "--out", "-o", metavar="RUN", help=TrainConfig.help("out")),
+    out: Path = typer.Option(..., "--out", "-o", metavar="RUN", help=field_help(TrainConfig, "out")),
     config_file: Path | None = typer.Option(
         None,
         "--config",
@@ -207,97 +210,43 @@ PREDICT_EXIT = (
 )
 
 
-THREADS_HELP = (
-    "threads torch computes with; 0 keeps torch's default (one per core). On a machine busy with other work, 1 "
-    "keeps threads from spinning while they wait for a core (measured: 50x faster scoring on a loaded 2-core box)"
-)
-
-
+# eval's options are EvalConfig's fields; --device and --threads come from the runtime block every scoring command
+# shares (EvalConfig's --batch-size and --crop are that block's too)
 @app.command("eval", no_args_is_help=True)
+@config_options(
+    EvalConfig,
+    overrides={"benches": {"flag": "bench", "names": ["-b"]}, "perturb": {"names": ["-p"]},
+               "robustness": {"names": ["-r"]}},
+)  # fmt: skip
+@config_options(RuntimeOptions, include=("device", "threads"), param="runtime_flags")
 def eval_(
     ctx: typer.Context,
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
-    bench: list[str] = typer.Option(
-        ...,
-        "--bench",
-        "-b",
-        metavar="NAME=PATH|PATH|hf:ID",
-        help="repeatable: NAME=PATH (a definition in manifests/benchmarks, or a .toml file, read by its layout), "
-        "PATH (plain real/ + fake/ or 0_real/ + 1_fake/ folder, optionally under subset folders) or "
-        "hf:OWNER/NAME[:split=test,image=COL,label=COL,subset=COL] (a Hugging Face dataset)",
-        show_default=False,
-    ),
-    perturb: list[str] = typer.Option(
-        None,
-        "--perturb",
-        "-p",
-        metavar="NAME:VALUE[,...]",
-        help="robustness sweep, repeatable or comma-separated NAME:VALUE items: jpeg:Q, webp:Q, resize:F, blur:S, "
-        "noise:S, social:MAXSIDE (resize + JPEG 75); 'default' = the standard sweep. One curve per NAME",
-        show_default=False,
-    ),
-    robustness: list[str] = typer.Option(
-        None,
-        "--robustness",
-        "-r",
-        metavar="PRESET",
-        help="repeatable named protocol, reported under its name beside --perturb: dda (JPEG 96 on reals and fakes, "
-        "as DDA's evaluation) or social (downscale, JPEG 75-95, WebP, drawn per image); see docs/evaluation.md",
-        show_default=False,
-    ),
-    calibrate: str | None = typer.Option(
-        None,
-        "--calibrate",
-        metavar="BENCH",
-        help="held-out set (same syntax as --bench) that fits one threshold for acc@cal (max balanced accuracy); "
-        "default: each benchmark fits its own on a hashed --calib-fraction of its images",
-        show_default=False,
-    ),
-    calib_fraction: float = typer.Option(
-        0.2,
-        "--calib-fraction",
-        metavar="X",
-        help="share of each benchmark held out to fit its "
-        "acc@cal threshold when --calibrate is not given; 0 turns acc@cal off",
-    ),
-    fake_jpeg: str = typer.Option(
-        "none",
-        "--fake-jpeg",
-        metavar="none|auto|Q",
-        help="format-bias protocol: JPEG-compress generated images at this quality before scoring; 'auto' uses "
-        "each benchmark definition's recommended quality (e.g. 96 for GenImage)",
-    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", metavar="DIR", help="output folder (default: RUN/eval for a local RUN)"
     ),
-    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
-    crop: str | None = typer.Option(
-        None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
-    ),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="write PNG plots"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    config_flags: dict,
+    runtime_flags: dict,
 ) -> None:
     """Evaluate a detector on benchmarks: accuracy at 0.5, real/fake accuracy, AP, AUROC and calibrated accuracy
     per benchmark and subset, mean and worst case, robustness curves. Writes results.json, results.md,
     results.csv, scores.csv and plots/*.png."""
     with user_errors():
         _check_ref(run)
-    from sefmodel.evaluate import EvalConfig, evaluate
+    from sefmodel.evaluate import evaluate
     from sefmodel.predict import load_detector
 
     with user_errors(hub=True):
-        config = EvalConfig(
-            benches=bench, perturb=perturb or [], robustness=robustness or [], calibrate=calibrate,
-            calib_fraction=calib_fraction, fake_jpeg=fake_jpeg, batch_size=batch_size, crop=crop, plots=plots,
-        )  # fmt: skip
+        config = EvalConfig(**config_flags)
+        runtime = RuntimeOptions(**runtime_flags)
         if out is None:
             if not Path(run).is_dir():
                 raise SefError("RUN is not a local folder: say where the results go with --out")
             out = Path(run) / "eval"
-        _use_threads(threads)
-        detector = load_detector(run, device)
+        _use_threads(runtime.threads)
+        detector = load_detector(run, runtime.device)
         results = evaluate(detector, config, out, detector_source=str(run), progress=progress,
                            log=lambda m: typer.echo(m, err=True), command=command_line(ctx, "sefmodel"))  # fmt: skip
     mean = results["summary"]["mean"]
@@ -327,6 +276,7 @@ def _use_threads(threads: int) -> None:
 
 
 @app.command(no_args_is_help=True, epilog=PREDICT_EXIT)
+@config_options(RuntimeOptions, param="runtime_flags")
 def predict(
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     inputs: list[str] = typer.Argument(
@@ -336,7 +286,6 @@ def predict(
         "jsonl", "--format", "-f", metavar="jsonl|csv", help="jsonl (one JSON object per line) or csv"
     ),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="write here instead of stdout"),
-    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
     threshold: float | None = typer.Option(
         None,
         "--threshold",
@@ -350,11 +299,8 @@ def predict(
         help="label 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision",
         show_default=False,
     ),
-    crop: str | None = typer.Option(
-        None, "--crop", metavar="center|multi", help="crops per image (default: the detector's config)"
-    ),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    runtime_flags: dict,
 ) -> None:
     """Score images of any size and format. One record per input: path, prob (P(generated)), label, num_crops and,
     for SEF detectors, the gate weights; an unreadable file gets a record with an error instead."""
@@ -363,6 +309,8 @@ def predict(
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
     from sefmodel.threshold import UncertainBand, decision_threshold
 
+    runtime = RuntimeOptions(**runtime_flags)
+    batch_size, crop = runtime.batch_size, runtime.crop
     with user_errors(hub=True):
         if format not in ("jsonl", "csv"):
             raise SefError(f"--format must be jsonl or csv, got {format!r}")
@@ -376,8 +324,8 @@ def predict(
         paths = expand_inputs(inputs)
         if not paths:
             raise SefError(f"no image files found in {', '.join(inputs)}")
-        _use_threads(threads)
-        detector = load_detector(run, device)
+        _use_threads(runtime.threads)
+        detector = load_detector(run, runtime.device)
         threshold, source = decision_threshold(detector, threshold)
         if source != "--threshold":
             typer.echo(f"threshold {threshold:.6g} ({source})", err=True)
@@ -411,6 +359,7 @@ def predict(
 
 
 @app.command(no_args_is_help=True)
+@config_options(RuntimeOptions, include=("batch_size", "device", "threads"), param="runtime_flags")
 def calibrate(
     run: Path = typer.Argument(..., metavar="RUN", help="local detector folder or trainer run folder (RUN/detector/)"),
     calibrate_on: Path = typer.Option(
@@ -423,10 +372,9 @@ def calibrate(
     calibrate_fpr: float = typer.Option(
         0.01, "--calibrate-fpr", metavar="FPR", help="share of real images the threshold may call generated"
     ),
-    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="images per forward pass"),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    runtime_flags: dict,
 ) -> None:
     """Set the detector's decision threshold from real images alone: score a folder of your own reals, put the
     threshold where at most --calibrate-fpr of them score above it, and store it as threshold.json in the detector
@@ -442,11 +390,13 @@ def calibrate(
         if not run.is_dir():
             raise SefError(f"{run}: calibrate writes {THRESHOLD_NAME} into a local detector folder; download it first")
         folder = Path(resolve_run(run))
-        if batch_size < 1:
-            raise SefError(f"--batch-size must be >= 1, got {batch_size}")
-        _use_threads(threads)
-        detector = load_detector(folder, device)
-        result = calibrate_on_reals(detector, calibrate_on, calibrate_fpr, batch_size=batch_size, progress=progress)
+        runtime = RuntimeOptions(**runtime_flags)
+        if runtime.batch_size < 1:
+            raise SefError(f"--batch-size must be >= 1, got {runtime.batch_size}")
+        _use_threads(runtime.threads)
+        detector = load_detector(folder, runtime.device)
+        result = calibrate_on_reals(detector, calibrate_on, calibrate_fpr, batch_size=runtime.batch_size,
+                                    progress=progress)  # fmt: skip
         result.save(folder)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -474,6 +424,7 @@ CHECK_EXIT = (
 
 
 @app.command(no_args_is_help=True)
+@config_options(RuntimeOptions, include=("threads",), param="runtime_flags")
 def golden(
     ctx: typer.Context,
     run: Path = typer.Argument(..., metavar="RUN", help="local detector folder or trainer run folder (RUN/detector/)"),
@@ -485,7 +436,8 @@ def golden(
         metavar="X",
         help="largest difference of probability that `check` counts as reproduced (why 1e-4: docs/evaluation.md)",
     ),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    runtime_flags: dict,
 ) -> None:
     """Store a golden set in a local detector folder: N small crops (at most the detector's input size) from
     SOURCE, with the probabilities this detector gives them on the CPU, as golden/*.png and golden/golden.json
@@ -502,7 +454,7 @@ def golden(
         if not run.is_dir():
             raise SefError(f"{run}: golden writes into a local detector folder; download the detector first")
         folder = Path(resolve_run(run))
-        _use_threads(threads)
+        _use_threads(RuntimeOptions(**runtime_flags).threads)
         detector = load_detector(folder, "cpu")
         made, warnings = write_golden(detector, folder, source, count=count, tolerance=tolerance,
                                       command=command_line(ctx, "sefmodel"))  # fmt: skip
@@ -515,6 +467,7 @@ def golden(
 
 
 @app.command(no_args_is_help=True, epilog=CHECK_EXIT)
+@config_options(RuntimeOptions, include=("threads",), param="runtime_flags")
 def check(
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     tolerance: float | None = typer.Option(
@@ -531,7 +484,8 @@ def check(
         help="cpu or cuda[:i]; golden sets are made on the CPU, and a GPU's float32 kernels (TF32) differ by more "
         "than the recorded tolerance",
     ),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    runtime_flags: dict,
 ) -> None:
     """Re-score the detector's golden set (golden/ in its folder: small images with the probabilities the detector
     gave them when the set was made) and say, per image, whether this install reproduces the probability within the
@@ -551,7 +505,7 @@ def check(
             raise SefError(f"--tolerance must be a number >= 0, got {tolerance}")
         folder = resolve_folder(resolve_run(run))  # a Hub id: its snapshot, golden/ included
         GoldenSet.load(folder)  # no golden set: say so before the model stack loads
-        _use_threads(threads)
+        _use_threads(RuntimeOptions(**runtime_flags).threads)
         detector = load_detector(folder, device)
         report = check_golden(detector, folder, tolerance)
     for image in report.images:
@@ -564,6 +518,7 @@ def check(
 
 
 @app.command(no_args_is_help=True)
+@config_options(RuntimeOptions, include=("device", "threads"), param="runtime_flags")
 def explain(
     run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP),
     image: Path = typer.Argument(..., metavar="IMAGE", help="image file to explain"),
@@ -571,8 +526,8 @@ def explain(
     layer: int | None = typer.Option(
         None, "--layer", metavar="N", help="block whose input tokens are explained (default: the feature block)"
     ),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
+    *,
+    runtime_flags: dict,
 ) -> None:
     """Grad-CAM heatmap of each expert (and of the fused score) on the crop the detector scores, side by side with
     the gate weights: where each expert looks for artifacts."""
@@ -585,8 +540,9 @@ def explain(
     from sefmodel.predict import load_detector
 
     with user_errors(hub=True):
-        _use_threads(threads)
-        detector = load_detector(run, device)
+        runtime = RuntimeOptions(**runtime_flags)
+        _use_threads(runtime.threads)
+        detector = load_detector(run, runtime.device)
         if not detector.explainable:
             raise SefError(f"{run} is a training-free {detector.detector_type} detector: it has no experts to explain "
                            "(Grad-CAM needs a SEF detector)")  # fmt: skip
@@ -658,6 +614,12 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
                "distance_layers": {"metavar": "N"}, "lpips_layer": {"metavar": "0-5"},
                "image_size": {"metavar": "PIXELS"}, "crop": {"metavar": "center|multi"}},
 )  # fmt: skip
+@config_options(
+    RuntimeOptions,
+    include=("batch_size", "device", "threads"),
+    overrides={"batch_size": {"help": "crops per forward pass (with --fit-on)"}},
+    param="runtime_flags",
+)
 def aeroblade(
     autoencoder: list[str] = typer.Option(
         ...,
@@ -688,11 +650,9 @@ def aeroblade(
         "Without it the probability is uncalibrated: AP/AUROC hold, set a threshold with sefmodel calibrate",
         show_default=False,
     ),
-    batch_size: int = typer.Option(16, "--batch-size", metavar="N", help="crops per forward pass (with --fit-on)"),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]"),
-    threads: int = typer.Option(0, "--threads", metavar="N", help=THREADS_HELP),
     *,
     config_flags: dict,
+    runtime_flags: dict,
 ) -> None:
     """Make a training-free AEROBLADE detector (Ricker et al., CVPR 2024): an image is scored by how close it lies to
     its reconstruction by an autoencoder (generated images reconstruct better), P(generated) = sigmoid(scale *
@@ -712,9 +672,11 @@ def aeroblade(
 
     with user_errors((ValueError, FileNotFoundError), hub=True, fetching="the distance network",
                      offline_hint="give a local folder with --distance-model DIR"):  # fmt: skip
-        _use_threads(threads)
+        runtime = RuntimeOptions(**runtime_flags)
+        _use_threads(runtime.threads)
         detector = build_aeroblade(autoencoder, out, distance_model=distance_model, fit_on=fit_on,
-                                   device=pick_device(device), batch_size=batch_size, **config_flags)  # fmt: skip
+                                   device=pick_device(runtime.device), batch_size=runtime.batch_size,
+                                   **config_flags)  # fmt: skip
     c = detector.config
     how = (
         f"fitted on {c.fit['on']} ({c.fit['n_real']} real, {c.fit['n_fake']} generated; AP of the distance "
@@ -727,18 +689,9 @@ def aeroblade(
 
 
 @app.command()
+@publish_options(repo="model", folder="RUN", card="model card", license="apache-2.0")
 def publish(
     run: Path = typer.Argument(..., metavar="RUN", help="run folder (with detector/) or detector folder"),
-    repo: str = typer.Option(..., "--repo", metavar="USER/NAME", help="Hub model repo USER/NAME (created if missing)"),
-    private: bool = typer.Option(False, "--private", help="create the repo private"),
-    revision: str | None = typer.Option(
-        None, "--revision", metavar="BRANCH", help="branch to upload to (created if missing)"
-    ),
-    license: str = typer.Option("apache-2.0", "--license", metavar="ID", help="licence id for the model card"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="only write the folder that would be uploaded, and list it"),
-    staging: Path | None = typer.Option(
-        None, "--staging", metavar="DIR", help="where to stage the upload (default: RUN/.publish)"
-    ),
     base_model: str | None = typer.Option(
         None,
         "--base-model",
@@ -755,6 +708,8 @@ def publish(
         show_default=False,
     ),
     golden_count: int = typer.Option(8, "--golden-count", metavar="N", help="images in the golden set, 1 to 64"),
+    *,
+    publish_flags: dict,
 ) -> None:
     """Upload a detector (trained tensors + config) with a model card to the Hugging Face Hub; metrics come from
     RUN/eval/results.json when the run was evaluated, and a golden set (a few images with the probabilities this
@@ -762,12 +717,13 @@ def publish(
     staged file names a local path. The token comes from `hf auth login` or HF_TOKEN."""
     from sefmodel.publish import publish as run_publish
 
+    repo = publish_flags.pop("repo")
     with user_errors(hub=True):
-        staged = run_publish(run, repo, private=private, revision=revision, license=license, staging=staging,
-                             dry_run=dry_run, base_model=base_model, golden=golden,
-                             golden_count=golden_count)  # fmt: skip
+        staged = run_publish(run, repo, base_model=base_model, golden=golden, golden_count=golden_count,
+                             **publish_flags)  # fmt: skip
     for note in staged.notes:
         typer.echo(f"note: {note}", err=True)
+    dry_run = publish_flags.get("dry_run", False)
     report_upload(staged.files, staged.folder, dry_run=dry_run, url=f"https://huggingface.co/{repo}")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sefdata.errors import SefError
+from sefdata.fields import doc
 
 if TYPE_CHECKING:  # torch loads when a build runs, not when `sefdata --help` reads the options
     import torch
@@ -25,73 +26,69 @@ if TYPE_CHECKING:  # torch loads when a build runs, not when `sefdata --help` re
 DTYPES = ("fp32", "fp16", "bf16")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class BuildConfig:
     sources: list[str] = field(
         default_factory=list,
-        metadata=_help("folders, image files, path lists (.txt), WebDataset tars, or Hugging Face dataset ids"),
+        metadata=doc("folders, image files, path lists (.txt), WebDataset tars, or Hugging Face dataset ids"),
     )
-    out: str = field(default="", metadata=_help("output folder for shards, stats and manifest.json"))
+    out: str = field(default="", metadata=doc("output folder for shards, stats and manifest.json"))
     gen: list[str] = field(
         default_factory=lambda: ["vae", "sr"],
-        metadata=_help(
+        metadata=doc(
             "generators, NAME[:key=value,...], one per fake field (default: vae and sr with their default models)"
         ),
     )
-    format: str = field(default="match", metadata=_help("encoding of stored images: match, png, jpeg:Q or webp:Q"))
-    max_side: int | None = field(default=None, metadata=_help("downscale sources whose longer side exceeds this"))
+    format: str = field(default="match", metadata=doc("encoding of stored images: match, png, jpeg:Q or webp:Q"))
+    max_side: int | None = field(default=None, metadata=doc("downscale sources whose longer side exceeds this"))
     crop: int | None = field(
-        default=None, metadata=_help("centre-crop every image to this square side (default: no crop)")
+        default=None, metadata=doc("centre-crop every image to this square side (default: no crop)")
     )
-    min_side: int = field(default=32, metadata=_help("skip images whose aligned shorter side is below this"))
-    max_pixels: int = field(default=100_000_000, metadata=_help("skip images with more pixels (decompression bombs)"))
-    shard_size: int = field(default=1000, metadata=_help("samples per shard (inputs per shard before skips)"))
-    batch_size: int = field(default=8, metadata=_help("images per model call (same-size images are batched)"))
+    min_side: int = field(default=32, metadata=doc("skip images whose aligned shorter side is below this"))
+    max_pixels: int = field(default=100_000_000, metadata=doc("skip images with more pixels (decompression bombs)"))
+    shard_size: int = field(default=1000, metadata=doc("samples per shard (inputs per shard before skips)"))
+    batch_size: int = field(default=8, metadata=doc("images per model call (same-size images are batched)"))
     workers: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=doc(
             "threads decoding and encoding beside the models (default: one per core, max 16, less the one a GPU's "
             "thread keeps)"
         ),
     )
-    device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:i (auto: the rank's GPU if any)"))
+    device: str = field(default="auto", metadata=doc("auto, cpu, cuda or cuda:i (auto: the rank's GPU if any)"))
     dtype: str = field(
         default="auto",
-        metadata=_help(
+        metadata=doc(
             "model precision: auto, fp32, fp16 or bf16 (auto: bf16 where the device computes it natively, "
             "else fp16 on GPUs, else fp32; models unsafe in a precision fall back to fp32)"
         ),
     )
     compile: bool = field(
         default=False,
-        metadata=_help(
+        metadata=doc(
             "torch.compile the generators' models (CUDA only: ignored with a note on a CPU; the first batch of "
             "each image size compiles for a minute or more; fakes may differ from eager ones by a level)"
         ),
     )
     channels_last: bool = field(
         default=True,
-        metadata=_help(
+        metadata=doc(
             "run convolutional generators in channels-last (NHWC) memory format, faster on CPUs and on tensor-core "
             "GPUs (off: NCHW; fakes may differ by a level)"
         ),
     )
-    seed: int = field(default=0, metadata=_help("base seed; each sample's seed derives from it and its key"))
-    rank: int | None = field(default=None, metadata=_help("this worker's rank (default: RANK or Slurm array, else 0)"))
-    world: int | None = field(default=None, metadata=_help("number of workers (default: WORLD_SIZE or Slurm, else 1)"))
-    limit: int | None = field(default=None, metadata=_help("use only the first N inputs (trial runs)"))
+    seed: int = field(default=0, metadata=doc("base seed; each sample's seed derives from it and its key"))
+    rank: int | None = field(default=None, metadata=doc("this worker's rank (default: RANK or Slurm array, else 0)"))
+    world: int | None = field(default=None, metadata=doc("number of workers (default: WORLD_SIZE or Slurm, else 1)"))
+    limit: int | None = field(default=None, metadata=doc("use only the first N inputs (trial runs)"))
     image_field: str | None = field(
-        default=None, metadata=_help("image field of tar sources / column of datasets (default: detected)")
+        default=None, metadata=doc("image field of tar sources / column of datasets (default: detected)")
     )
-    split: str = field(default="train", metadata=_help("split of Hugging Face dataset sources"))
-    recipe: str | None = field(default=None, metadata=_help("TOML recipe the values came from (recorded)"))
+    split: str = field(default="train", metadata=doc("split of Hugging Face dataset sources"))
+    recipe: str | None = field(default=None, metadata=doc("TOML recipe the values came from (recorded)"))
     allow_mixed: bool = field(
         default=False,
-        metadata=_help(
+        metadata=doc(
             "resume a build whose finished shards were made with other runtime settings (batch size, precision, "
             "device type, library versions), recording each shard's own in manifest.json"
         ),
@@ -122,10 +119,6 @@ class BuildConfig:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
             raise SefError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:i")
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
     def specs(self):
         from sefdata.generators import GenSpec

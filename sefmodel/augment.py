@@ -28,11 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from sefdata.fields import doc
+
 from .fields import from_known_fields
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass
@@ -40,24 +38,24 @@ class AugmentConfig:
     """Probabilities and ranges of the paired training augmentation (defaults after DESIGN.md §7: crops and flips
     always, degradations with small probabilities)."""
 
-    flip_p: float = field(default=0.5, metadata=_help("probability of a horizontal flip"))
-    resize_p: float = field(default=0.1, metadata=_help("probability of resizing by a random scale before cropping"))
+    flip_p: float = field(default=0.5, metadata=doc("probability of a horizontal flip"))
+    resize_p: float = field(default=0.1, metadata=doc("probability of resizing by a random scale before cropping"))
     resize_scale: list[float] = field(
-        default_factory=lambda: [0.5, 1.5], metadata=_help("[min, max] resize scale factor")
+        default_factory=lambda: [0.5, 1.5], metadata=doc("[min, max] resize scale factor")
     )
-    color_p: float = field(default=0.1, metadata=_help("probability of colour jitter"))
+    color_p: float = field(default=0.1, metadata=doc("probability of colour jitter"))
     color_strength: float = field(
-        default=0.2, metadata=_help("colour jitter: brightness, contrast, saturation factors in [1-s, 1+s]")
+        default=0.2, metadata=doc("colour jitter: brightness, contrast, saturation factors in [1-s, 1+s]")
     )
-    grayscale_p: float = field(default=0.05, metadata=_help("probability of converting to grayscale"))
-    blur_p: float = field(default=0.1, metadata=_help("probability of a Gaussian blur"))
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 1.5], metadata=_help("[min, max] blur sigma, px"))
-    noise_p: float = field(default=0.05, metadata=_help("probability of additive Gaussian noise"))
+    grayscale_p: float = field(default=0.05, metadata=doc("probability of converting to grayscale"))
+    blur_p: float = field(default=0.1, metadata=doc("probability of a Gaussian blur"))
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 1.5], metadata=doc("[min, max] blur sigma, px"))
+    noise_p: float = field(default=0.05, metadata=doc("probability of additive Gaussian noise"))
     noise_std: list[float] = field(
-        default_factory=lambda: [0.005, 0.03], metadata=_help("[min, max] noise std, in units of the 0-1 range")
+        default_factory=lambda: [0.005, 0.03], metadata=doc("[min, max] noise std, in units of the 0-1 range")
     )
-    jpeg_p: float = field(default=0.1, metadata=_help("probability of JPEG re-compression"))
-    jpeg_quality: list[int] = field(default_factory=lambda: [65, 100], metadata=_help("[min, max] JPEG quality"))
+    jpeg_p: float = field(default=0.1, metadata=doc("probability of JPEG re-compression"))
+    jpeg_quality: list[int] = field(default_factory=lambda: [65, 100], metadata=doc("[min, max] JPEG quality"))
 
     def __post_init__(self) -> None:
         for name in ("flip_p", "resize_p", "color_p", "grayscale_p", "blur_p", "noise_p", "jpeg_p"):

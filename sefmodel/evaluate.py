@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from sefdata.shards import file_sha256
 from . import metrics as M
 from .benchmarks import ALL, PLAIN, BenchItem, ResolvedBenchmark, resolve_bench_arg
 from .detector import SEFDetector
+from .eval_config import EvalConfig
 from .perturb import (
     PerturbSpec,
     Preset,
@@ -68,49 +69,6 @@ from .report.results import CLEAN, PRESET_METRICS, TABLE_METRICS, write_report
 # what computes a score: the model stack, the metrics, the image codecs the perturbations use, this package
 PACKAGES = ("sef-toolkit", "torch", "transformers", "peft", "safetensors", "numpy", "scikit-learn", "pillow")
 RESULTS_FORMAT = "sef-eval/1"
-
-
-@dataclass
-class EvalConfig:
-    """What ``sefmodel eval`` runs; saved in ``results.json``."""
-
-    benches: list[str]
-    """``NAME=PATH`` (a definition in manifests/benchmarks), ``PATH`` (plain real/ + fake/ folder) or
-    ``hf:OWNER/NAME[:split=test,image=COL,label=COL,subset=COL]``; see :func:`resolve_bench_arg`."""
-    perturb: list[str] = field(default_factory=list)
-    """Perturbations (``jpeg:75,blur:1``...) or ``default`` for the standard sweep."""
-    robustness: list[str] = field(default_factory=list)
-    """Named robustness presets (``dda``, ``social``; :data:`sefmodel.perturb.PRESETS`), beside ``perturb``."""
-    calibrate: str | None = None
-    """A held-out set (same syntax as a bench) to fit one decision threshold for ``acc_cal``."""
-    calib_fraction: float = 0.2
-    """Without ``calibrate``: the share of each benchmark (by key hash) that fits its own threshold."""
-    fake_jpeg: str = "none"
-    """Format-bias protocol: none, auto (each definition's recommended quality) or a JPEG quality 1-100."""
-    batch_size: int = 16
-    """Images per forward pass."""
-    crop: str | None = None
-    """center or multi; default: the detector's config."""
-    plots: bool = True
-    """Write PNG plots."""
-
-    def __post_init__(self) -> None:
-        if not self.benches:
-            raise SefError("give at least one --bench")
-        if not 0 <= self.calib_fraction < 1:
-            raise SefError(f"--calib-fraction must be in [0, 1), got {self.calib_fraction}")
-        if self.fake_jpeg not in ("none", "auto"):
-            try:
-                quality = int(self.fake_jpeg)
-            except ValueError:
-                quality = 0
-            if not 1 <= quality <= 100:
-                raise SefError(f"--fake-jpeg must be none, auto or a quality 1-100, got {self.fake_jpeg!r}")
-        if self.batch_size < 1:
-            raise SefError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.crop not in (None, "center", "multi"):
-            raise SefError(f"--crop must be center or multi, got {self.crop!r}")
-        resolve_presets(self.robustness)  # an unknown name fails before any image is scored
 
 
 def _fake_quality(config: EvalConfig, bench: ResolvedBenchmark) -> int | None:

@@ -8,31 +8,42 @@ feature, the blocks before them compute the same thing for every expert and the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from peft import LoraConfig
+from sefdata.fields import doc
 
-from .backbones.base import Backbone
 from .fields import from_known_fields
+
+if TYPE_CHECKING:  # peft and the backbones load with a model, not when `sefmodel train --help` reads the settings
+    from peft import LoraConfig
+
+    from .backbones.base import Backbone
 
 
 @dataclass
 class LoraSettings:
     """LoRA adapter settings shared by all experts of a detector."""
 
-    rank: int = 8
-    """LoRA rank r (>= 1)."""
-    alpha: float = 16.0
-    """LoRA scaling numerator; the update is scaled by alpha / rank."""
-    dropout: float = 0.0
-    """Dropout on the LoRA branch input during expert training, in [0, 1)."""
-    targets: list[str] | None = None
-    """Layer groups to adapt; None = every group of the backbone family: "attention" and "mlp" (ViTs: their
-    Linear projections), "conv" (CNNs: dense convolutions)."""
-    blocks: str | list[int] = "all"
-    """Blocks that get LoRA: "all" (every block up to the feature block), "last:K" (the K blocks ending at the
-    feature block), or a list of block indices (negative from the backbone's last block)."""
+    rank: int = field(default=8, metadata=doc("LoRA rank r (>= 1)."))
+    alpha: float = field(default=16.0, metadata=doc("LoRA scaling numerator; the update is scaled by alpha / rank."))
+    dropout: float = field(
+        default=0.0, metadata=doc("Dropout on the LoRA branch input during expert training, in [0, 1).")
+    )
+    targets: list[str] | None = field(
+        default=None,
+        metadata=doc(
+            'Layer groups to adapt; None = every group of the backbone family: "attention" and "mlp" (ViTs: their '
+            'Linear projections), "conv" (CNNs: dense convolutions).'
+        ),
+    )
+    blocks: str | list[int] = field(
+        default="all",
+        metadata=doc(
+            'Blocks that get LoRA: "all" (every block up to the feature block), "last:K" (the K blocks ending at the '
+            "feature block), or a list of block indices (negative from the backbone's last block)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -91,6 +102,8 @@ class LoraSettings:
         """The peft config for one expert's adapter on ``backbone`` (B initialised to zero: a fresh adapter
         is the identity, so a fresh expert sees exactly the frozen backbone's features)."""
         # a regex peft full-matches against module names; exact paths, so nothing else can match
+        from peft import LoraConfig
+
         pattern = "|".join(re.escape(name) for name in self.target_modules(backbone, feature_block))
         return LoraConfig(
             r=self.rank,

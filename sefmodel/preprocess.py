@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sefdata.fields import doc
 from sefdata.imageio import to_rgb  # step 1: the rule the training data was built with
 
 if TYPE_CHECKING:
@@ -74,10 +75,6 @@ def crop_boxes(width: int, height: int, size: int, mode: str = "center", crops_p
     return [(x, y, x + size, y + size) for y in starts(height) for x in starts(width)]
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class ImageProcessor:
     """Turns images into detector inputs: float32 (N, 3, size, size), normalised with the backbone's mean/std.
@@ -86,19 +83,19 @@ class ImageProcessor:
     ``preprocessor_config.json`` in the detector folder, read back with it.
     """
 
-    size: int = field(default=224, metadata=_help("crop side in pixels (the detector's image_size)"))
+    size: int = field(default=224, metadata=doc("crop side in pixels (the detector's image_size)"))
     image_mean: tuple[float, float, float] = field(
-        default=(0.485, 0.456, 0.406), metadata=_help("per-channel mean of RGB in [0, 1] (the backbone's)")
+        default=(0.485, 0.456, 0.406), metadata=doc("per-channel mean of RGB in [0, 1] (the backbone's)")
     )
     image_std: tuple[float, float, float] = field(
-        default=(0.229, 0.224, 0.225), metadata=_help("per-channel std of RGB in [0, 1] (the backbone's)")
+        default=(0.229, 0.224, 0.225), metadata=doc("per-channel std of RGB in [0, 1] (the backbone's)")
     )
     resize: int | None = field(
-        default=None, metadata=_help("resize the short side to this many pixels first; None keeps native pixels")
+        default=None, metadata=doc("resize the short side to this many pixels first; None keeps native pixels")
     )
-    small: str = field(default="pad", metadata=_help("images smaller than the crop: pad (mean colour) or upscale"))
-    crop: str = field(default="center", metadata=_help("default crops when scoring: center (one) or multi (grid)"))
-    crops_per_side: int = field(default=3, metadata=_help("maximum crops along each side for crop=multi"))
+    small: str = field(default="pad", metadata=doc("images smaller than the crop: pad (mean colour) or upscale"))
+    crop: str = field(default="center", metadata=doc("default crops when scoring: center (one) or multi (grid)"))
+    crops_per_side: int = field(default=3, metadata=doc("maximum crops along each side for crop=multi"))
 
     def __post_init__(self) -> None:
         for name in ("size", "crops_per_side") + (("resize",) if self.resize is not None else ()):

@@ -130,3 +130,66 @@ def test_help_imports_no_model_stack(tool):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _params(app, command: str) -> dict:
+    """A command's options by long flag: (help, default shown, metavar)."""
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]
+    return {next(o for o in p.opts if o.startswith("--")): (p.help, p.show_default, p.metavar) for p in cmd.params
+            if p.param_type_name == "option"}  # fmt: skip
+
+
+def test_runtime_block_is_one_declaration_for_every_scoring_command():
+    """--batch-size, --crop, --device and --threads read the same in every command that scores: they come from
+    RuntimeOptions (eval's --batch-size and --crop through EvalConfig, which takes them from there)."""
+    from sefmodel.runtime import RuntimeOptions
+
+    uses = {"eval": ("batch_size", "crop", "device", "threads"), "predict": ("batch_size", "crop", "device", "threads"),
+            "explain": ("device", "threads"), "calibrate": ("batch_size", "device", "threads"),
+            "golden": ("threads",), "check": ("threads",), "aeroblade": ("device", "threads")}  # fmt: skip
+    fields = {f.name: f.metadata for f in dataclasses.fields(RuntimeOptions)}
+    reference = _params(sefmodel_cli.app, "predict")  # predict has all four
+    for name, meta in fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        assert reference[flag][0] == meta["help"].split(" (default:")[0] and reference[flag][2] == meta["metavar"]
+    for command, names in uses.items():
+        params = _params(sefmodel_cli.app, command)
+        for name in names:
+            flag = f"--{name.replace('_', '-')}"
+            assert params[flag] == reference[flag], (command, flag)
+    shown = _params(sefmodel_cli.app, "predict")
+    assert shown["--device"][1] == "auto" and shown["--batch-size"][1] == "16" and shown["--threads"][1] == "0"
+    assert shown["--crop"][1] == "the detector's config"
+
+
+def test_eval_options_are_eval_config_fields():
+    from sefmodel.eval_config import EvalConfig
+
+    params = _params(sefmodel_cli.app, "eval")
+    flags = {
+        "--bench" if f.name == "benches" else f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(EvalConfig)
+    }
+    assert set(params) == flags | {"--device", "--threads", "--out", "--progress"}
+    assert params["--calib-fraction"][1] == "0.2" and params["--fake-jpeg"][1] == "none"
+    assert params["--plots"][1] == "plots"
+
+
+def test_publish_block_is_shared_and_shows_the_librarys_defaults():
+    """The six publish options are one declaration; each tool's --license default is its library's."""
+    import inspect
+
+    from sefdata.publish import publish as publish_dataset
+    from sefmodel.publish import publish as publish_detector
+
+    data, model = _params(sefdata_cli.app, "publish"), _params(sefmodel_cli.app, "publish")
+    shared = ("--repo", "--private", "--revision", "--license", "--dry-run", "--staging")
+    for flag in shared:
+        assert "{" not in data[flag][0] and data[flag][2] == model[flag][2], flag
+    assert data["--private"] == model["--private"] and data["--revision"] == model["--revision"]
+    assert data["--dry-run"] == model["--dry-run"]
+    assert data["--repo"][0].startswith("Hub dataset repo") and model["--repo"][0].startswith("Hub model repo")
+    assert data["--staging"][1] == "FOLDER/.publish" and model["--staging"][1] == "RUN/.publish"
+    assert data["--license"][1] == inspect.signature(publish_dataset).parameters["license"].default
+    assert model["--license"][1] == inspect.signature(publish_detector).parameters["license"].default

@@ -261,9 +261,10 @@ def test_eval_calibration_set_and_errors(run_dir, tmp_path):
     assert prov["packages"]["torch"] == torch.__version__ and prov["packages"]["numpy"] == np.__version__
     assert prov["packages"]["scikit-learn"] == sklearn.__version__
     assert prov["packages"]["sef-toolkit"] == importlib.metadata.version("sef-toolkit")
+    # the options in --help's order: eval's (EvalConfig's), the runtime block's, the command's own
     assert shlex.split(prov["command"]) == [
-        "sefmodel", "eval", "detector", "--bench", "mine=b", "--calibrate", "cal", "--out", "out", "--device", "cpu",
-        "--no-plots", "--no-progress",
+        "sefmodel", "eval", "detector", "--bench", "mine=b", "--calibrate", "cal", "--no-plots", "--device", "cpu",
+        "--out", "out", "--no-progress",
     ]  # fmt: skip
     assert json_local_paths(prov) == [] and json_local_paths({"command": f"eval {bench}"})  # the check can fail
     bad = runner.invoke(app, ["eval", str(run_dir), "--bench", str(bench), "--fake-jpeg", "200"])

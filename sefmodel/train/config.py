@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sefdata.fields import doc
+
 from ..fields import from_known_fields
 
 if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not when `--help` reads the options
@@ -25,90 +27,86 @@ FUSION_DETECTOR_KEYS = ("gate_hidden", "gate_input")
 RESUMABLE_CHANGES = ("out", "log_every", "tensorboard", "val_every", "val_data", "val_max_samples")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class TrainConfig:
     data: list[str] = field(
         default_factory=list,
-        metadata=_help("training shards: build folders, .tar paths, brace/glob patterns or hf:// URLs"),
+        metadata=doc("training shards: build folders, .tar paths, brace/glob patterns or hf:// URLs"),
     )
-    out: str = field(default="", metadata=_help("run folder: config, checkpoints, metrics.jsonl, detector/"))
+    out: str = field(default="", metadata=doc("run folder: config, checkpoints, metrics.jsonl, detector/"))
     stage: str = field(
         default="expert",
-        metadata=_help("expert (one domain), fusion (gate over experts), mixed or distill (one LoRA from a teacher)"),
+        metadata=doc("expert (one domain), fusion (gate over experts), mixed or distill (one LoRA from a teacher)"),
     )
     domain: str | None = field(
-        default=None, metadata=_help("expert stage: the domain to learn (a key of domains, e.g. recon or sr)")
+        default=None, metadata=doc("expert stage: the domain to learn (a key of domains, e.g. recon or sr)")
     )
     domains: dict[str, list[str]] = field(
         default_factory=lambda: _default_domains(),
-        metadata=_help("domain -> the shard fields holding its fakes (default recon=vae,ddim,taesd sr=sr)"),
+        metadata=doc("domain -> the shard fields holding its fakes (default recon=vae,ddim,taesd sr=sr)"),
     )
     experts: list[str] = field(
-        default_factory=list, metadata=_help("fusion stage: expert run folders (or detector folders / Hub ids)")
+        default_factory=list, metadata=doc("fusion stage: expert run folders (or detector folders / Hub ids)")
     )
     fusion: str = field(
         default="moe",
-        metadata=_help(
+        metadata=doc(
             "fusion stage: fusion head, moe (a gate that weighs the experts' own logits; chosen on validation by "
             "bench/learning.py), sef, stack, max, noisy_or, mean or concat (docs/detector.md)"
         ),
     )
     teacher: str | None = field(
-        default=None, metadata=_help("distill stage: the detector to learn from: run folder, detector folder or Hub id")
+        default=None, metadata=doc("distill stage: the detector to learn from: run folder, detector folder or Hub id")
     )
     distill_alpha: float = field(
         default=0.5,
-        metadata=_help("distill stage: loss = alpha x BCE(labels) + (1 - alpha) x BCE(teacher's probability)"),
+        metadata=doc("distill stage: loss = alpha x BCE(labels) + (1 - alpha) x BCE(teacher's probability)"),
     )
     distill_temperature: float = field(
-        default=1.0, metadata=_help("distill stage: soften teacher and student logits by this (the soft term x T^2)")
+        default=1.0, metadata=doc("distill stage: soften teacher and student logits by this (the soft term x T^2)")
     )
     detector: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_help("DetectorConfig fields for the new detector (backbone, backbone_id, lora, image_size, ...)"),
+        metadata=doc("DetectorConfig fields for the new detector (backbone, backbone_id, lora, image_size, ...)"),
     )
     val_data: list[str] = field(
-        default_factory=list, metadata=_help("held-out shards for periodic validation (default: no validation)")
+        default_factory=list, metadata=doc("held-out shards for periodic validation (default: no validation)")
     )
-    steps: int = field(default=5000, metadata=_help("optimizer steps in the whole run (sets the cosine schedule)"))
+    steps: int = field(default=5000, metadata=doc("optimizer steps in the whole run (sets the cosine schedule)"))
     batch_size: int = field(
-        default=64, metadata=_help("effective batch in images (half real, half fake), over all ranks and accumulation")
+        default=64, metadata=doc("effective batch in images (half real, half fake), over all ranks and accumulation")
     )
     micro_batch_size: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=doc(
             "images per forward pass per rank; the rest is gradient accumulation (default: batch_size / ranks)"
         ),
     )
-    lr: float = field(default=1e-4, metadata=_help("peak AdamW learning rate"))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
-    warmup: float = field(default=0.05, metadata=_help("linear warm-up, as a fraction of steps"))
-    min_lr_ratio: float = field(default=0.0, metadata=_help("the cosine schedule ends at lr * min_lr_ratio"))
-    grad_clip: float = field(default=1.0, metadata=_help("clip the gradient norm to this (0: no clipping)"))
+    lr: float = field(default=1e-4, metadata=doc("peak AdamW learning rate"))
+    weight_decay: float = field(default=0.01, metadata=doc("AdamW weight decay"))
+    warmup: float = field(default=0.05, metadata=doc("linear warm-up, as a fraction of steps"))
+    min_lr_ratio: float = field(default=0.0, metadata=doc("the cosine schedule ends at lr * min_lr_ratio"))
+    grad_clip: float = field(default=1.0, metadata=doc("clip the gradient norm to this (0: no clipping)"))
     mixed_precision: str = field(
-        default="auto", metadata=_help("auto (bf16 or fp16 on GPU, none on CPU), no, fp16 or bf16")
+        default="auto", metadata=doc("auto (bf16 or fp16 on GPU, none on CPU), no, fp16 or bf16")
     )
-    cpu: bool = field(default=False, metadata=_help("train on the CPU even if a GPU is visible"))
-    seed: int = field(default=0, metadata=_help("seeds the model init, data order, augmentation and dropout"))
+    cpu: bool = field(default=False, metadata=doc("train on the CPU even if a GPU is visible"))
+    seed: int = field(default=0, metadata=doc("seeds the model init, data order, augmentation and dropout"))
     num_workers: int = field(
         default=4,
-        metadata=_help("data-loading processes per rank (0: in the main process); at most the rank's shard count"),
+        metadata=doc("data-loading processes per rank (0: in the main process); at most the rank's shard count"),
     )
-    shuffle_buffer: int = field(default=256, metadata=_help("raw samples per data worker kept for shuffling"))
-    augment: AugmentConfig = field(default_factory=lambda: _augment(), metadata=_help("paired augmentation settings"))
-    val_every: int = field(default=500, metadata=_help("validate every N steps (and at the end)"))
-    val_max_samples: int | None = field(default=None, metadata=_help("cap on held-out samples per validation"))
+    shuffle_buffer: int = field(default=256, metadata=doc("raw samples per data worker kept for shuffling"))
+    augment: AugmentConfig = field(default_factory=lambda: _augment(), metadata=doc("paired augmentation settings"))
+    val_every: int = field(default=500, metadata=doc("validate every N steps (and at the end)"))
+    val_max_samples: int | None = field(default=None, metadata=doc("cap on held-out samples per validation"))
     save_every: int = field(
-        default=1000, metadata=_help("save the last checkpoint every N steps; the data stream restarts there too")
+        default=1000, metadata=doc("save the last checkpoint every N steps; the data stream restarts there too")
     )
-    log_every: int = field(default=10, metadata=_help("write training metrics every N steps"))
-    tensorboard: bool = field(default=False, metadata=_help("also log to RUN/tensorboard (needs tensorboard)"))
+    log_every: int = field(default=10, metadata=doc("write training metrics every N steps"))
+    tensorboard: bool = field(default=False, metadata=doc("also log to RUN/tensorboard (needs tensorboard)"))
     record_keys: bool = field(
-        default=False, metadata=_help("write every training sample key to RUN/keys-rank<R>.txt (debugging)")
+        default=False, metadata=doc("write every training sample key to RUN/keys-rank<R>.txt (debugging)")
     )
 
     def __post_init__(self) -> None:
@@ -172,10 +170,6 @@ class TrainConfig:
             )
         if self.stage != "fusion" and set(self.detector) & {"experts", "fusion"}:
             raise ValueError("detector.experts and detector.fusion are set by the stage, not by hand")
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
