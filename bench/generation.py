@@ -81,7 +81,7 @@ from PIL import Image
 
 from sefdata.align import common_multiple
 from sefdata.assets import find_assets
-from sefdata.build import Builder, available_cores
+from sefdata.build import Builder, available_cores, stack_batches
 from sefdata.config import BuildConfig, resolve_device, resolve_dtype
 from sefdata.encode import encode_png
 from sefdata.errors import SkipSample
@@ -208,7 +208,7 @@ def models_alone(config: BuildConfig, generators: list[Generator], limit: int | 
     try:
         builder.generators()
         prepared = [builder.prepare(item) for item in islice(iter_sources(config.sources), limit)]
-        batches = builder.batches(prepared)
+        batches = stack_batches(prepared, config.batch_size, pin_memory=builder.device.type == "cuda")
         _sync(config.device)
         start = time.perf_counter()
         for batch in batches:

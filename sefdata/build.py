@@ -19,6 +19,12 @@ through all of the rank's unfinished shards, in windows of ``4 x batch_size`` in
     I/O pool: encode each sample as soon as its batch is done
     writer thread: the samples in input order into the shard's tar; commit and stats at a shard's end
 
+Each is a stage of its own below, and :meth:`Builder.build_shards` composes them: :func:`cut_windows` →
+:class:`Prefetch` (:meth:`Builder.prepare` in the pool, :func:`stack_batches` in the feeder) →
+:func:`generate_window` (:meth:`Builder.generate`: :func:`run_generator`, and :func:`find_culprits` when a batch
+fails) → :class:`WriteBehind` (:meth:`Builder.sample` in the pool, then the writer thread; :func:`finish_shard` at a
+shard's end).
+
 Queues are bounded: the models run at most LOOKAHEAD windows behind the decoders and WRITE_BEHIND windows ahead of
 the writer, so memory stays flat whatever the corpus size. Samples are written in input order and batches are cut
 from the same windows whatever the timing, so the bytes do not depend on thread counts or scheduling.
@@ -34,9 +40,10 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -106,8 +113,8 @@ class Batch:
 
 
 @dataclass(eq=False)
-class _Shard:
-    """One shard on its way through the pipeline."""
+class ShardRun:
+    """One shard on its way through the pipeline: its inputs, the ones left out with their reasons, its timings."""
 
     index: int
     items: list[SourceItem]
@@ -116,6 +123,7 @@ class _Shard:
     skipped: list[tuple[int, dict]] = field(default_factory=list)  # (input position, entry)
     writer: ShardWriter | None = None
     position: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the timings of pool threads
 
     def __post_init__(self) -> None:
         self.position = {id(item): i for i, item in enumerate(self.items)}
@@ -124,16 +132,26 @@ class _Shard:
         entry = {"key": item.key, "source": item.source, "reason": err.reason, "detail": err.detail}
         self.skipped.append((self.position[id(item)], entry))
 
+    def timed(self, name: str, fn: Callable, *args):
+        """``fn(*args)`` (in a pool thread), its wall time added to the timings under ``worker.NAME``."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            with self.lock:
+                self.timings[f"worker.{name}"] += time.perf_counter() - t0
+
 
 @dataclass(eq=False)
-class _Window:
+class Window:
     """Up to ``4 x batch_size`` consecutive inputs of one shard, decoded and cut into batches."""
 
-    shard: _Shard
+    shard: ShardRun
     items: list[SourceItem]
     last: bool  # the shard's last window
-    results: list[Prepared | SkipSample] = field(default_factory=list)
+    results: list[Prepared | SkipSample] = field(default_factory=list)  # one per input, in order
     batches: list[Batch] = field(default_factory=list)
+    encoded: dict[int, Future] = field(default_factory=dict)  # id(Prepared) -> its sample's encoding
 
 
 @dataclass
@@ -167,6 +185,256 @@ def _lower_priority() -> None:
     """Give the calling thread a lower CPU priority (nice 10; Linux: a thread's id is a process id here)."""
     with contextlib.suppress(AttributeError, OSError):  # elsewhere, or not permitted: run as is
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+# -- stages: each with its inputs and outputs explicit, composed by Builder.build_shards -------------------------------
+
+
+def cut_windows(shards: list[ShardRun], size: int) -> list[Window]:
+    """Each shard's inputs, in order, cut into windows of ``size`` consecutive inputs (a shard's last may be short)."""
+    return [Window(s, s.items[lo : lo + size], lo + size >= len(s.items))
+            for s in shards for lo in range(0, len(s.items), size)]  # fmt: skip
+
+
+def _attempt(prepare: Callable[[SourceItem], Prepared], item: SourceItem) -> Prepared | SkipSample:
+    try:
+        return prepare(item)
+    except SkipSample as e:
+        return e
+
+
+class Prefetch:
+    """read → decode → align, ahead of the models: iterating yields ``windows`` in order, each with its ``results``
+    (a :class:`Prepared`, or the :class:`SkipSample` that stopped that input) and its ``batches``, while up to
+    ``lookahead`` more windows are prepared by ``prepare`` in ``pool`` and cut into batches by ``cut`` in ``feeder``.
+    The wait for a window is added to its shard's ``wait_input`` timing."""
+
+    def __init__(
+        self,
+        windows: list[Window],
+        prepare: Callable[[SourceItem], Prepared],
+        cut: Callable[[list[Prepared]], list[Batch]],
+        pool: ThreadPoolExecutor,
+        feeder: ThreadPoolExecutor,
+        lookahead: int,
+    ) -> None:
+        self.windows, self.prepare, self.cut = windows, prepare, cut
+        self.pool, self.feeder, self.lookahead = pool, feeder, lookahead
+        self._reads: dict[int, list[Future]] = {}  # window -> its read/decode/align tasks, while in flight
+        self._fed: deque[Future] = deque()  # windows being fed, in order
+        self._reading: list[ShardRun] = []  # shards with reads in flight, in order
+
+    def _submit(self, window: Window, w: int) -> None:
+        shard = window.shard
+        if not self._reading or shard is not self._reading[-1]:  # a shard's first window
+            self._reading.append(shard)
+            # a streamed dataset keeps exactly the rows of the shards being read as they pass
+            want([item for s in self._reading for item in s.items])
+            shard.started = time.perf_counter()
+        self._reads[w] = [self.pool.submit(shard.timed, "read_decode_align", _attempt, self.prepare, item)
+                          for item in window.items]  # fmt: skip
+        self._fed.append(self.feeder.submit(self._feed, window, self._reads[w]))
+
+    def _feed(self, window: Window, reads: list[Future]) -> Window:
+        """Feeder thread: a window's prepared inputs, cut into stacked batches."""
+        window.results = [f.result() for f in reads]
+        window.batches = self.cut([r for r in window.results if isinstance(r, Prepared)])
+        return window
+
+    def __iter__(self) -> Iterator[Window]:
+        submitted = 0
+        for w in range(len(self.windows)):
+            while submitted < min(len(self.windows), w + 1 + self.lookahead):
+                self._submit(self.windows[submitted], submitted)
+                submitted += 1
+            t0 = time.perf_counter()
+            window = self._fed.popleft().result()
+            del self._reads[w]
+            if window.last:  # every read of this shard is done
+                self._reading.remove(window.shard)
+            window.shard.timings["wait_input"] += time.perf_counter() - t0
+            yield window
+
+    def cancel(self) -> None:
+        """Cancel what has not started (the build is stopping)."""
+        for f in [*self._fed, *(t for tasks in self._reads.values() for t in tasks)]:
+            f.cancel()
+
+
+def stack_batches(prepared: list[Prepared], batch_size: int, pin_memory: bool) -> list[Batch]:
+    """Same-size images batched in input order of their first member (what decides a batch's members, and so its
+    floating-point results), their pixels stacked for the device: pinned memory for a GPU copies without waiting."""
+    by_size: dict[tuple[int, ...], list[Prepared]] = {}
+    for p in prepared:
+        by_size.setdefault(p.aligned.pixels.shape, []).append(p)
+    out = []
+    for group in by_size.values():
+        for b in range(0, len(group), batch_size):
+            items = group[b : b + batch_size]
+            pixels = torch.empty((len(items), *items[0].aligned.pixels.shape), dtype=torch.uint8,
+                                 pin_memory=pin_memory)  # fmt: skip
+            np.stack([p.aligned.pixels for p in items], out=pixels.numpy())
+            out.append(Batch(items, pixels))
+    return out
+
+
+def run_generator(gen: Generator, name: str, items: list[Prepared], x: torch.Tensor, seed: int) -> None:
+    """``gen`` on ``x`` (float32 (N, 3, H, W) in [0, 1], on the device), each item's fake stored as
+    ``item.fakes[name]`` (uint8 (H, W, 3)) with the generator's per-sample record, if any. On a GPU the fakes reach
+    the host without waiting: ``item.wait_for_fakes()`` waits."""
+    seeds = [sample_seed(seed, p.item.key, name) for p in items]
+    y = gen.generate(x, seeds)
+    if y.shape != x.shape:
+        raise RuntimeError(f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}")
+    # quantise where the output lives (on the GPU if any), in float32 whatever the model's dtype
+    with torch.inference_mode():
+        fakes = y.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    copied = None
+    if fakes.device.type == "cuda":  # one copy back per batch, into pinned memory, without waiting for it:
+        host = torch.empty(fakes.shape, dtype=torch.uint8, pin_memory=True)  # the encoders wait instead
+        host.copy_(fakes, non_blocking=True)
+        copied = torch.cuda.current_stream(fakes.device).record_event()
+        fakes = host
+    for p, fake in zip(items, fakes.cpu().numpy(), strict=True):
+        p.fakes[name] = fake
+        if copied is not None:
+            p.copies.append(copied)
+    records = gen.sample_records()
+    for p, record in zip(items, records, strict=True) if records else ():
+        p.records[name] = record
+
+
+def find_culprits(name: str, positions: list[int], run_one: Callable[[int], None]) -> dict[int, SkipSample]:
+    """After generator ``name`` failed on a batch: ``run_one`` on each position alone, to find the input(s) at
+    fault. Returns each failing position's reason; running out of memory is no input's fault and propagates."""
+    failures: dict[int, SkipSample] = {}
+    for i in positions:
+        try:
+            run_one(i)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            failures[i] = SkipSample("generation_failed", f"{name}: {type(e).__name__}: {e}")
+    return failures
+
+
+def generate_window(
+    window: Window,
+    generate: Callable[[Batch, Counter], dict[int, SkipSample]],
+    encode: Callable[[Window, Prepared], None],
+) -> None:
+    """The models' stage for one window: each batch through ``generate`` (which returns its failures by position),
+    each sample that came through handed to ``encode`` as soon as its batch is done. Every input left out, at
+    decoding or by a generator, is recorded in its shard with its reason."""
+    shard = window.shard
+    for item, r in zip(window.items, window.results, strict=True):
+        if isinstance(r, SkipSample):
+            shard.skip(item, r)
+    for batch in window.batches:
+        failures = generate(batch, shard.timings)
+        batch.pixels = None  # the stacked copy is no longer needed (each item keeps its own)
+        for i, p in enumerate(batch.items):
+            if i in failures:
+                p.error = failures[i]
+                shard.skip(p.item, p.error)
+            else:
+                encode(window, p)
+
+
+class WriteBehind:
+    """encode → write, behind the models. :meth:`encode` encodes a sample with ``encode`` in ``pool``; :meth:`put`
+    hands a window to the ``writer`` thread, which writes its samples into its shard's tar in input order, and
+    blocks while ``behind`` windows already wait there. A shard's last window ends with ``finish(shard)``, which
+    commits the tar and returns the stats, passed to ``done``."""
+
+    def __init__(
+        self,
+        out: Path,
+        encode: Callable[[Prepared], dict],
+        finish: Callable[[ShardRun], dict],
+        pool: ThreadPoolExecutor,
+        writer: ThreadPoolExecutor,
+        behind: int,
+        done: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.out, self._encode, self.finish, self.done = out, encode, finish, done
+        self.pool, self.writer, self.behind = pool, writer, behind
+        self._pending: deque[tuple[Future, list[Future]]] = deque()  # (write, its encodes), in order
+        self._failed = False
+
+    def encode(self, window: Window, p: Prepared) -> None:
+        window.encoded[id(p)] = self.pool.submit(window.shard.timed, "encode", self._encode, p)
+
+    def put(self, window: Window) -> None:
+        in_order = [window.encoded[id(r)] for r in window.results if id(r) in window.encoded]
+        t0 = time.perf_counter()
+        while len(self._pending) >= self.behind:  # bounded: the models wait here if encoding falls behind
+            self._collect()
+        window.shard.timings["wait_encode_write"] += time.perf_counter() - t0
+        self._pending.append((self.writer.submit(self._write, window.shard, in_order, window.last), in_order))
+
+    def drain(self) -> None:
+        """Wait until every window put is written."""
+        while self._pending:
+            self._collect()
+
+    def cancel(self) -> None:
+        """Cancel what has not started and let the writer stop (a cancelled encode ends its window)."""
+        for _, encodes in self._pending:
+            for f in encodes:
+                f.cancel()
+        for write, _ in self._pending:
+            write.cancel() or wait([write])
+
+    def _collect(self) -> None:
+        stats = self._pending.popleft()[0].result()
+        if stats is not None and self.done is not None:
+            self.done(stats)
+
+    def _write(self, shard: ShardRun, encoded: list[Future], last: bool) -> dict | None:
+        """Writer thread: a window's samples into its shard's tar; a shard's last window finishes it (stats last:
+        they mark it done). Returns the stats then."""
+        if self._failed:  # windows queued behind a failed one are not written: the build is stopping
+            raise RuntimeError("not written: an earlier window's write failed")
+        t0 = time.perf_counter()
+        try:
+            if shard.writer is None:
+                shard.writer = ShardWriter(self.out, shard.index)
+            for f in encoded:
+                shard.writer.write(f.result())
+            with shard.lock:
+                shard.timings["writer.wait_encode_write"] += time.perf_counter() - t0
+            return self.finish(shard) if last else None
+        except BaseException:
+            self._failed = True
+            raise
+
+
+def finish_shard(shard: ShardRun, out: Path, header: dict) -> dict:
+    """Commit a shard's tar and write its stats (``header``: the build's part of them), last, which marks it done.
+    A shard with no sample written gets stats but no tar and no file (see :meth:`Builder.run`)."""
+    writer = shard.writer
+    assert writer is not None
+    if writer.count == 0:  # nothing to write: no empty tar, and no stats, so the shard is not done
+        writer.abort()
+    else:
+        nbytes, sha = writer.commit()
+    with shard.lock:
+        timings = {k: round(v, 4) for k, v in sorted(shard.timings.items())}
+    stats = {
+        "shard": shard.index,
+        "tar": tar_path(out, shard.index).name,
+        "inputs": len(shard.items),
+        "written": writer.count,
+        "failed": dict(sorted(Counter(entry["reason"] for _, entry in shard.skipped).items())),
+        "skipped": [entry for _, entry in sorted(shard.skipped, key=lambda e: e[0])],
+        "timings": timings | {"total": round(time.perf_counter() - shard.started, 4)},
+        **header,
+    }
+    if writer.count:
+        stats |= {"bytes": nbytes, "sha256": sha, "encoding": ",".join(sorted(writer.encodings))}
+        atomic_write_json(stats_path(out, shard.index), stats)  # last: this marks the shard done
+    return stats
 
 
 class Builder:
@@ -231,8 +499,6 @@ class Builder:
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sefdata-io", initializer=lower)
         self._feeder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sefdata-feed")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sefdata-write")
-        self._timing_lock = threading.Lock()
-        self._write_failed = False
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_out(self) -> None:
@@ -298,38 +564,24 @@ class Builder:
         decoded.pixels = aligned.pixels  # keep one copy in memory
         return Prepared(item, hashlib.sha256(data).hexdigest(), decoded, aligned, encoding_for(self.policy, decoded))
 
-    def batches(self, prepared: list[Prepared]) -> list[Batch]:
-        """Same-size images batched in input order of their first member (what decides a batch's members, and so
-        its floating-point results), their pixels stacked for the device: pinned memory for a GPU copies without
-        waiting."""
-        by_size: dict[tuple[int, ...], list[Prepared]] = {}
-        for p in prepared:
-            by_size.setdefault(p.aligned.pixels.shape, []).append(p)
-        out = []
-        for group in by_size.values():
-            for b in range(0, len(group), self.config.batch_size):
-                items = group[b : b + self.config.batch_size]
-                pixels = torch.empty((len(items), *items[0].aligned.pixels.shape), dtype=torch.uint8,
-                                     pin_memory=self.device.type == "cuda")  # fmt: skip
-                np.stack([p.aligned.pixels for p in items], out=pixels.numpy())
-                out.append(Batch(items, pixels))
-        return out
-
     def generate(self, batch: Batch, timings: Counter) -> dict[int, SkipSample]:
-        """Run every generator on a batch, filling its items' ``fakes``. Returns failures by position."""
+        """Run every generator on a batch, filling its items' ``fakes``. Returns failures by position: a generator
+        that fails on a batch is run on each of its images alone to find the culprits, which the next generators
+        skip."""
         failures: dict[int, SkipSample] = {}
         start = time.perf_counter()
         # uint8 crosses to the device (a quarter of float32's bytes) and becomes float32 in [0, 1] there, once for
         # every generator (they read it, never write it)
         x = batch.pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         timings["to_device"] += time.perf_counter() - start
+        seed, items = self.config.seed, batch.items
         for name, gen in self.generators():
-            todo = [i for i in range(len(batch.items)) if i not in failures]
+            todo = [i for i in range(len(items)) if i not in failures]
             if not todo:
                 break
             start = time.perf_counter()
             try:
-                self._run(gen, name, [batch.items[i] for i in todo], x if len(todo) == len(batch.items) else x[todo])
+                run_generator(gen, name, [items[i] for i in todo], x if len(todo) == len(items) else x[todo], seed)
             except torch.OutOfMemoryError:
                 raise SefError(
                     f"out of memory in generator {name!r} at batch size {len(todo)} of "
@@ -337,37 +589,11 @@ class Builder:
                     "add --allow-mixed, or use a new --out), use --dtype fp16/bf16, --max-side, or a smaller sr tile"
                 ) from None
             except Exception:
-                for i in todo:  # find the culprit(s): one image at a time
-                    try:
-                        self._run(gen, name, [batch.items[i]], x[i : i + 1])
-                    except torch.OutOfMemoryError:
-                        raise
-                    except Exception as e:
-                        failures[i] = SkipSample("generation_failed", f"{name}: {type(e).__name__}: {e}")
+                failures |= find_culprits(
+                    name, todo, lambda i, gen=gen, name=name: run_generator(gen, name, [items[i]], x[i : i + 1], seed)
+                )
             timings[f"generate.{name}"] += time.perf_counter() - start
         return failures
-
-    def _run(self, gen: Generator, name: str, batch: list[Prepared], x: torch.Tensor) -> None:
-        seeds = [sample_seed(self.config.seed, p.item.key, name) for p in batch]
-        y = gen.generate(x, seeds)
-        if y.shape != x.shape:
-            raise RuntimeError(f"generator returned {tuple(y.shape)} for input {tuple(x.shape)}")
-        # quantise where the output lives (on the GPU if any), in float32 whatever the model's dtype
-        with torch.inference_mode():
-            fakes = y.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        copied = None
-        if fakes.device.type == "cuda":  # one copy back per batch, into pinned memory, without waiting for it:
-            host = torch.empty(fakes.shape, dtype=torch.uint8, pin_memory=True)  # the encoders wait instead
-            host.copy_(fakes, non_blocking=True)
-            copied = torch.cuda.current_stream(fakes.device).record_event()
-            fakes = host
-        for p, fake in zip(batch, fakes.cpu().numpy(), strict=True):
-            p.fakes[name] = fake
-            if copied is not None:
-                p.copies.append(copied)
-        records = gen.sample_records()
-        for p, record in zip(batch, records, strict=True) if records else ():
-            p.records[name] = record
 
     def sample(self, p: Prepared) -> dict:
         """Encode a prepared sample into its shard fields."""
@@ -409,65 +635,12 @@ class Builder:
         return {"__key__": p.item.key, **fields}
 
     # -- the pipeline -----------------------------------------------------------------------------------------
-    def _timed(self, shard: _Shard, name: str, fn, *args):
-        """Run ``fn`` in a pool thread, adding its wall time to the shard's timings under ``worker.NAME``."""
-        t0 = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            with self._timing_lock:
-                shard.timings[f"worker.{name}"] += time.perf_counter() - t0
-
-    def _try_prepare(self, item: SourceItem) -> Prepared | SkipSample:
-        try:
-            return self.prepare(item)
-        except SkipSample as e:
-            return e
-
-    def _feed(self, window: _Window, reads: list[Future]) -> _Window:
-        """Feeder thread: a window's decoded inputs, cut into stacked batches."""
-        window.results = [f.result() for f in reads]
-        window.batches = self.batches([r for r in window.results if isinstance(r, Prepared)])
-        return window
-
-    def _write(self, shard: _Shard, encoded: list[Future], last: bool) -> dict | None:
-        """Writer thread: a window's samples into its shard's tar, in input order; a shard's last window commits
-        it and writes its stats (last: they mark it done). Returns the stats then."""
-        if self._write_failed:  # windows queued behind a failed one are not written: the build is stopping
-            raise RuntimeError("not written: an earlier window's write failed")
-        t0 = time.perf_counter()
-        try:
-            if shard.writer is None:
-                shard.writer = ShardWriter(self.out, shard.index)
-            for f in encoded:
-                shard.writer.write(f.result())
-            with self._timing_lock:
-                shard.timings["writer.wait_encode_write"] += time.perf_counter() - t0
-            return self._finish(shard) if last else None
-        except BaseException:
-            self._write_failed = True
-            raise
-
-    def _finish(self, shard: _Shard) -> dict:
-        writer = shard.writer
-        assert writer is not None
-        if writer.count == 0:  # nothing to write: no empty tar, and no stats, so the shard is not done
-            writer.abort()
-        else:
-            nbytes, sha = writer.commit()
-        with self._timing_lock:
-            timings = {k: round(v, 4) for k, v in sorted(shard.timings.items())}
+    def _stats_header(self) -> dict:
+        """What every shard's stats record of this build and run (the rest is the shard's own)."""
         gens = self.generators()
-        stats = {
-            "shard": shard.index,
-            "tar": tar_path(self.out, shard.index).name,
-            "inputs": len(shard.items),
-            "written": writer.count,
-            "failed": dict(sorted(Counter(entry["reason"] for _, entry in shard.skipped).items())),
-            "skipped": [entry for _, entry in sorted(shard.skipped, key=lambda e: e[0])],
+        return {
             "fields": ["real", *(n for n, _ in gens)],
             "generators": {n: self._infos[n] for n, _ in gens},
-            "timings": timings | {"total": round(time.perf_counter() - shard.started, 4)},
             "rank": self.rank,
             "world": self.world,
             "host": socket.gethostname(),
@@ -475,10 +648,6 @@ class Builder:
             "settings": self.settings,
             "allow_mixed": self.config.allow_mixed,
         }
-        if writer.count:
-            stats |= {"bytes": nbytes, "sha256": sha, "encoding": ",".join(sorted(writer.encodings))}
-            atomic_write_json(stats_path(self.out, shard.index), stats)  # last: this marks the shard done
-        return stats
 
     def build_shards(self, plans: list, bar: tqdm | None = None, done: Callable[[dict], None] | None = None) -> None:
         """Build ``plans``' shards through one pipeline (see the module docstring): the models run in this thread,
@@ -486,72 +655,22 @@ class Builder:
         a shard's start and end cost no idle model time. ``done`` gets each shard's stats, in order, once its stats
         file is written (a shard whose every input was skipped gets stats, but no file: see :meth:`run`)."""
         self.generators()  # load the models before reading anything
-        size = self.config.batch_size * 4
-        shards = [_Shard(p.index, p.items) for p in plans]
-        windows = [_Window(s, s.items[lo : lo + size], lo + size >= len(s.items))
-                   for s in shards for lo in range(0, len(s.items), size)]  # fmt: skip
-        reads: dict[int, list[Future]] = {}  # window -> its read/decode/align tasks, while in flight
-        fed: deque[Future] = deque()  # windows being fed, in order
-        written: deque[tuple[Future, list[Future]]] = deque()  # (write, its encodes), in order
-        reading: list[_Shard] = []  # shards with reads in flight, in order
-
-        def submit(w: int) -> None:
-            window = windows[w]
-            if not reading or window.shard is not reading[-1]:  # a shard's first window
-                reading.append(window.shard)
-                # a streamed dataset keeps exactly the rows of the shards being read as they pass
-                want([item for shard in reading for item in shard.items])
-                window.shard.started = time.perf_counter()
-            reads[w] = [self._pool.submit(self._timed, window.shard, "read_decode_align", self._try_prepare, item)
-                        for item in window.items]  # fmt: skip
-            fed.append(self._feeder.submit(self._feed, window, reads[w]))
-
-        def collect(write: Future) -> None:
-            stats = write.result()
-            if stats is not None and done is not None:
-                done(stats)
-
-        submitted = 0
+        shards = [ShardRun(p.index, p.items) for p in plans]
+        cut = partial(stack_batches, batch_size=self.config.batch_size, pin_memory=self.device.type == "cuda")
+        inputs = Prefetch(cut_windows(shards, 4 * self.config.batch_size), self.prepare, cut, self._pool,
+                          self._feeder, LOOKAHEAD)  # fmt: skip
+        finish = partial(finish_shard, out=self.out, header=self._stats_header())
+        output = WriteBehind(self.out, self.sample, finish, self._pool, self._writer, WRITE_BEHIND, done)
         try:
-            for w in range(len(windows)):
-                while submitted < min(len(windows), w + 1 + LOOKAHEAD):
-                    submit(submitted)
-                    submitted += 1
-                t0 = time.perf_counter()
-                window = fed.popleft().result()
-                del reads[w]
-                shard = window.shard
-                if window.last:  # every read of this shard is done
-                    reading.remove(shard)
-                shard.timings["wait_input"] += time.perf_counter() - t0
-                for item, r in zip(window.items, window.results, strict=True):
-                    if isinstance(r, SkipSample):
-                        shard.skip(item, r)
-                encodes: dict[int, Future] = {}
-                for batch in window.batches:
-                    failures = self.generate(batch, shard.timings)
-                    batch.pixels = None  # the stacked copy is no longer needed (each item keeps its own)
-                    for i, p in enumerate(batch.items):
-                        if i in failures:
-                            p.error = failures[i]
-                            shard.skip(p.item, p.error)
-                        else:  # encoded as soon as its batch is done, while the models go on
-                            encodes[id(p)] = self._pool.submit(self._timed, shard, "encode", self.sample, p)
-                in_order = [encodes[id(r)] for r in window.results if id(r) in encodes]
-                t0 = time.perf_counter()
-                while len(written) >= WRITE_BEHIND:  # bounded: the models wait here if encoding falls behind
-                    collect(written.popleft()[0])
-                shard.timings["wait_encode_write"] += time.perf_counter() - t0
-                written.append((self._writer.submit(self._write, shard, in_order, window.last), in_order))
+            for window in inputs:
+                generate_window(window, self.generate, output.encode)
+                output.put(window)
                 if bar is not None:
                     bar.update(len(window.items))
-            while written:
-                collect(written.popleft()[0])
+            output.drain()
         except BaseException:
-            for f in [*fed, *(t for tasks in reads.values() for t in tasks), *(f for _, fs in written for f in fs)]:
-                f.cancel()
-            for write, _ in written:  # let the writer stop (a cancelled encode ends its window) before aborting
-                write.cancel() or wait([write])
+            inputs.cancel()
+            output.cancel()
             for shard in shards:
                 if shard.writer is not None:
                     shard.writer.abort()  # a committed shard is left as it is
@@ -661,4 +780,22 @@ def build(
         builder.close()
 
 
-__all__ = ["Batch", "BuildSummary", "Builder", "NothingWritten", "available_cores", "build"]
+__all__ = [
+    "Batch",
+    "BuildSummary",
+    "Builder",
+    "NothingWritten",
+    "Prefetch",
+    "Prepared",
+    "ShardRun",
+    "Window",
+    "WriteBehind",
+    "available_cores",
+    "build",
+    "cut_windows",
+    "find_culprits",
+    "finish_shard",
+    "generate_window",
+    "run_generator",
+    "stack_batches",
+]

@@ -17,6 +17,10 @@ consumed *before* decoding them. Augmentation parameters come from a per-sample 
 position in the stream, so skipped samples need no decoding and a resumed run sees exactly the batches an
 uninterrupted one would.
 
+**Stages.** A worker's stream is a chain of iterable -> iterable stages, each usable alone, from its own shards
+(:func:`select_shards`): :func:`resampled` -> :func:`shuffle` -> :func:`skip` -> :func:`draw_pairs` ->
+:func:`decode_pairs` -> :func:`augment_pairs` -> :func:`batched` -> :func:`collate`.
+
 **Pixels.** Every image goes through the detector's :class:`~sefmodel.preprocess.ImageProcessor`, the one that
 scores it later: training resamples with it, augments (:mod:`sefmodel.augment`) and pads/normalises with it;
 validation calls it exactly as :meth:`SEFDetector.score` does.
@@ -30,7 +34,9 @@ backbone's mean/std (reals first, then their fakes in the same order), ``labels`
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -114,6 +120,121 @@ def _mix(*values: int) -> list[int]:
     return [int(v) & 0xFFFFFFFF for v in values]
 
 
+# Stages, webdataset style: each takes an iterable and returns one, so each runs (and is tested) alone on a list.
+# PairStream composes them. Resuming is exact because the raw samples' order depends on (seed, segment, rank, worker)
+# alone and every later draw on the sample's position, so skipping needs neither decoding nor any draw.
+
+
+@dataclass(eq=False)
+class Pair:
+    """One training pair as it flows through the stages: the raw sample, the drawn domain index and fake field, the
+    augmentation parameters, then (after :func:`decode_pairs` and :func:`augment_pairs`) the real's and the fake's
+    images: PIL images, then normalised (3, S, S) float32 tensors."""
+
+    sample: dict[str, Any]
+    domain: int
+    field: str
+    params: AugmentParams
+    real: Image.Image | torch.Tensor | None = None
+    fake: Image.Image | torch.Tensor | None = None
+
+    @property
+    def key(self) -> str:
+        return self.sample["__key__"]
+
+
+def select_shards(urls: Sequence[str], rank: int, world: int, worker: int, workers: int) -> list[str]:
+    """This (rank, worker)'s own shards: ``urls[rank::world][worker::workers]``. Raises ``ValueError`` when some
+    reader would get none (:func:`check_split`)."""
+    check_split(len(urls), world, workers)
+    return list(urls[rank::world][worker::workers])
+
+
+def resampled(urls: Sequence[str], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    """Raw samples of shards drawn with replacement from ``urls``, for ever: one draw from ``rng`` per shard."""
+    while True:
+        yield from iter_samples(urls[int(rng.integers(len(urls)))])
+
+
+def shuffle(samples: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Shuffle through a buffer of ``size``: once it is full, each new item takes the place of a random one, which
+    is yielded. A finite input's last ``size`` items come out at its end, shuffled."""
+    buffer: list[Any] = []
+    for item in samples:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = int(rng.integers(len(buffer)))
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def skip(samples: Iterable[Any], count: int) -> Iterator[tuple[int, Any]]:
+    """``(position, item)`` from position ``count`` on: the first ``count`` items are passed over untouched (not
+    decoded), and the positions stay those of the whole stream, which key the per-sample draws."""
+    return islice(enumerate(samples), count, None)
+
+
+def draw_pairs(
+    positioned: Iterable[tuple[int, dict[str, Any]]],
+    domains: dict[str, list[str]],
+    augment: AugmentConfig,
+    rng_at: Callable[[int], np.random.Generator],
+) -> Iterator[Pair]:
+    """Each sample's random draws, from ``rng_at(position)`` alone: a domain uniformly, one of its fields
+    uniformly, then the augmentation parameters."""
+    names = list(domains)
+    for position, sample in positioned:
+        rng = rng_at(position)
+        d = int(rng.integers(len(names)))
+        fields = domains[names[d]]
+        field = fields[int(rng.integers(len(fields)))]
+        yield Pair(sample, d, field, sample_params(augment, rng))
+
+
+def decode_pairs(pairs: Iterable[Pair]) -> Iterator[Pair]:
+    """Decode each pair's real and fake (RGB PIL images). Raises ``ValueError`` if their sizes differ."""
+    for pair in pairs:
+        pair.real = decode_image(pair.sample[field_key(pair.sample, "real")])
+        pair.fake = decode_image(pair.sample[field_key(pair.sample, pair.field)])
+        if pair.fake.size != pair.real.size:
+            raise ValueError(f"sample {pair.key!r}: {pair.field} is {pair.fake.size}, real is {pair.real.size}")
+        yield pair
+
+
+def augment_pairs(pairs: Iterable[Pair], processor: ImageProcessor) -> Iterator[Pair]:
+    """The processor's resampling, the pair's augmentation (the same on real and fake), then the processor's
+    padding and normalisation: each image becomes a (3, S, S) float32 tensor."""
+    for pair in pairs:
+        pair.real = processor.normalize(apply(processor.resample(pair.real), pair.params, processor.size))
+        pair.fake = processor.normalize(apply(processor.resample(pair.fake), pair.params, processor.size))
+        yield pair
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items; an incomplete last list is dropped (the training stream never ends)."""
+    it = iter(items)
+    while len(batch := list(islice(it, size))) == size:
+        yield batch
+
+
+def collate(batches: Iterable[list[Pair]], with_keys: bool = True) -> Iterator[dict[str, Any]]:
+    """A batch of augmented pairs as tensors: reals first, then their fakes (see the module docstring)."""
+    for batch in batches:
+        n = len(batch)
+        domain = [p.domain for p in batch]
+        out: dict[str, Any] = {
+            "pixels": torch.stack([p.real for p in batch] + [p.fake for p in batch]),
+            "labels": torch.cat([torch.zeros(n), torch.ones(n)]),
+            "domain": torch.tensor(domain + domain, dtype=torch.long),
+        }
+        if with_keys:
+            out["keys"] = [p.key for p in batch]
+        yield out
+
+
 class PairStream(IterableDataset):
     """Infinite batches of (real, fake) pairs for one rank; see the module docstring for splitting and resuming.
 
@@ -171,64 +292,18 @@ class PairStream(IterableDataset):
 
     def raw_samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         """This worker's infinite, shuffled stream of raw (undecoded) samples."""
-        check_split(len(self.urls), self.world, workers)
-        mine = self.urls[self.rank :: self.world][worker::workers]
+        mine = select_shards(self.urls, self.rank, self.world, worker, workers)
+        # one generator for both stages: the shard draws and the buffer's draws interleave as they always have
         rng = np.random.default_rng(_mix(self.seed, self.segment, self.rank, worker, 0x5348))
-        buffer: list[dict[str, Any]] = []
-        while True:
-            for sample in iter_samples(mine[int(rng.integers(len(mine)))]):
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                i = int(rng.integers(len(buffer)))
-                buffer[i], sample = sample, buffer[i]
-                yield sample
+        return shuffle(resampled(mine, rng), self.shuffle_buffer, rng)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, workers, skip = self._worker()
-        samples = self.raw_samples(worker, workers)
-        names = list(self.domains)
-        index = 0  # position in this worker's stream: keys the per-sample random draws
-        batch: list[tuple[dict[str, Any], int, str, AugmentParams]] = []
-        skip_samples = skip * self.pairs
-        for sample in samples:
-            if index < skip_samples:
-                index += 1
-                continue
-            rng = np.random.default_rng(_mix(self.seed, self.segment, self.rank, worker, index))
-            index += 1
-            d = int(rng.integers(len(names)))
-            fields = self.domains[names[d]]
-            field = fields[int(rng.integers(len(fields)))]
-            batch.append((sample, d, field, sample_params(self.augment, rng)))
-            if len(batch) == self.pairs:
-                yield self._collate(batch)
-                batch = []
-
-    def _collate(self, batch: list[tuple[dict[str, Any], int, str, AugmentParams]]) -> dict[str, Any]:
-        reals, fakes, domain = [], [], []
-        for sample, d, field, params in batch:
-            real = decode_image(sample[field_key(sample, "real")])
-            fake = decode_image(sample[field_key(sample, field)])
-            if fake.size != real.size:
-                raise ValueError(f"sample {sample['__key__']!r}: {field} is {fake.size}, real is {real.size}")
-            reals.append(self._pixels(real, params))
-            fakes.append(self._pixels(fake, params))
-            domain.append(d)
-        n = len(batch)
-        out: dict[str, Any] = {
-            "pixels": torch.stack(reals + fakes),
-            "labels": torch.cat([torch.zeros(n), torch.ones(n)]),
-            "domain": torch.tensor(domain + domain, dtype=torch.long),
-        }
-        if self.with_keys:
-            out["keys"] = [s["__key__"] for s, _, _, _ in batch]
-        return out
-
-    def _pixels(self, image: Image.Image, params: AugmentParams) -> torch.Tensor:
-        """The processor's resampling, the augmentation, then the processor's padding and normalisation."""
-        processor = self.processor
-        return processor.normalize(apply(processor.resample(image), params, processor.size))
+        worker, workers, skip_batches = self._worker()
+        seeds = (self.seed, self.segment, self.rank, worker)
+        positioned = skip(self.raw_samples(worker, workers), skip_batches * self.pairs)
+        pairs = draw_pairs(positioned, self.domains, self.augment, lambda i: np.random.default_rng(_mix(*seeds, i)))
+        # decoding and augmenting are lazy: a batch's samples are decoded when the batch is asked for
+        return collate(batched(augment_pairs(decode_pairs(pairs), self.processor), self.pairs), self.with_keys)
 
 
 class EvalStream(IterableDataset):
@@ -318,13 +393,23 @@ def make_loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
 __all__ = [
     "DEFAULT_DOMAINS",
     "EvalStream",
+    "Pair",
     "PairStream",
     "ShardSet",
+    "augment_pairs",
+    "batched",
     "check_split",
+    "collate",
     "data_workers",
+    "decode_pairs",
+    "draw_pairs",
     "iter_samples",
     "make_loader",
+    "resampled",
     "resolve_domains",
     "resolve_shards",
     "sample_fields",
+    "select_shards",
+    "shuffle",
+    "skip",
 ]

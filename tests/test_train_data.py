@@ -14,13 +14,21 @@ from train_helpers import write_contract_shards
 from sefmodel.augment import AugmentConfig, apply, sample_params
 from sefmodel.data import (
     EvalStream,
+    Pair,
     PairStream,
+    batched,
     check_split,
+    collate,
     data_workers,
+    decode_pairs,
+    draw_pairs,
     iter_samples,
     make_loader,
     resolve_domains,
     resolve_shards,
+    select_shards,
+    shuffle,
+    skip,
 )
 from sefmodel.preprocess import ImageProcessor
 
@@ -151,6 +159,73 @@ def test_a_resumed_stream_continues_exactly_where_the_first_one_was(tmp_path, wo
         assert a["keys"] == b["keys"] and torch.equal(a["pixels"], b["pixels"])
     other_segment = take(iter(make_loader(stream(urls, augment=ALL_ON, segment=2), workers)), 2)
     assert [b["keys"] for b in other_segment] != [b["keys"] for b in full[:2]]
+
+
+class Untouchable:
+    """A sample that fails the test if any stage looks inside it."""
+
+    def __getitem__(self, key):
+        raise AssertionError("a skipped sample was read")
+
+
+def test_the_skip_stage_keeps_stream_positions_and_never_opens_what_it_skips():
+    items = [Untouchable(), Untouchable(), "c", "d"]
+    assert list(skip(items, 2)) == [(2, "c"), (3, "d")]
+    assert list(skip(iter("abc"), 0)) == [(0, "a"), (1, "b"), (2, "c")]
+    assert list(skip("ab", 5)) == []
+
+
+def test_a_shuffle_is_seeded_loses_nothing_and_holds_only_its_buffer():
+    def run(seed, items=range(20)):
+        return list(shuffle(items, 4, np.random.default_rng(seed)))
+
+    assert run(0) == run(0) and run(0) != run(1) and sorted(run(0)) == list(range(20))
+    pulled = []
+
+    def source():
+        for i in range(20):
+            pulled.append(i)
+            yield i
+
+    first = next(shuffle(source(), 4, np.random.default_rng(0)))
+    assert len(pulled) == 5 and first in range(5)  # the buffer's 4, then the one that displaced the first out
+    assert run(0, range(3)) != [] and sorted(run(0, range(3))) == [0, 1, 2]  # shorter than the buffer: flushed
+
+
+def test_pair_draws_depend_on_the_position_alone_so_a_skip_resumes_them_exactly():
+    samples = [{"__key__": f"k{i}"} for i in range(40)]
+    domains = {"recon": ["vae", "taesd"], "sr": ["sr"]}
+
+    def draws(start):
+        pairs = draw_pairs(skip(samples, start), domains, ALL_ON, lambda i: np.random.default_rng([7, i]))
+        return [(p.key, p.domain, p.field, p.params) for p in pairs]
+
+    assert draws(13) == draws(0)[13:]
+    assert {d[2] for d in draws(0)} == {"vae", "taesd", "sr"}  # every field of every domain is drawn
+
+
+def test_batched_and_collate_put_reals_first_and_drop_an_incomplete_batch():
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5]]
+    params = sample_params(AugmentConfig.off(), np.random.default_rng(0))
+    pairs = [Pair({"__key__": f"k{i}"}, i, "vae", params, torch.full((3, 2, 2), i), torch.full((3, 2, 2), 10 + i))
+             for i in range(2)]  # fmt: skip
+    (batch,) = collate([pairs])
+    assert batch["pixels"][:, 0, 0, 0].tolist() == [0, 1, 10, 11] and batch["keys"] == ["k0", "k1"]
+    assert batch["labels"].tolist() == [0, 0, 1, 1] and batch["domain"].tolist() == [0, 1, 0, 1]
+    assert "keys" not in next(collate([pairs], with_keys=False))
+
+
+def test_select_shards_splits_by_rank_then_worker_and_decode_refuses_a_fake_of_another_size(tmp_path):
+    urls = [f"s{i}" for i in range(8)]
+    assert select_shards(urls, 1, 2, 1, 2) == ["s3", "s7"]
+    with pytest.raises(ValueError, match="cannot feed"):
+        select_shards(urls, 0, 3, 0, 3)
+    (url,) = write_contract_shards(tmp_path / "a", 1, 1)
+    (other,) = write_contract_shards(tmp_path / "b", 1, 1, size=(30, 30))
+    sample = next(iter_samples(url)) | {"sr.png": next(iter_samples(other))["sr.png"]}
+    params = sample_params(AugmentConfig.off(), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"sr is \(30, 30\), real is \(40, 36\)"):
+        next(decode_pairs([Pair(sample, 0, "sr", params)]))
 
 
 def test_eval_stream_scores_every_sample_once_over_ranks_with_all_fakes(tmp_path):
