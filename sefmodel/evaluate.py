@@ -66,6 +66,7 @@ from .perturb import (
     x_label,
 )
 from .predict import score_stream
+from .preprocess import check_crop
 
 CLEAN = "clean"
 # what computes a score: the model stack, the metrics, the image codecs the perturbations use, this package
@@ -124,8 +125,8 @@ class EvalConfig:
                 raise SefError(f"--fake-jpeg must be none, auto or a quality 1-100, got {self.fake_jpeg!r}")
         if self.batch_size < 1:
             raise SefError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.crop not in (None, "center", "multi"):
-            raise SefError(f"--crop must be center or multi, got {self.crop!r}")
+        if self.crop is not None:
+            check_crop(self.crop)
         resolve_presets(self.robustness)  # an unknown name fails before any image is scored
 
 

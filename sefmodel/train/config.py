@@ -69,7 +69,7 @@ class TrainConfig:
     )
     detector: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_help("DetectorConfig fields for the new detector (backbone, backbone_id, lora, image_size, ...)"),
+        metadata=_help("DetectorConfig fields for the new detector (backbone, backbone_id, lora, processor, ...)"),
     )
     val_data: list[str] = field(
         default_factory=list, metadata=_help("held-out shards for periodic validation (default: no validation)")
