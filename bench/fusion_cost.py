@@ -66,7 +66,7 @@ def student_of(fused: SEFDetector) -> SEFDetector:
 
 def cases(size: int) -> list[dict]:
     """The configurations timed: the default, a cheaper ViT placement, and the learning bench's detector."""
-    vit = {"backbone": "dinov2", "backbone_config": VIT, "image_size": size}
+    vit = {"backbone": "dinov2", "backbone_config": VIT, "processor": {"size": size}}
     out = [
         {"name": "vit_default", "config": vit, "note": "DetectorConfig defaults (LoRA in every block)"},
         {
@@ -83,7 +83,7 @@ def cases(size: int) -> list[dict]:
     out.append({
         "name": "mobilenet_v2_learning",
         "config": {"backbone": "mobilenet_v2", "backbone_config": {}, **setting,
-                   "image_size": learned.get("data", {}).get("tile", 96), "lora": {"blocks": "all"}},
+                   "processor": {"size": learned.get("data", {}).get("tile", 96)}, "lora": {"blocks": "all"}},
         "fusion_head": chosen.get("fusion_head", {"fusion": "sef"}),
         "note": f"the learning bench's detector and fusion ({chosen.get('fusion', 'sef, no learning.json yet')})",
         "accuracy": {name: held[name]["map"] for name in ("recon", "sr", "sef", "distilled") if name in held},

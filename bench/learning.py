@@ -419,7 +419,7 @@ class Runs:
         )  # fmt: skip
 
     def detector(self, setting: dict) -> dict:
-        return {"backbone": "mobilenet_v2", "backbone_id": self.backbone, "image_size": self.args.tile,
+        return {"backbone": "mobilenet_v2", "backbone_id": self.backbone, "processor": {"size": self.args.tile},
                 "feature_layer": setting["feature_layer"], "feature_pool": setting["feature_pool"],
                 "input_filter": setting["input_filter"], "spectrum": setting["spectrum"],
                 "lora": {"rank": self.args.lora_rank, "blocks": setting.get("lora_blocks", "all")},

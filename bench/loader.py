@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         # --- the detector and task, as the trainer builds them -----------------------------------------------
         torch.manual_seed(0)
-        config = DetectorConfig(backbone="dinov2", backbone_config=backbone, image_size=size, experts=["recon"],
-                                fusion="single", lora={"rank": 8})  # fmt: skip
+        config = DetectorConfig(backbone="dinov2", backbone_config=backbone, processor={"size": size},
+                                experts=["recon"], fusion="single", lora={"rank": 8})  # fmt: skip
         detector = SEFDetector(config).to(device)
         stream = PairStream(
             shard_set.urls, domains, pairs=args.pairs, processor=detector.processor,

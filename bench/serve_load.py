@@ -70,7 +70,7 @@ def demo_like_detector(folder: Path, assets: Path) -> Path:
 
     torch.manual_seed(0)
     config = DetectorConfig(
-        backbone="mobilenet_v2", backbone_id=str(assets / "weights" / "mobilenet_v2_1.0_224"), image_size=96,
+        backbone="mobilenet_v2", backbone_id=str(assets / "weights" / "mobilenet_v2_1.0_224"), processor={"size": 96},
         feature_layer=2, feature_pool="mean_std", gate_hidden=32, experts=["recon", "sr"], fusion="sef",
     )  # fmt: skip
     SEFDetector(config).save_pretrained(folder)

@@ -14,6 +14,7 @@ from sefdata.errors import SefError
 from sefdata.markdown import fmt as _f
 from sefmodel.eval_config import EvalConfig
 from sefmodel.lora import LoraSettings
+from sefmodel.preprocess import ImageProcessor
 from sefmodel.runtime import RuntimeOptions
 from sefmodel.train.config import TrainConfig
 
@@ -55,12 +56,19 @@ def _number(text: str) -> int | float | str:
 )  # fmt: skip
 @config_options(
     specs_in_source("sefmodel.config", "DetectorConfig"),
-    include=("backbone", "backbone_id", "image_size", "feature_layer", "feature_pool", "input_filter", "spectrum",
-             "gate_hidden", "gate_input"),
+    include=("backbone", "backbone_id", "feature_layer", "feature_pool", "input_filter", "spectrum", "gate_hidden",
+             "gate_input"),
     overrides={"backbone": {"metavar": "FAMILY"}, "backbone_id": {"metavar": "HUB_ID_OR_DIR"},
-               "image_size": {"metavar": "PIXELS"}, "feature_pool": {"metavar": "POOL"},
-               "input_filter": {"metavar": "none|highpass"}, "gate_input": {"metavar": "features|logits|both"}},
+               "feature_pool": {"metavar": "POOL"}, "input_filter": {"metavar": "none|highpass"},
+               "gate_input": {"metavar": "features|logits|both"}},
     param="detector_flags",
+)  # fmt: skip
+@config_options(
+    ImageProcessor,
+    include=("size",),
+    prefix="image_",
+    overrides={"size": {"metavar": "PIXELS"}},
+    param="processor_flags",
 )  # fmt: skip
 @config_options(
     LoraSettings,
@@ -102,6 +110,7 @@ def train(
     *,
     config_flags: dict,
     detector_flags: dict,
+    processor_flags: dict,
     lora_flags: dict,
 ) -> None:
     """Train one stage of a SEF detector on sefdata shards, into a run folder.
@@ -118,8 +127,9 @@ def train(
     """
     with user_errors((ValueError, FileNotFoundError)):
         config = _train_config(
-            out, config_file, resume, config_flags, more_experts, detector_flags, lora_flags, domain_fields, aug
-        )
+            out, config_file, resume, config_flags, more_experts, detector_flags, processor_flags, lora_flags,
+            domain_fields, aug,
+        )  # fmt: skip
         for ref in config.experts:
             _check_ref(ref, "expert run")
         if config.teacher:
@@ -166,7 +176,7 @@ def _backbone_ref(detector: dict) -> str:
 
 
 def _train_config(
-    out, config_file, resume, flags, more_experts, detector_flags, lora_flags, domain_fields, aug
+    out, config_file, resume, flags, more_experts, detector_flags, processor_flags, lora_flags, domain_fields, aug
 ) -> TrainConfig:
     """The TrainConfig from, in increasing precedence: the saved run (--resume), --config, the flags."""
     from sefmodel.train.config import _default_domains, load_toml
@@ -184,6 +194,8 @@ def _train_config(
     lora = {**detector.get("lora", {}), **lora_flags}
     if lora:
         detector["lora"] = lora
+    if processor_flags:
+        detector["processor"] = {**detector.get("processor", {}), **processor_flags}
     detector.update(detector_flags)
     if detector:
         values["detector"] = detector
@@ -307,6 +319,7 @@ def predict(
     with user_errors():
         _check_ref(run)
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
+    from sefmodel.preprocess import check_crop
     from sefmodel.threshold import UncertainBand, decision_threshold
 
     runtime = RuntimeOptions(**runtime_flags)
@@ -314,8 +327,8 @@ def predict(
     with user_errors(hub=True):
         if format not in ("jsonl", "csv"):
             raise SefError(f"--format must be jsonl or csv, got {format!r}")
-        if crop not in (None, "center", "multi"):
-            raise SefError(f"--crop must be center or multi, got {crop!r}")
+        if crop is not None:
+            check_crop(crop)
         if batch_size < 1:
             raise SefError(f"--batch-size must be >= 1, got {batch_size}")
         if threshold is not None and not 0 <= threshold <= 1:

@@ -51,7 +51,7 @@ from .distances import Distance, get_distance_class, known_distances
 from .fields import from_versioned_dict
 from .pipeline import Scores, crop_batches
 from .pipeline import score as score_images
-from .preprocess import CROP_MODES, SMALL_MODES, ImageProcessor
+from .preprocess import ImageProcessor
 from .serialization import CONFIG_NAME, DETECTOR_TYPE_KEY, resolve_folder
 
 if TYPE_CHECKING:
@@ -118,14 +118,7 @@ class AerobladeConfig:
             raise SefError("distance_layers: name at least one block")
         if not isinstance(self.lpips_layer, int) or not 0 <= self.lpips_layer <= 5:
             raise SefError(f"lpips_layer must be 0 (all five layers) or a layer 1-5, got {self.lpips_layer!r}")
-        for name in ("image_size", "crops_per_side"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SefError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.crop not in CROP_MODES:
-            raise SefError(f"unknown crop {self.crop!r}; known: {', '.join(CROP_MODES)}")
-        if self.small not in SMALL_MODES:
-            raise SefError(f"unknown small-image rule {self.small!r}; known: {', '.join(SMALL_MODES)}")
+        self.processor()  # the image processor validates image_size, crop, crops_per_side and small
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
             raise SefError(f"scale must be a number > 0 (P(generated) falls as the distance grows), got {self.scale}")
         if self.offset is None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import DetectorConfig
 from .preprocess import ImageProcessor
 from .serialization import DetectorFolder, load_exact, read_folder, resolve_folder
 
@@ -44,7 +43,7 @@ def combine_experts(
     for src in sources:
         if isinstance(src, cls):
             backbone = src.backbone_state_dict() if src.config.backbone_config is not None else None
-            loaded.append(DetectorFolder(src.config, src.processor, src.trained_state_dict(), backbone))
+            loaded.append(DetectorFolder(src.config, src.trained_state_dict(), backbone))
         else:
             loaded.append(read_folder(resolve_folder(src, **load_kwargs), "cpu"))
     first = loaded[0].config
@@ -61,18 +60,12 @@ def combine_experts(
     for other in (entry.backbone for entry in loaded[1:]):
         if base is not None and (other is None or any(not torch.equal(base[k], other[k]) for k in base)):
             raise ValueError("experts were built on different random backbones; they cannot share one")
-    config = copy.deepcopy(first)
-    config.experts = names
-    config.fusion = fusion
-    if gate_hidden is not None:
-        config.gate_hidden = gate_hidden
-    if gate_input is not None:
-        config.gate_input = gate_input
-    config = DetectorConfig.from_dict(config.to_dict())  # re-validate the combination
-    detector = cls(config, processor=loaded[0].processor)
+    heads = {k: v for k, v in (("gate_hidden", gate_hidden), ("gate_input", gate_input)) if v is not None}
+    # replace() re-validates the combination; the first expert's processor is the detector's
+    config = dataclasses.replace(first, experts=names, fusion=fusion, **heads)
+    detector = cls(config)
     for entry in loaded:
-        processor = entry.processor or ImageProcessor.from_detector_config(entry.config, detector.backbone)
-        diff = processing_differences(processor, detector.processor)
+        diff = processing_differences(entry.config.processor.for_backbone(detector.backbone), detector.processor)
         if diff:
             raise ValueError(f"experts were trained on differently processed images: they disagree on {diff}")
     state = {}

@@ -1,4 +1,5 @@
-"""The detector's configuration: one dataclass, saved as ``config.json`` in every detector folder."""
+"""The detector's configuration: one dataclass, saved as ``config.json`` in every detector folder (its image processor
+beside it, as ``preprocessor_config.json``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from .backbones import get_backbone_class
 from .fields import from_versioned_dict
 from .fusion import GATE_INPUTS, known_fusions
 from .lora import LoraSettings
-from .preprocess import CROP_MODES, SMALL_MODES
+from .preprocess import ImageProcessor
 
 FORMAT_VERSION = 1
 INPUT_FILTERS = ("none", "highpass")
 _EXPERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 # Keys written next to the config fields in config.json; not configuration.
 _META_KEYS = ("format_version", "library")
+# config.json files (and [detector] tables) written before the image processor owned these settings carry them as
+# flat keys: old key -> ImageProcessor field
+LEGACY_PROCESSOR_KEYS = {"image_size": "size", "crop": "crop", "crops_per_side": "crops_per_side", "resize": "resize",
+                         "small": "small"}  # fmt: skip
 
 
 @dataclass
@@ -62,19 +67,10 @@ class DetectorConfig:
     """LoRA settings shared by all experts."""
     shared_trunk: bool = True
     """Run blocks before the first LoRA block once for all experts (same scores, less compute)."""
-    image_size: int | None = None
-    """Crop side in pixels fed to the backbone; None uses the backbone's default (336 DINOv2, 224 CLIP and the
-    CNNs). Must be a multiple of the patch size (a CNN's total stride, 32 for the released ones). This field and
-    the four below set the detector's image processor (sefmodel.preprocess, saved as preprocessor_config.json)."""
-    crop: str = "center"
-    """Crops per image when scoring: center (one) or multi (a grid; probabilities are averaged)."""
-    crops_per_side: int = 3
-    """Maximum crops along each side for crop=multi."""
-    resize: int | None = None
-    """Resize the short side to this many pixels before cropping; None keeps native resolution (recommended:
-    resampling blurs generator artifacts)."""
-    small: str = "pad"
-    """Images smaller than the crop: pad (with the mean colour) or upscale (bicubic)."""
+    processor: ImageProcessor = field(default_factory=ImageProcessor)
+    """The image processor (sefmodel.preprocess.ImageProcessor: crop side, crop mode, resize and small-image rules,
+    normalisation); what it leaves unset comes from the backbone. Saved beside config.json as
+    preprocessor_config.json."""
 
     def __post_init__(self) -> None:
         try:
@@ -134,26 +130,50 @@ class DetectorConfig:
             raise ValueError(f"spectrum must be true or false, got {self.spectrum!r}")
         _check_int("feature_layer", self.feature_layer)
         _check_int("gate_hidden", self.gate_hidden, minimum=0)
-        _check_int("crops_per_side", self.crops_per_side, minimum=1)
-        if self.image_size is not None:
-            _check_int("image_size", self.image_size, minimum=1)
-        if self.resize is not None:
-            _check_int("resize", self.resize, minimum=1)
-        if self.crop not in CROP_MODES:
-            raise ValueError(f"unknown crop {self.crop!r}; known: {', '.join(CROP_MODES)}")
-        if self.small not in SMALL_MODES:
-            raise ValueError(f"unknown small-image rule {self.small!r}; known: {', '.join(SMALL_MODES)}")
+        if isinstance(self.processor, dict):
+            self.processor = ImageProcessor.from_dict(self.processor)
+        if not isinstance(self.processor, ImageProcessor):
+            raise ValueError(f"processor must be an ImageProcessor or a dict, got {type(self.processor).__name__}")
         if not isinstance(self.shared_trunk, bool):
             raise ValueError(f"shared_trunk must be true or false, got {self.shared_trunk!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict with the format version, as written to ``config.json``."""
-        return {"format_version": FORMAT_VERSION, "library": "sef-toolkit", **asdict(self)}
+        """JSON-able dict with the format version, as written to ``config.json``: every field but the processor,
+        which is saved beside it (``preprocessor_config.json``; :meth:`ImageProcessor.to_dict`)."""
+        data = asdict(self)
+        del data["processor"]
+        return {"format_version": FORMAT_VERSION, "library": "sef-toolkit", **data}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not be silently ignored)."""
+    def from_dict(cls, data: dict[str, Any], processor: ImageProcessor | None = None) -> DetectorConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not be silently ignored).
+
+        ``processor``: the one saved beside ``config.json`` (``preprocessor_config.json``), which ``config.json``
+        does not repeat; without it, ``data["processor"]`` (settings, as in a ``[detector]`` table) or the
+        processor's defaults. Files written before the processor owned its settings hold them as flat keys
+        (:data:`LEGACY_PROCESSOR_KEYS`): without a saved processor they become its settings; with one they are
+        dropped, as copies of it (the loader of that time refused a folder where the two disagreed)."""
+        if processor is not None:
+            data = {k: v for k, v in data.items() if k not in LEGACY_PROCESSOR_KEYS}
+            if "processor" in data:
+                raise ValueError("the image processor is given twice: in the config and beside it")
+            data["processor"] = processor
+        else:
+            data = nest_processor_settings(data)
         return from_versioned_dict(cls, data, version=FORMAT_VERSION, meta_keys=_META_KEYS, what="detector config")
+
+
+def nest_processor_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` (DetectorConfig keys) with the flat processor keys of older files
+    (:data:`LEGACY_PROCESSOR_KEYS`: ``image_size``, ``crop``...) moved under ``processor``, by their
+    :class:`ImageProcessor` names."""
+    data = dict(data)
+    flat = [old for old in LEGACY_PROCESSOR_KEYS if old in data]
+    if flat and "processor" in data:
+        raise ValueError(f"give the image processor's settings under processor, not also as {', '.join(flat)}")
+    if flat:
+        data["processor"] = {LEGACY_PROCESSOR_KEYS[old]: data.pop(old) for old in flat}
+    return data
 
 
 def _check_int(name: str, value: Any, minimum: int | None = None) -> None:

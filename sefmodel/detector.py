@@ -67,22 +67,13 @@ class SEFDetector(
         config: the detector's configuration.
         backbone: an already built backbone to wrap (it gets the adapters injected); by default it is
             built from ``config`` (loaded by id + revision, or from ``backbone_config``).
-        processor: the image processor the detector was trained with (read from ``preprocessor_config.json``);
-            by default derived from ``config`` and the backbone. Its crop, resize and small-image rules must
-            agree with ``config``'s.
-
-    Attributes:
-        processor: the :class:`~sefmodel.preprocess.ImageProcessor` that turns images into this detector's
-            inputs, for training, validation, scoring and explanations alike; saved with the detector.
     """
 
     detector_type: ClassVar[str] = "sef"  # config.json's detector_type (sefmodel.serialization.DETECTOR_TYPES)
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     explainable: ClassVar[bool] = True  # per-expert Grad-CAM (sefmodel explain, serve's heatmaps)
 
-    def __init__(
-        self, config: DetectorConfig, backbone: Backbone | None = None, processor: ImageProcessor | None = None
-    ) -> None:
+    def __init__(self, config: DetectorConfig, backbone: Backbone | None = None) -> None:
         super().__init__()
         config = copy.deepcopy(config)
         family = get_backbone_class(config.backbone)
@@ -108,21 +99,13 @@ class SEFDetector(
                 "it would not change the feature"
             )
         self.trunk_split = blocks[0]  # blocks [0, trunk_split) carry no LoRA: shareable between experts
-        derived = ImageProcessor.from_detector_config(config, backbone)
-        if derived.size % backbone.patch_size:
-            raise ValueError(f"image_size {derived.size} is not a multiple of the patch size {backbone.patch_size}")
-        if processor is not None:
-            # mean/std may differ: a saved processor pins the normalisation the detector was trained with
-            keys = ("size", "resize", "small", "crop", "crops_per_side")
-            diff = [f"{k} {getattr(processor, k)!r} vs {getattr(derived, k)!r}" for k in keys
-                    if getattr(processor, k) != getattr(derived, k)]  # fmt: skip
-            if diff:
-                raise ValueError(
-                    "the image processor (preprocessor_config.json) disagrees with the detector config "
-                    f"(config.json): {'; '.join(diff)}"
-                )
-        self.processor = copy.deepcopy(processor) if processor is not None else derived
-        self.image_size = self.processor.size
+        # the processor's unset crop side and normalisation are the backbone's; a saved processor has them all
+        config.processor = config.processor.for_backbone(backbone)
+        if config.processor.size % backbone.patch_size:
+            raise ValueError(
+                f"image_size {config.processor.size} is not a multiple of the patch size {backbone.patch_size}"
+            )
+        self.image_size = config.processor.size
 
         peft_config = config.lora.peft_config(backbone, self.feature_index)
         with warnings.catch_warnings():
@@ -156,6 +139,12 @@ class SEFDetector(
     @property
     def expert_names(self) -> list[str]:
         return list(self.config.experts)
+
+    @property
+    def processor(self) -> ImageProcessor:
+        """The :class:`~sefmodel.preprocess.ImageProcessor` (``config.processor``, complete) that turns images into
+        this detector's inputs, for training, validation, scoring and explanations alike; saved with it."""
+        return self.config.processor
 
     def _activate(self, name: str) -> None:
         """Make ``name`` the adapter used by the backbone's LoRA layers."""
@@ -372,7 +361,7 @@ class SEFDetector(
         Args:
             images: PIL images (any size and mode) or paths, or one of them.
             batch_size: crops per forward pass.
-            crop: ``"center"`` or ``"multi"``; default the processor's (``config.crop``). Multi-crop averages
+            crop: ``"center"`` or ``"multi"``; default the processor's (``processor.crop``). Multi-crop averages
                 probabilities (and gate weights) over the crops of an image.
 
         Returns:

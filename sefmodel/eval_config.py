@@ -83,8 +83,10 @@ class EvalConfig:
                 raise SefError(f"--fake-jpeg must be none, auto or a quality 1-100, got {self.fake_jpeg!r}")
         if self.batch_size < 1:
             raise SefError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.crop not in (None, "center", "multi"):
-            raise SefError(f"--crop must be center or multi, got {self.crop!r}")
+        if self.crop is not None:
+            from .preprocess import check_crop
+
+            check_crop(self.crop)
         from .perturb import resolve_presets  # late: the perturbations' image code is not needed to read options
 
         resolve_presets(self.robustness)  # an unknown name fails before any image is scored

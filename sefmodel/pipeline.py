@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .images import open_image_file
-from .preprocess import ImageProcessor
+from .preprocess import ImageProcessor, check_crop
 
 if TYPE_CHECKING:
     from .detector import SEFDetector
@@ -89,6 +89,8 @@ def score(
     """Probability that each image is generated; see :meth:`SEFDetector.score`. ``processor`` defaults to the
     detector's own."""
     processor = processor or detector.processor
+    if crop is not None:
+        check_crop(crop)  # once, not per image
     if isinstance(images, (Image.Image, str, os.PathLike)):
         images = [images]
     if batch_size < 1:

@@ -23,6 +23,7 @@ from sefdata.errors import SefError
 from .benchmarks import IMAGE_EXTENSIONS
 from .detector import SEFDetector
 from .images import describe_error, open_image_file
+from .preprocess import check_crop
 from .serialization import (
     CONFIG_NAME,
     UnsafeCheckpointError,
@@ -145,6 +146,8 @@ def score_stream(
 
     ``transform(image, key)`` (e.g. a perturbation) is applied after decoding. Reading or transforming errors
     become per-input results with ``error``; they never stop the stream."""
+    if crop is not None:
+        check_crop(crop)  # a wrong mode is the caller's error, not every image's
     pending: list[tuple[ScoreResult, Image.Image]] = []
     for index, (key, opener) in enumerate(inputs):
         result = ScoreResult(index, key)

@@ -27,23 +27,27 @@ augmentation (:mod:`sefmodel.augment`: random scale, random crop position, flip,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from PIL import Image
-
+from sefdata.errors import SefError
 from sefdata.fields import doc
-from sefdata.imageio import to_rgb  # step 1: the rule the training data was built with
+
+from .fields import from_versioned_dict
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
     from .backbones import Backbone
-    from .config import DetectorConfig
+
+# numpy, torch and Pillow load where images are processed, not at import: `sefmodel train --help` reads this
+# module's settings (its --image-size) without them.
 
 CROP_MODES = ("center", "multi")
 SMALL_MODES = ("pad", "upscale")
@@ -52,14 +56,21 @@ PROCESSOR_FORMAT_VERSION = 1
 _META_KEYS = ("format_version", "library", "processor_class")
 
 
+def check_crop(mode: Any) -> str:
+    """``mode`` if it is a crop mode (:data:`CROP_MODES`), else a :class:`SefError` naming the known ones: the one
+    check of a crop mode, for the processor's default and every ``crop`` override (score, predict, eval, serve)."""
+    if mode not in CROP_MODES:
+        raise SefError(f"unknown crop mode {mode!r}; known: {', '.join(CROP_MODES)}")
+    return mode
+
+
 def crop_boxes(width: int, height: int, size: int, mode: str = "center", crops_per_side: int = 3) -> list[tuple]:
     """Crop boxes (left, top, right, bottom) of side ``size`` inside a ``width`` x ``height`` image.
 
     Requires ``width, height >= size``. ``"multi"`` places ``min(crops_per_side, ceil(side / size))`` crops
     evenly along each axis, first and last flush with the borders.
     """
-    if mode not in CROP_MODES:
-        raise ValueError(f"unknown crop mode {mode!r}; known: {list(CROP_MODES)}")
+    check_crop(mode)
     if width < size or height < size:
         raise ValueError(f"image {width}x{height} is smaller than the crop {size}")
     if mode == "center":
@@ -79,61 +90,80 @@ def crop_boxes(width: int, height: int, size: int, mode: str = "center", crops_p
 class ImageProcessor:
     """Turns images into detector inputs: float32 (N, 3, size, size), normalised with the backbone's mean/std.
 
-    Built from the detector's config and backbone (:meth:`from_detector_config`), saved as
-    ``preprocessor_config.json`` in the detector folder, read back with it.
+    The one owner of the preprocessing settings: defined, defaulted and validated here. A detector's config holds
+    its processor (``DetectorConfig.processor``); the detector fills what is left unset from its backbone
+    (:meth:`for_backbone`) and saves the result as ``preprocessor_config.json`` in its folder.
     """
 
-    size: int = field(default=224, metadata=doc("crop side in pixels (the detector's image_size)"))
-    image_mean: tuple[float, float, float] = field(
-        default=(0.485, 0.456, 0.406), metadata=doc("per-channel mean of RGB in [0, 1] (the backbone's)")
+    size: int | None = field(
+        default=None,
+        metadata=doc("crop side in pixels fed to the backbone (default: the backbone's, 336 DINOv2, 224 CLIP and the "
+                     "CNNs); a multiple of the patch size (a CNN's total stride, 32 for the released ones)"),
+    )  # fmt: skip
+    image_mean: tuple[float, float, float] | None = field(
+        default=None, metadata=doc("per-channel mean of RGB in [0, 1] (default: the backbone's)")
     )
-    image_std: tuple[float, float, float] = field(
-        default=(0.229, 0.224, 0.225), metadata=doc("per-channel std of RGB in [0, 1] (the backbone's)")
+    image_std: tuple[float, float, float] | None = field(
+        default=None, metadata=doc("per-channel standard deviation of RGB in [0, 1] (default: the backbone's)")
     )
     resize: int | None = field(
-        default=None, metadata=doc("resize the short side to this many pixels first; None keeps native pixels")
+        default=None,
+        metadata=doc("resize the short side to this many pixels before cropping (default: native resolution, "
+                     "recommended: resampling blurs generator artifacts)"),
+    )  # fmt: skip
+    small: str = field(
+        default="pad", metadata=doc("images smaller than the crop: pad (with the mean colour) or upscale (bicubic)")
     )
-    small: str = field(default="pad", metadata=doc("images smaller than the crop: pad (mean colour) or upscale"))
-    crop: str = field(default="center", metadata=doc("default crops when scoring: center (one) or multi (grid)"))
+    crop: str = field(
+        default="center",
+        metadata=doc("crops per image when scoring: center (one) or multi (a grid; probabilities are averaged)"),
+    )
     crops_per_side: int = field(default=3, metadata=doc("maximum crops along each side for crop=multi"))
 
     def __post_init__(self) -> None:
-        for name in ("size", "crops_per_side") + (("resize",) if self.resize is not None else ()):
+        for name in ("size", "crops_per_side", "resize"):
             value = getattr(self, name)
+            if value is None and name != "crops_per_side":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"image processor {name} must be an integer >= 1, got {value!r}")
+                raise SefError(f"image processor {name} must be an integer >= 1, got {value!r}")
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not isinstance(value, (list, tuple)) or len(value) != 3:
-                raise ValueError(f"image processor {name} must be three numbers (R, G, B), got {value!r}")
+                raise SefError(f"image processor {name} must be three numbers (R, G, B), got {value!r}")
             setattr(self, name, tuple(float(v) for v in value))
-        if min(self.image_std) <= 0:
-            raise ValueError(f"image processor image_std must be positive, got {self.image_std}")
-        if self.crop not in CROP_MODES:
-            raise ValueError(f"unknown crop mode {self.crop!r}; known: {list(CROP_MODES)}")
+        if self.image_std is not None and min(self.image_std) <= 0:
+            raise SefError(f"image processor image_std must be positive, got {self.image_std}")
+        check_crop(self.crop)
         if self.small not in SMALL_MODES:
-            raise ValueError(f"unknown small-image rule {self.small!r}; known: {list(SMALL_MODES)}")
+            raise SefError(f"unknown small-image rule {self.small!r}; known: {', '.join(SMALL_MODES)}")
 
-    @classmethod
-    def from_detector_config(cls, config: DetectorConfig, backbone: Backbone) -> ImageProcessor:
-        """The processor a detector config implies: crop side ``config.image_size`` (default: the backbone's input
-        size), the backbone family's normalisation (ImageNet, CLIP or [-1, 1] statistics), the config's resize,
-        small-image and crop rules. How detector folders saved without ``preprocessor_config.json`` are read."""
-        return cls(
-            size=config.image_size or backbone.input_size,
-            image_mean=tuple(backbone.image_mean),
-            image_std=tuple(backbone.image_std),
-            resize=config.resize,
-            small=config.small,
-            crop=config.crop,
-            crops_per_side=config.crops_per_side,
+    def for_backbone(self, backbone: Backbone) -> ImageProcessor:
+        """A copy with what this processor leaves unset taken from ``backbone``: the crop side
+        (``backbone.input_size``) and the normalisation (``backbone.image_mean`` / ``image_std``)."""
+        return dataclasses.replace(
+            self,
+            size=self.size or backbone.input_size,
+            image_mean=self.image_mean or tuple(backbone.image_mean),
+            image_std=self.image_std or tuple(backbone.image_std),
         )
+
+    def _check_complete(self) -> None:
+        unset = [name for name in ("size", "image_mean", "image_std") if getattr(self, name) is None]
+        if unset:
+            raise SefError(f"the image processor leaves {', '.join(unset)} unset: fill them from the backbone "
+                           "(ImageProcessor.for_backbone) before processing images")  # fmt: skip
 
     # ---- the steps -----------------------------------------------------------------------------------------
 
     def resample(self, image: Image.Image) -> Image.Image:
         """Steps 1-3 before any crop: upright RGB, then the ``resize`` and small-image ``upscale`` rules (the
         only resampling the processor does)."""
+        from sefdata.imageio import to_rgb  # step 1: the rule the training data was built with
+
+        self._check_complete()
         image = to_rgb(image)
         if self.resize is not None:
             image = _resize_short_side(image, self.resize)
@@ -144,6 +174,10 @@ class ImageProcessor:
     def normalize(self, pixels: np.ndarray | Image.Image) -> torch.Tensor:
         """uint8 RGB (h, w, 3) with h, w <= size (or an RGB image) -> float32 (3, size, size): ``(x / 255 - mean)
         / std``, then padded symmetrically with zeros (the mean colour) to ``size`` x ``size``."""
+        import numpy as np
+        import torch
+
+        self._check_complete()
         array = np.asarray(pixels, dtype=np.uint8)
         height, width = array.shape[:2]
         if array.ndim != 3 or array.shape[2] != 3 or height > self.size or width > self.size:
@@ -159,6 +193,9 @@ class ImageProcessor:
         """One PIL image (any size/mode) -> normalised crops, float32 (N, 3, size, size); N = 1 for center.
 
         ``crop`` overrides the processor's default crop mode."""
+        import numpy as np
+        import torch
+
         image = self.resample(image)
         width, height = image.size
         # crop boxes on the image padded to at least size x size; the image sits centred in that canvas
@@ -177,6 +214,10 @@ class ImageProcessor:
     def to_image(self, pixels: torch.Tensor) -> Image.Image:
         """Inverse of :meth:`normalize` for display: (3, S, S) normalised -> an RGB image (padding shows as the
         mean colour)."""
+        import torch
+        from PIL import Image
+
+        self._check_complete()
         mean = torch.tensor(self.image_mean).view(3, 1, 1)
         std = torch.tensor(self.image_std).view(3, 1, 1)
         x = (pixels.detach().float().cpu() * std + mean).mul_(255.0).round_().clamp_(0, 255)
@@ -187,15 +228,14 @@ class ImageProcessor:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict, as written to ``preprocessor_config.json``."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["image_mean"], data["image_std"] = list(self.image_mean), list(self.image_std)
+        for name in ("image_mean", "image_std"):
+            data[name] = list(data[name]) if data[name] is not None else None
         meta = {"processor_class": type(self).__name__, "library": "sef-toolkit"}
         return {**meta, "format_version": PROCESSOR_FORMAT_VERSION, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageProcessor:
         """Inverse of :meth:`to_dict`; an unknown key is an error (a typo must not be silently ignored)."""
-        from .fields import from_versioned_dict
-
         return from_versioned_dict(
             cls, data, version=PROCESSOR_FORMAT_VERSION, meta_keys=_META_KEYS, what="image processor"
         )
@@ -213,30 +253,13 @@ class ImageProcessor:
         return cls.from_dict(json.loads((Path(folder) / PROCESSOR_NAME).read_text()))
 
 
-def prepare(
-    image: Image.Image,
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    crop: str = "center",
-    crops_per_side: int = 3,
-    resize: int | None = None,
-    small: str = "pad",
-) -> torch.Tensor:
-    """One PIL image (any size/mode) -> normalised crops, float32 (N, 3, size, size): a one-off
-    :class:`ImageProcessor` with these settings."""
-    processor = ImageProcessor(
-        size=size, image_mean=tuple(mean), image_std=tuple(std), resize=resize, small=small,
-        crops_per_side=crops_per_side,
-    )  # fmt: skip
-    return processor(image, crop=crop)
-
-
 def _resize_short_side(image: Image.Image, short: int) -> Image.Image:
+    from PIL import Image
+
     width, height = image.size
     scale = short / min(width, height)
     new = (max(short, round(width * scale)), max(short, round(height * scale)))
     return image.resize(new, Image.Resampling.BICUBIC, reducing_gap=None)
 
 
-__all__ = ["CROP_MODES", "PROCESSOR_NAME", "SMALL_MODES", "ImageProcessor", "crop_boxes", "prepare", "to_rgb"]
+__all__ = ["CROP_MODES", "PROCESSOR_NAME", "SMALL_MODES", "ImageProcessor", "check_crop", "crop_boxes"]

@@ -1,14 +1,14 @@
 """Detector folders: what they hold, where they come from, and the rule that keeps loading safe.
 
-A detector folder holds ``config.json`` (:class:`~sefmodel.config.DetectorConfig`), ``preprocessor_config.json``
-(the :class:`~sefmodel.preprocess.ImageProcessor`; folders saved before it existed derive it from
-``config.json``), ``model.safetensors`` (trained tensors only: LoRA adapters, heads, fusion head),
-``backbone.safetensors`` for a randomly initialised backbone only, ``README.md`` (the model card) and, when the
-detector was calibrated on real images (``sefmodel calibrate``), ``threshold.json``
-(:class:`~sefmodel.threshold.CalibratedThreshold`): loading sets it as ``detector.calibrated_threshold`` (None
-without one) and saving writes it back, or removes a stale file when the detector has none. A detector folder may
-also carry a golden set, ``golden/`` (:mod:`sefmodel.golden`: small PNG images and the probabilities the detector
-gave them, for ``sefmodel check``); saving other weights into the folder removes it.
+A detector folder holds ``config.json`` (:class:`~sefmodel.config.DetectorConfig` without its processor),
+``preprocessor_config.json`` (that processor, :class:`~sefmodel.preprocess.ImageProcessor`; folders saved before it
+existed hold its settings as flat keys of ``config.json``, see :meth:`DetectorConfig.from_dict`), ``model.safetensors``
+(trained tensors only: LoRA adapters, heads, fusion head), ``backbone.safetensors`` for a randomly initialised backbone
+only, ``README.md`` (the model card) and, when the detector was calibrated on real images (``sefmodel calibrate``),
+``threshold.json`` (:class:`~sefmodel.threshold.CalibratedThreshold`): loading sets it as
+``detector.calibrated_threshold`` (None without one) and saving writes it back, or removes a stale file when the
+detector has none. A detector folder may also carry a golden set, ``golden/`` (:mod:`sefmodel.golden`: small PNG images
+and the probabilities the detector gave them, for ``sefmodel check``); saving other weights into the folder removes it.
 
 A folder's ``config.json`` says which kind of detector it holds (``"detector_type"``; absent means ``"sef"``, the
 trained detector above); :data:`DETECTOR_TYPES` names the class that loads each kind (:func:`detector_class`), and
@@ -160,11 +160,12 @@ def save_detector(detector: SEFDetector, folder: Path) -> None:
     a random backbone) into ``folder``; the model card is written by the caller (``save_pretrained``)."""
     folder = Path(folder)
     config = detector.config
-    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    detector.processor.save_pretrained(folder)
+    data = config.to_dict()  # without the processor: one copy on disk, preprocessor_config.json
+    (folder / CONFIG_NAME).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    config.processor.save_pretrained(folder)
     meta = {
         "format": "pt",
-        "sef_format_version": str(config.to_dict()["format_version"]),
+        "sef_format_version": str(data["format_version"]),
         # LoRA tensors are keyed by the backbone's module names, which transformers may rename (5.18 did)
         "transformers_version": transformers.__version__,
     }
@@ -187,8 +188,7 @@ def save_detector(detector: SEFDetector, folder: Path) -> None:
 class DetectorFolder:
     """What a detector folder holds, read without building the detector."""
 
-    config: DetectorConfig
-    processor: ImageProcessor | None  # None: saved before preprocessor_config.json existed (derive it)
+    config: DetectorConfig  # its processor read from preprocessor_config.json (older folders: from config.json)
     trained: dict[str, torch.Tensor]
     backbone: dict[str, torch.Tensor] | None  # only for a backbone built from config
     threshold: CalibratedThreshold | None = None  # threshold.json, when calibrated on real images
@@ -203,8 +203,8 @@ def read_folder(folder: Path, map_location: str | torch.device = "cpu") -> Detec
                          "sefmodel.load_detector (or its own class)")  # fmt: skip
     if not weights_path.is_file():
         raise FileNotFoundError(f"{folder} is not a detector folder: {weights_path.name} is missing")
-    config = DetectorConfig.from_dict(json.loads(config_path.read_text()))
     processor = ImageProcessor.from_pretrained(folder) if (folder / PROCESSOR_NAME).is_file() else None
+    config = DetectorConfig.from_dict(json.loads(config_path.read_text()), processor=processor)
     device = str(map_location)
     trained = load_file(str(weights_path), device=device)
     backbone = None
@@ -213,7 +213,7 @@ def read_folder(folder: Path, map_location: str | torch.device = "cpu") -> Detec
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: the backbone was built from a config, so {path.name} must be there")
         backbone = load_file(str(path), device=device)
-    return DetectorFolder(config, processor, trained, backbone, CalibratedThreshold.load(folder))
+    return DetectorFolder(config, trained, backbone, CalibratedThreshold.load(folder))
 
 
 def load_folder(
@@ -232,7 +232,7 @@ def load_folder(
         if config.backbone_config is not None:
             raise ValueError("this detector's backbone was built from a config; there is no id to override")
         config.backbone_id, config.backbone_revision = backbone_id, backbone_revision
-    detector = cls(config, processor=saved.processor)  # no saved processor: derived from config.json
+    detector = cls(config)
     detector.to(map_location)
     load_exact(detector, saved.trained, detector.trained_state_dict(), f"{folder / WEIGHTS_NAME}")
     if saved.backbone is not None:

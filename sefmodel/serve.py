@@ -90,8 +90,10 @@ class ServeConfig:
             raise SefError(f"--port must be 0-65535, got {self.port}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise SefError(f"--threshold must be in [0, 1], got {self.threshold}")
-        if self.crop not in (None, "center", "multi"):
-            raise SefError(f"--crop must be center or multi, got {self.crop!r}")
+        if self.crop is not None:
+            from .preprocess import check_crop  # torch: not at import, which --help does
+
+            check_crop(self.crop)
         from .threshold import UncertainBand
 
         UncertainBand.parse(self.uncertain)

@@ -46,12 +46,17 @@ CNN_TINY = {
 CNN_FAMILIES = sorted(CNN_TINY)
 
 
+PROCESSOR_KEYS = ("size", "image_mean", "image_std", "resize", "small", "crop", "crops_per_side")
+
+
 def tiny_config(family: str = "dinov2", **overrides) -> DetectorConfig:
-    """A detector config on a tiny random backbone; LoRA rank 4 in the last 2 blocks by default."""
+    """A detector config on a tiny random backbone; LoRA rank 4 in the last 2 blocks by default. Overrides named
+    in PROCESSOR_KEYS are image processor settings (``processor``; crop side SIZE by default)."""
+    processor = {"size": SIZE, **{k: overrides.pop(k) for k in PROCESSOR_KEYS if k in overrides}}
     kwargs = dict(
         backbone=family,
         backbone_config={**TINY, **CNN_TINY}[family],
-        image_size=SIZE,
+        processor=processor,
         lora={"rank": 4, "blocks": "last:2"},
         gate_hidden=16,
     )

@@ -80,7 +80,7 @@ def test_perturbed_images_are_converted_like_unperturbed_ones():
     """EXIF rotation and alpha follow the scoring rule before any perturbation, so a sweep compares like with like."""
     import io
 
-    from sefmodel.preprocess import to_rgb
+    from sefdata.imageio import to_rgb
 
     image = Image.new("RGB", (30, 10), (10, 200, 30))
     exif = image.getexif()

@@ -137,7 +137,8 @@ def test_a_new_family_is_one_small_class_and_one_registration(monkeypatch):
     register_backbone("vit", VitBackbone)
     vit = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=8)
     torch.manual_seed(0)
-    detector = SEFDetector(DetectorConfig(backbone="vit", backbone_config={**vit, "image_size": SIZE}, image_size=SIZE))
+    config = DetectorConfig(backbone="vit", backbone_config={**vit, "image_size": SIZE}, processor={"size": SIZE})
+    detector = SEFDetector(config)
     x = pixels()
     with torch.no_grad():
         reference = detector.backbone.model(pixel_values=x).last_hidden_state[:, 0]

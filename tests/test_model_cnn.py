@@ -101,7 +101,7 @@ def test_cnn_config_validation(kwargs, match):
 
 def test_cnn_build_time_errors():
     with pytest.raises(ValueError, match="multiple of the patch size 16"):
-        tiny_detector("resnet", image_size=40)
+        tiny_detector("resnet", size=40)
     with pytest.raises(ValueError, match="out of range"):
         tiny_detector("resnet", feature_layer=3)
     with pytest.raises(ValueError, match="after the feature layer"):
@@ -265,7 +265,7 @@ def test_expert_training_moves_only_its_adapter_and_head(family):
 def test_the_cli_trains_a_cnn_expert_on_an_early_stage(shards, tmp_path):
     conf = tmp_path / "cnn.toml"
     lines = ["steps = 4", "batch_size = 4", "num_workers = 0", "shuffle_buffer = 4", "save_every = 2", "[detector]"]
-    lines += ['backbone = "mobilenet_v2"', f"image_size = {SIZE}", "[detector.backbone_config]"]
+    lines += ['backbone = "mobilenet_v2"', f"processor = {{ size = {SIZE} }}", "[detector.backbone_config]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in CNN_TINY["mobilenet_v2"].items()]
     conf.write_text("\n".join(lines) + "\n")
     run = tmp_path / "run"
@@ -383,7 +383,7 @@ def _mobilenet_detector(folder: Path, feature_layer: int, pool: str) -> SEFDetec
         backbone_id=str(folder),
         feature_layer=feature_layer,
         feature_pool=pool,
-        resize=256,  # the checkpoint's own preprocessing: short side 256, centre crop 224
+        processor={"resize": 256},  # the checkpoint's own preprocessing: short side 256, centre crop 224
     )
     return SEFDetector(config)
 

@@ -215,9 +215,6 @@ def test_shared_trunk_runs_the_early_blocks_once():
         ({"experts": ["a.b", "c"]}, "bad expert name"),
         ({"experts": "ab"}, "list of names"),
         ({"experts": []}, "at least one"),
-        ({"crop": "random"}, "unknown crop"),
-        ({"small": "stretch"}, "small-image"),
-        ({"image_size": 0}, "image_size"),
         ({"gate_hidden": -1}, "gate_hidden"),
         ({"feature_layer": 1.5}, "feature_layer"),
         ({"lora": {"rank": 4, "rnak": 2}}, "unknown lora settings"),
@@ -243,7 +240,7 @@ def test_build_time_errors():
     with pytest.raises(ValueError, match="after the feature layer"):
         tiny_detector(feature_layer=1, lora={"blocks": [2, 3]})
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        tiny_detector(image_size=30)
+        tiny_detector(size=30)
     with pytest.raises(ValueError, match="only 4 blocks"):
         tiny_detector(lora={"blocks": "last:6"})
 

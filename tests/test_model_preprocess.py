@@ -7,9 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from sefmodel.preprocess import crop_boxes, prepare, to_rgb
+from sefdata.errors import SefError
+from sefdata.imageio import to_rgb
+from sefmodel.preprocess import ImageProcessor, crop_boxes
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _process(image: Image.Image, crop: str | None = None, **settings) -> torch.Tensor:
+    """``image`` through a 32-px processor with MEAN/STD and ``settings``."""
+    return ImageProcessor(size=32, image_mean=MEAN, image_std=STD, **settings)(image, crop)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
@@ -81,18 +88,18 @@ def _roundtrip_jpeg(image, exif):
 
 def test_center_crop_shape_and_normalisation():
     image = Image.new("RGB", (50, 40), (255, 128, 0))
-    x = prepare(image, 32, MEAN, STD)
+    x = _process(image)
     assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([2.0, (128 / 255 - 0.5) / 0.25, -2.0]))
 
 
 def test_small_images_are_padded_with_the_mean_or_upscaled():
     image = Image.new("RGB", (10, 40), (255, 255, 255))
-    padded = prepare(image, 32, MEAN, STD, small="pad")
+    padded = _process(image, small="pad")
     assert padded.shape == (1, 3, 32, 32)
     assert torch.all(padded[0, :, :, 0] == 0)  # left border: padding, the mean colour -> 0
     assert torch.all(padded[0, :, :, 16] == 2.0)  # the image itself (white)
-    upscaled = prepare(image, 32, MEAN, STD, small="upscale")
+    upscaled = _process(image, small="upscale")
     assert upscaled.shape == (1, 3, 32, 32) and torch.all(upscaled == 2.0)
 
 
@@ -106,7 +113,7 @@ def test_multi_crop_grid_covers_the_image():
 
 def test_resize_short_side_before_cropping():
     image = Image.new("RGB", (400, 200))
-    assert prepare(image, 32, MEAN, STD, crop="multi", resize=32, crops_per_side=9).shape == (
+    assert _process(image, crop="multi", resize=32, crops_per_side=9).shape == (
         2,
         3,
         32,
@@ -116,7 +123,7 @@ def test_resize_short_side_before_cropping():
 
 def test_bad_modes_are_rejected():
     image = Image.new("RGB", (40, 40))
-    with pytest.raises(ValueError, match="unknown crop mode"):
-        prepare(image, 32, MEAN, STD, crop="random")
-    with pytest.raises(ValueError, match="small-image rule"):
-        prepare(image, 32, MEAN, STD, small="stretch")
+    with pytest.raises(SefError, match="unknown crop mode"):
+        _process(image, crop="random")
+    with pytest.raises(SefError, match="small-image rule"):
+        _process(image, small="stretch")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 from conftest import photo_like
-from conftest_model import randomize_trained, tiny_detector
+from conftest_model import randomize_trained, tiny_config, tiny_detector
 from PIL import Image
 from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shards
 
-from sefmodel import ImageProcessor, SEFDetector
+from sefdata.errors import SefError
+from sefmodel import DetectorConfig, ImageProcessor, SEFDetector
 from sefmodel.augment import AugmentConfig
 from sefmodel.data import EvalStream, PairStream, iter_samples
 from sefmodel.metrics import detection_metrics
@@ -81,7 +83,7 @@ def test_the_trainer_validates_on_the_probabilities_score_gives(tmp_path):
     write_contract_shards(train, 2, 2)
     val = tmp_path / "val"
     write_contract_shards(val, 1, 4, size=(47, 40))
-    detector_settings = {**TINY_DETECTOR, "resize": 32, "crop": "multi"}
+    detector_settings = {**TINY_DETECTOR, "processor": {**TINY_DETECTOR["processor"], "resize": 32, "crop": "multi"}}
     cfg = tiny_train_config(tmp_path / "run", train, val_data=[str(val)], domains=DOMAINS, detector=detector_settings,
                             cpu=True)  # fmt: skip
     trainer = Trainer(cfg, progress=False)
@@ -143,17 +145,48 @@ def test_the_processor_is_saved_with_the_detector_and_read_back(tmp_path, family
     assert "preprocessor_config.json" in (tmp_path / "det" / "README.md").read_text()
 
 
-def test_a_folder_without_a_processor_file_derives_it_from_config_json(tmp_path):
+# config.json as written before the image processor owned its settings: every DetectorConfig field, these flat
+OLD_FLAT_KEYS = {"image_size": 32, "crop": "multi", "crops_per_side": 3, "resize": 36, "small": "pad"}
+
+
+def _as_saved_before_the_move(folder, keep_processor_file: bool) -> None:
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    assert "processor" not in data and not set(OLD_FLAT_KEYS) & set(data)  # one copy on disk: the processor file
+    path.write_text(json.dumps({**data, **OLD_FLAT_KEYS}))
+    if not keep_processor_file:  # older still: saved before preprocessor_config.json existed
+        (folder / "preprocessor_config.json").unlink()
+
+
+@pytest.mark.parametrize("keep_processor_file", [False, True], ids=["config-only", "config-and-processor"])
+def test_a_detector_saved_before_the_processor_owned_its_settings_loads_and_scores_the_same(
+    tmp_path, keep_processor_file
+):
     detector = randomize_trained(tiny_detector("resnet", resize=36, crop="multi"))
     detector.save_pretrained(tmp_path / "det")
-    (tmp_path / "det" / "preprocessor_config.json").unlink()  # as saved before the processor existed
+    _as_saved_before_the_move(tmp_path / "det", keep_processor_file)
     loaded = SEFDetector.from_pretrained(tmp_path / "det")
-    assert loaded.processor == detector.processor
-    image = Image.fromarray(photo_like(70, 50, seed=4))
-    assert torch.equal(loaded.score(image).probs, detector.score(image).probs)
+    assert loaded.processor == detector.processor and loaded.processor.crop == "multi"
+    images = [Image.fromarray(photo_like(70, 50, seed=4)), Image.fromarray(photo_like(20, 44, seed=5))]
+    scores, expected = loaded.score(images), detector.score(images)
+    assert scores.num_crops == expected.num_crops == [4, 6]  # multi-crop after the short side went to 36 px
+    assert torch.equal(scores.probs, expected.probs)
+    loaded.save_pretrained(tmp_path / "again")  # saving it again writes the new layout
+    assert not set(OLD_FLAT_KEYS) & set(json.loads((tmp_path / "again" / "config.json").read_text()))
 
 
-def test_the_saved_normalisation_is_the_one_used_and_disagreements_are_refused(tmp_path):
+def test_an_old_config_with_the_backbone_default_crop_side_still_takes_the_backbones(tmp_path):
+    detector = randomize_trained(tiny_detector(size=None))
+    detector.save_pretrained(tmp_path / "det")
+    path = tmp_path / "det" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **OLD_FLAT_KEYS, "image_size": None, "crop": "center",
+                                "resize": None}))  # fmt: skip
+    (tmp_path / "det" / "preprocessor_config.json").unlink()
+    loaded = SEFDetector.from_pretrained(tmp_path / "det")
+    assert loaded.processor == detector.processor and loaded.processor.size == detector.backbone.input_size
+
+
+def test_the_processor_file_is_the_one_copy_of_the_settings(tmp_path):
     detector = randomize_trained(tiny_detector())
     detector.save_pretrained(tmp_path / "det")
     path = tmp_path / "det" / "preprocessor_config.json"
@@ -163,9 +196,9 @@ def test_the_saved_normalisation_is_the_one_used_and_disagreements_are_refused(t
     assert loaded.processor.image_mean == (0.5, 0.5, 0.5)  # pinned in the file, not re-derived from the backbone
     image = Image.fromarray(photo_like(40, 40, seed=5))
     assert not torch.equal(loaded.preprocess(image), detector.preprocess(image))
-    path.write_text(json.dumps({**saved, "resize": 64}))
-    with pytest.raises(ValueError, match=r"disagrees with the detector config.*resize 64 vs None"):
-        SEFDetector.from_pretrained(tmp_path / "det")
+    path.write_text(json.dumps({**saved, "resize": 64}))  # nothing else to agree with: the file is the setting
+    loaded = SEFDetector.from_pretrained(tmp_path / "det")
+    assert loaded.processor.resize == 64 and loaded.config.processor is loaded.processor
     path.write_text(json.dumps({**saved, "sharpen": True}))
     with pytest.raises(ValueError, match=r"unknown image processor keys \['sharpen'\]"):
         SEFDetector.from_pretrained(tmp_path / "det")
@@ -197,6 +230,94 @@ def test_normalize_pads_with_the_mean_and_rejects_oversized_pixels():
     assert processor.to_image(x).getpixel((0, 0)) == (128, 128, 128)  # padding shows as the mean colour
     with pytest.raises(ValueError, match="at most 8 a side"):
         processor.normalize(np.zeros((9, 8, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match="small-image rule"):
+    with pytest.raises(SefError, match="small-image rule"):
         ImageProcessor(small="stretch")
     assert ImageProcessor.from_dict(processor.to_dict()) == processor
+
+
+# ---- one owner of the settings ----------------------------------------------------------------------------------
+
+
+def test_the_config_holds_its_processor_and_round_trips_it():
+    config = tiny_config("mobilenet_v2", resize=48, small="upscale", crop="multi", crops_per_side=2)
+    assert config.processor == ImageProcessor(size=32, resize=48, small="upscale", crop="multi", crops_per_side=2)
+    assert config.processor.image_mean is None  # unset: the detector takes the backbone's
+    assert "processor" not in config.to_dict()  # config.json's content: the processor is saved beside it
+    assert DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict())), processor=config.processor) == config
+    detector = SEFDetector(config)
+    assert detector.processor is detector.config.processor and detector.processor.image_mean == (0.5, 0.5, 0.5)
+    assert config.processor.image_mean is None  # the caller's config is not filled in
+    unset = ImageProcessor(crop="multi")
+    assert ImageProcessor.from_dict(json.loads(json.dumps(unset.to_dict()))) == unset
+    with pytest.raises(SefError, match="leaves size, image_mean, image_std unset"):
+        unset(Image.new("RGB", (40, 40)))
+
+
+def test_old_flat_settings_and_the_processor_cannot_both_be_given():
+    base = tiny_config().to_dict()
+    config = DetectorConfig.from_dict({**base, **OLD_FLAT_KEYS})
+    assert config.processor == ImageProcessor(size=32, resize=36, crop="multi")  # an older [detector] table too
+    with pytest.raises(ValueError, match="under processor, not also as image_size, resize"):
+        DetectorConfig.from_dict({**base, "processor": {"size": 32}, "image_size": 32, "resize": 36})
+    with pytest.raises(TypeError, match="image_size"):
+        DetectorConfig(image_size=32)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"crop": "random"}, "unknown crop mode 'random'; known: center, multi"),
+        ({"small": "stretch"}, "unknown small-image rule 'stretch'; known: pad, upscale"),
+        ({"size": 0}, "image processor size must be an integer >= 1, got 0"),
+        ({"resize": 1.5}, "image processor resize must be an integer >= 1"),
+        ({"crops_per_side": None}, "image processor crops_per_side must be an integer >= 1"),
+        ({"image_std": [1, 0, 1]}, "image_std must be positive"),
+        ({"image_mean": [0.5]}, "image_mean must be three numbers"),
+    ],
+)
+def test_processor_settings_are_validated_once_by_the_processor(settings, match):
+    for make in (lambda: ImageProcessor(**settings), lambda: tiny_config(**settings),
+                 lambda: DetectorConfig(processor=settings)):  # fmt: skip
+        with pytest.raises(SefError, match=re.escape(match)):
+            make()
+
+
+CROP_ERROR = "unknown crop mode 'random'; known: center, multi"
+
+
+def test_a_bad_crop_mode_is_one_sef_error_from_every_entry_point(tmp_path):
+    from sefmodel.aeroblade import AerobladeConfig
+    from sefmodel.evaluate import EvalConfig
+    from sefmodel.predict import score_stream
+    from sefmodel.serve import ServeConfig
+
+    detector = tiny_detector()
+    image = Image.new("RGB", (40, 40))
+    old = tiny_config().to_dict()
+    entry_points = {
+        "ImageProcessor": lambda: ImageProcessor(crop="random"),
+        "DetectorConfig": lambda: DetectorConfig(processor={"crop": "random"}),
+        "old config.json": lambda: DetectorConfig.from_dict({**old, "crop": "random"}),
+        "score": lambda: detector.score(image, crop="random"),
+        "preprocess": lambda: detector.preprocess(image, crop="random"),
+        "score_stream": lambda: list(score_stream(detector, [("a", lambda: image)], crop="random")),
+        "EvalConfig": lambda: EvalConfig(benches=["bench"], crop="random"),
+        "ServeConfig": lambda: ServeConfig(crop="random"),
+        "AerobladeConfig": lambda: AerobladeConfig(crop="random"),
+    }
+    for name, call in entry_points.items():
+        with pytest.raises(SefError) as caught:
+            call()
+        assert str(caught.value) == CROP_ERROR, name
+
+
+def test_a_bad_crop_flag_is_one_error_line_from_every_command(tmp_path):
+    from sef_cli.sefmodel import app
+    from typer.testing import CliRunner
+
+    tiny_detector().save_pretrained(tmp_path / "det")
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    det, png = str(tmp_path / "det"), str(tmp_path / "a.png")
+    for args in (["predict", det, png], ["eval", det, "-b", str(tmp_path), "--no-progress"], ["serve", det]):
+        result = CliRunner().invoke(app, [*args, "--crop", "random", "--device", "cpu"])
+        assert (result.exit_code, result.output.strip().splitlines()) == (2, [f"error: {CROP_ERROR}"]), args

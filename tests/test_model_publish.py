@@ -117,7 +117,8 @@ def local_backbone_run(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     folder = root / "models" / "dinov2-tiny"
     get_backbone_class("dinov2").from_config(TINY["dinov2"]).model.save_pretrained(folder)
-    config = DetectorConfig(backbone_id=str(folder), image_size=32, lora={"rank": 4, "blocks": "last:2"}, gate_hidden=8)
+    config = DetectorConfig(backbone_id=str(folder), processor={"size": 32}, lora={"rank": 4, "blocks": "last:2"},
+                            gate_hidden=8)  # fmt: skip
     run = root / "run"
     randomize_trained(SEFDetector(config)).save_pretrained(run / "detector")
     return run, folder

@@ -33,7 +33,7 @@ def _images():
 def test_round_trip_gives_identical_scores_and_stores_no_backbone(tmp_path, local_backbone, fusion):
     config = DetectorConfig(
         backbone_id=local_backbone,
-        image_size=32,
+        processor={"size": 32},
         lora={"rank": 4, "blocks": "last:2"},
         fusion=fusion,
         gate_hidden=8,
@@ -81,7 +81,7 @@ def test_random_backbone_is_the_documented_exception(tmp_path):
 def test_saving_an_id_backbone_over_an_old_folder_leaves_no_backbone_weights(tmp_path, local_backbone):
     tiny_detector().save_pretrained(tmp_path / "det")
     assert (tmp_path / "det" / "backbone.safetensors").exists()
-    config = DetectorConfig(backbone_id=local_backbone, image_size=32, lora={"rank": 4, "blocks": "last:2"})
+    config = DetectorConfig(backbone_id=local_backbone, processor={"size": 32}, lora={"rank": 4, "blocks": "last:2"})
     SEFDetector(config).save_pretrained(tmp_path / "det")
     assert not (tmp_path / "det" / "backbone.safetensors").exists()
 
@@ -155,7 +155,7 @@ def test_experts_trained_apart_combine_into_a_fused_detector(tmp_path):
 
 def test_tiny_config_is_enough_to_rebuild_offline(tmp_path):
     config = tiny_config("dinov2_registers")
-    restored = DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    restored = DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict())), processor=config.processor)
     assert restored == config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_distilled_student_is_one_expert_with_the_teachers_settings_and_scores_i
     student = SEFDetector.from_pretrained(result.detector)
     assert student.expert_names == ["distilled"] and student.config.fusion == "single"
     assert teacher.config.fusion == "sef" and len(teacher.expert_names) == 2
-    for key in ("backbone", "backbone_id", "backbone_config", "feature_layer", "feature_pool", "lora", "image_size"):
+    for key in ("backbone", "backbone_id", "backbone_config", "feature_layer", "feature_pool", "lora", "processor"):
         assert getattr(student.config, key) == getattr(teacher.config, key), key
     assert student.processor == teacher.processor
     # the student runs on the teacher's random backbone (copied, not a fresh draw) ...
@@ -128,7 +129,12 @@ def test_student_settings_default_to_the_teachers_and_overrides_apply():
     same = student_config(teacher, {})
     assert same.experts == ["distilled"] and same.fusion == "single"
     assert same.backbone_config == teacher.backbone_config and same.lora == teacher.lora
-    assert same.image_size == teacher.image_size and same.feature_layer == teacher.feature_layer
+    assert same.processor == teacher.processor and same.feature_layer == teacher.feature_layer
+    resized = student_config(teacher, {"processor": {"resize": 40}})
+    assert (resized.processor.size, resized.processor.resize) == (32, 40)  # merged key by key
+    assert student_config(teacher, {"image_size": 16}).processor.size == 16  # a [detector] table of older runs
+    pinned = dataclasses.replace(teacher, processor={"size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    assert student_config(pinned, {}).processor.image_mean is None  # the student backbone's normalisation
     ranked = student_config(teacher, {"lora": {"rank": 2}})
     assert ranked.lora.rank == 2 and ranked.lora.blocks == teacher.lora.blocks  # merged key by key
     local = student_config(teacher, {"backbone_id": "/models/dinov2-small"})  # other weights replace the reference
@@ -153,7 +159,7 @@ def test_config_errors_and_notes():
 def test_a_student_that_would_see_other_pixels_is_refused(teacher_run, data, tmp_path):
     # the student's own settings change the crop side
     cfg = distill_config(tmp_path / "a", data, teacher_run)
-    cfg.detector = {"image_size": 16}
+    cfg.detector = {"processor": {"size": 16}}
     with pytest.raises(ValueError, match=r"image processing differs from the teacher's \(size 16 vs 32\)"):
         train(cfg, progress=False)
     # the teacher's saved processor pins another normalisation than the student's backbone gives

@@ -175,7 +175,7 @@ def _toml(path: Path, **extra) -> Path:
     """A TrainConfig TOML with the given top-level keys and the tiny detector as a [detector] table."""
     d = TINY_DETECTOR
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    lines += ["[detector]", f'backbone = "{d["backbone"]}"', f"image_size = {d['image_size']}"]
+    lines += ["[detector]", f'backbone = "{d["backbone"]}"', f"processor = {{ size = {d['processor']['size']} }}"]
     lines += ['lora = { rank = 4, blocks = "last:2" }', "[detector.backbone_config]"]
     lines += [f"{k} = {v}" for k, v in d["backbone_config"].items()]
     path.write_text("\n".join(lines) + "\n")

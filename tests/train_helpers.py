@@ -15,7 +15,7 @@ from sefdata.config import BuildConfig
 from sefmodel.augment import AugmentConfig
 from sefmodel.train import TrainConfig
 
-TINY_DETECTOR = {"backbone": "dinov2", "backbone_config": TINY["dinov2"], "image_size": SIZE,
+TINY_DETECTOR = {"backbone": "dinov2", "backbone_config": TINY["dinov2"], "processor": {"size": SIZE},
                  "lora": {"rank": 4, "blocks": "last:2"}, "gate_hidden": 16}  # fmt: skip
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     )
     detector: dict[str, Any] = field(
         default_factory=dict,
-        metadata=doc("DetectorConfig fields for the new detector (backbone, backbone_id, lora, image_size, ...)"),
+        metadata=doc("DetectorConfig fields for the new detector (backbone, backbone_id, lora, processor, ...)"),
     )
     val_data: list[str] = field(
         default_factory=list, metadata=doc("held-out shards for periodic validation (default: no validation)")

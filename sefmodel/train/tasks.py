@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..combine import processing_differences
-from ..config import DetectorConfig
+from ..config import DetectorConfig, nest_processor_settings
 from ..detector import SEFDetector
 from ..serialization import CONFIG_NAME
 from .config import TrainConfig
@@ -92,7 +92,7 @@ class ExpertTask(Task):
         return self.config.domain
 
     def build_detector(self) -> SEFDetector:
-        config = DetectorConfig(**{**self.config.detector, "experts": [self.expert], "fusion": "single"})
+        config = DetectorConfig.from_dict({**self.config.detector, "experts": [self.expert], "fusion": "single"})
         return SEFDetector(config)
 
 
@@ -162,13 +162,14 @@ _BACKBONE_WEIGHTS = ("backbone_id", "backbone_revision", "backbone_config")
 
 def student_config(teacher: DetectorConfig, overrides: dict[str, Any]) -> DetectorConfig:
     """The distill stage's student: the teacher's backbone, feature layer, LoRA and image settings, with the
-    ``overrides`` (DetectorConfig fields; ``lora`` merged key by key) over them, as one expert with its own head.
+    ``overrides`` (DetectorConfig fields; ``lora`` and ``processor`` merged key by key) over them, as one expert
+    with its own head. The normalisation is the student backbone's, not the teacher's processor's.
 
     Overrides that name other backbone weights (``backbone``, ``backbone_id``, ...) replace the teacher's weights
     reference as a whole; another backbone family also takes that family's default feature pooling and LoRA
     targets."""
     values = dataclasses.asdict(teacher)
-    overrides = dict(overrides)
+    overrides = nest_processor_settings(overrides)
     if any(k in overrides and overrides[k] != values[k] for k in ("backbone", *_BACKBONE_WEIGHTS)):
         for key in _BACKBONE_WEIGHTS:
             values.pop(key)
@@ -176,7 +177,12 @@ def student_config(teacher: DetectorConfig, overrides: dict[str, Any]) -> Detect
             values.pop("feature_pool")
             values["lora"]["targets"] = None
     lora = {**values.pop("lora"), **overrides.pop("lora", {})}
-    return DetectorConfig(**{**values, **overrides, "lora": lora, "experts": [STUDENT], "fusion": "single"})
+    # the teacher's crop side and rules; the normalisation is the student backbone's (the task refuses a student
+    # whose pixels differ from the teacher's)
+    processor = {k: v for k, v in values.pop("processor").items() if k not in ("image_mean", "image_std")}
+    processor.update(overrides.pop("processor", {}))
+    return DetectorConfig(**{**values, **overrides, "lora": lora, "processor": processor, "experts": [STUDENT],
+                             "fusion": "single"})  # fmt: skip
 
 
 class DistillTask(MixedTask):
