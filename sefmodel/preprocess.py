@@ -97,19 +97,19 @@ class ImageProcessor:
 
     size: int | None = field(
         default=None,
-        metadata=doc("crop side in pixels fed to the backbone (default: the backbone's, 336 DINOv2, 224 CLIP and the "
+        metadata=doc("crop side in pixels fed to the backbone; unset: the backbone's (336 DINOv2, 224 CLIP and the "
                      "CNNs); a multiple of the patch size (a CNN's total stride, 32 for the released ones)"),
     )  # fmt: skip
     image_mean: tuple[float, float, float] | None = field(
-        default=None, metadata=doc("per-channel mean of RGB in [0, 1] (default: the backbone's)")
+        default=None, metadata=doc("per-channel mean of RGB in [0, 1]; unset: the backbone's")
     )
     image_std: tuple[float, float, float] | None = field(
-        default=None, metadata=doc("per-channel standard deviation of RGB in [0, 1] (default: the backbone's)")
+        default=None, metadata=doc("per-channel standard deviation of RGB in [0, 1]; unset: the backbone's")
     )
     resize: int | None = field(
         default=None,
-        metadata=doc("resize the short side to this many pixels before cropping (default: native resolution, "
-                     "recommended: resampling blurs generator artifacts)"),
+        metadata=doc("resize the short side to this many pixels before cropping; unset: native resolution "
+                     "(recommended: resampling blurs generator artifacts)"),
     )  # fmt: skip
     small: str = field(
         default="pad", metadata=doc("images smaller than the crop: pad (with the mean colour) or upscale (bicubic)")
