@@ -141,7 +141,8 @@ def test_each_rank_reads_only_its_shards_inputs_from_tar_sources(assets, gens, t
     assert read_by() == sum(sizes[8:12])
 
 
-def test_a_streamed_dataset_is_read_by_rank_and_matches_a_whole_build(assets, gens, tmp_path, monkeypatch):
+def _stream_photos(assets, monkeypatch) -> list[int]:
+    """load_dataset streams eight rows (four shared photos twice); returns the list of row numbers fetched."""
     cells = [asset(assets, f"photos/{n}").read_bytes() for n in ("chelsea.png", "rocket.jpg", "coffee.png", "ihc.png")]
     fetched = []
 
@@ -152,6 +153,11 @@ def test_a_streamed_dataset_is_read_by_rank_and_matches_a_whole_build(assets, ge
 
     streamed = datasets.IterableDataset.from_generator(rows)
     monkeypatch.setattr(datasets, "load_dataset", lambda ref, split, streaming: streamed)
+    return fetched
+
+
+def test_a_streamed_dataset_is_read_by_rank_and_matches_a_whole_build(assets, gens, tmp_path, monkeypatch):
+    _stream_photos(assets, monkeypatch)
     whole, split = tmp_path / "whole", tmp_path / "split"
     build(_config(["someone/photos"], whole, gens, image_field="image"), progress=False)
     for rank in (1, 0):
@@ -164,16 +170,7 @@ def test_a_streamed_dataset_is_read_by_rank_and_matches_a_whole_build(assets, ge
 def test_a_streamed_dataset_is_read_in_one_pass_with_many_shards_in_flight(assets, tmp_path, monkeypatch):
     """Shards of one input: the pipeline reads several shards ahead, and the stream keeps every row of the shards
     in flight as it passes them, so no read sends it back to the start."""
-    cells = [asset(assets, f"photos/{n}").read_bytes() for n in ("chelsea.png", "rocket.jpg", "coffee.png", "ihc.png")]
-    fetched = []
-
-    def rows():
-        for i, data in enumerate(cells * 2):
-            fetched.append(i)
-            yield {"image": {"bytes": data, "path": None}}
-
-    streamed = datasets.IterableDataset.from_generator(rows)
-    monkeypatch.setattr(datasets, "load_dataset", lambda ref, split, streaming: streamed)
+    fetched = _stream_photos(assets, monkeypatch)
     config = BuildConfig(sources=["someone/photos"], out=str(tmp_path / "o"), gen=["identity"], image_field="image",
                          shard_size=1, batch_size=1, max_side=64, format="png", workers=2)  # fmt: skip
     assert build(config, progress=False).written == 8
