@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sefdata.errors import SefError
-from sefdata.fields import doc
+from sefdata.fields import doc, same_as
 
+from .runtime import RuntimeOptions
 from .serve_middleware import is_loopback
 
 if TYPE_CHECKING:
@@ -76,19 +77,14 @@ class ServeConfig:
         metadata=doc("Label an image 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision (as sefmodel "
                      "predict).", metavar="LOW,HIGH"),
     )  # fmt: skip
-    crop: str | None = field(
-        default=None,
-        metadata=doc("Crops per image, center or multi (default: the detector's config)", metavar="center|multi"),
-    )
-    device: str = field(default="auto", metadata=doc("auto, cpu or cuda[:i].", metavar="DEVICE"))
-    threads: int = field(
-        default=0,
-        metadata=doc("Threads torch computes with while scoring; 0 keeps torch's default (one per core). On a machine "
-                     "busy with other work, 1 avoids threads spinning while they wait for a core."),
-    )  # fmt: skip
+    crop: str | None = same_as(RuntimeOptions, "crop")
+    device: str = same_as(RuntimeOptions, "device")
+    threads: int = same_as(RuntimeOptions, "threads")
     batch_size: int = field(
-        default=4, metadata=doc("Images per forward pass (decoded images wait in memory until their batch runs).")
-    )
+        default=4,
+        metadata=doc("Images per forward pass; smaller than the other commands' default because decoded uploads "
+                     "wait in memory until their batch runs.", metavar="N"),
+    )  # fmt: skip
     max_upload_mb: float = field(
         default=64.0,
         metadata=doc("Largest request body in MiB (all files of one request); larger requests get 413.",

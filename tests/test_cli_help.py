@@ -149,7 +149,8 @@ def test_runtime_block_is_one_declaration_for_every_scoring_command():
 
     uses = {"eval": ("batch_size", "crop", "device", "threads"), "predict": ("batch_size", "crop", "device", "threads"),
             "explain": ("device", "threads"), "calibrate": ("batch_size", "device", "threads"),
-            "golden": ("threads",), "check": ("threads",), "aeroblade": ("device", "threads")}  # fmt: skip
+            "golden": ("threads",), "check": ("threads",), "aeroblade": ("device", "threads"),
+            "serve": ("crop", "device", "threads")}  # fmt: skip
     fields = {f.name: f.metadata for f in dataclasses.fields(RuntimeOptions)}
     reference = _params(sefmodel_cli.app, "predict")  # predict has all four
     for name, meta in fields.items():
@@ -163,6 +164,7 @@ def test_runtime_block_is_one_declaration_for_every_scoring_command():
     shown = _params(sefmodel_cli.app, "predict")
     assert shown["--device"][1] == "auto" and shown["--batch-size"][1] == "16" and shown["--threads"][1] == "0"
     assert shown["--crop"][1] == "the detector's config"
+    assert _params(sefmodel_cli.app, "serve")["--batch-size"][1] == "4"  # serve's own: uploads wait for their batch
 
 
 def test_every_config_documents_its_fields_one_way():
