@@ -1,8 +1,8 @@
 """Command-line options derived from a config dataclass: an option is declared once, as a field.
 
 A field's name gives the flag (``max_side`` -> ``--max-side``), its type the value type (``list[...]`` makes it
-repeatable, ``bool`` a switch: ``--x/--no-x`` when it is on by default), its help (``metadata["help"]``, or the
-attribute docstring) the help, and its default the ``[default: ...]`` shown. The command receives only the flags
+repeatable, ``bool`` a switch: ``--x/--no-x`` when it is on by default), its help (``metadata["help"]``, written with
+:func:`sefdata.fields.doc`) the help, and its default the ``[default: ...]`` shown. The command receives only the flags
 given on the command line, as a dict of field values, so that they can override a recipe or config file, which in
 turn overrides the defaults the dataclass owns.
 
@@ -13,15 +13,13 @@ turn overrides the defaults the dataclass owns.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
-import importlib.util
+import importlib
 import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -82,34 +80,6 @@ def _type_hints(cls: type) -> dict[str, Any]:
         return out
 
 
-def specs_in_source(module: str, class_name: str) -> list[FieldSpec]:
-    """The fields of a dataclass documented the attribute-docstring way (``name: type = default`` then a string),
-    read from its module's source without importing the module: a model config may live beside torch code that
-    ``--help`` must not load. Defaults are read when they are literals (others show none)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"cannot find module {module}")
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
-    names = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "Any": Any}
-    out = []
-    for node, after in zip(cls.body, [*cls.body[1:], None], strict=True):
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        try:  # builtin type names and | only; anything else (a nested config) has no command-line form
-            annotation = eval(ast.unparse(node.annotation), {"__builtins__": {}}, names)
-        except NameError:
-            annotation = Any
-        try:
-            default = ast.literal_eval(node.value) if node.value is not None else None
-        except ValueError:
-            default = None
-        doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else ""
-        out.append(FieldSpec(node.target.id, annotation, functools.partial(lambda d: d, default),
-                             " ".join(str(doc).split())))  # fmt: skip
-    return out
-
-
 def _shown(value: Any) -> str | None:
     """How a default reads in help; None for "no default worth showing" (None, off, empty)."""
     if value is None or value is False or value in ("", [], {}):
@@ -135,7 +105,7 @@ _METAVARS = {str: "TEXT", int: "N", float: "X"}
 
 
 def config_options(
-    source: type | list[FieldSpec],
+    source: type,
     *,
     include: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
@@ -143,14 +113,14 @@ def config_options(
     overrides: dict[str, dict[str, Any]] | None = None,
     param: str = PARAM,
 ) -> Callable[[Callable], Callable]:
-    """Add one option per field of ``source`` (a config dataclass, or :func:`specs_in_source`) to a typer command.
+    """Add one option per field of ``source`` (a config dataclass) to a typer command.
 
     Fields: ``include`` (default: all) minus ``exclude``; flags are ``--{prefix}{name}``. The decorated function
     takes a keyword parameter ``param``: a dict of the fields given on the command line, by field name.
     ``overrides`` maps a field name to typer.Option keyword arguments (``help``, ``metavar``, extra flag names in
     ``names``, another long name in ``flag``) for the few that need more than their field says. A field without a
     default is a required option."""
-    specs = specs_of(source) if isinstance(source, type) else list(source)
+    specs = specs_of(source)
     wanted = [s.name for s in specs] if include is None else list(include)
     missing = set(wanted) - {s.name for s in specs}
     if missing:

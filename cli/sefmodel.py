@@ -12,14 +12,17 @@ import typer
 
 from sefdata.errors import SefError
 from sefdata.markdown import fmt as _f
+from sefmodel.aeroblade_config import AerobladeConfig
+from sefmodel.config import DetectorConfig
 from sefmodel.eval_config import EvalConfig
 from sefmodel.lora import LoraSettings
 from sefmodel.preprocess import ImageProcessor
 from sefmodel.runtime import RuntimeOptions
+from sefmodel.serve import ServeConfig
 from sefmodel.train.config import TrainConfig
 
 from .common import App, command_line, report_upload, run_app, user_errors
-from .options import config_options, field_help, publish_options, specs_in_source
+from .options import config_options, field_help, publish_options
 
 app = App(help="Train, evaluate and use Separate Expert Fusion detectors on sefdata shards.")
 
@@ -44,8 +47,8 @@ def _number(text: str) -> int | float | str:
 
 
 # Options are declared once, in the configs: every TrainConfig field with a plain value is an option here and a key
-# in --config files; the detector's main fields (keys of the [detector] table) come from DetectorConfig, read from
-# its source so that --help imports no torch, and the LoRA rank and blocks from LoraSettings.
+# in --config files; the detector's main fields (keys of the [detector] table) come from DetectorConfig, the crop side
+# from its ImageProcessor and the LoRA rank and blocks from LoraSettings.
 @app.command()
 @config_options(
     TrainConfig,
@@ -55,12 +58,9 @@ def _number(text: str) -> int | float | str:
                "fusion": {"metavar": "HEAD"}, "mixed_precision": {"metavar": "MODE"}, "record_keys": {"hidden": True}},
 )  # fmt: skip
 @config_options(
-    specs_in_source("sefmodel.config", "DetectorConfig"),
+    DetectorConfig,
     include=("backbone", "backbone_id", "feature_layer", "feature_pool", "input_filter", "spectrum", "gate_hidden",
              "gate_input"),
-    overrides={"backbone": {"metavar": "FAMILY"}, "backbone_id": {"metavar": "HUB_ID_OR_DIR"},
-               "feature_pool": {"metavar": "POOL"}, "input_filter": {"metavar": "none|highpass"},
-               "gate_input": {"metavar": "features|logits|both"}},
     param="detector_flags",
 )  # fmt: skip
 @config_options(
@@ -574,12 +574,7 @@ def explain(
 
 
 @app.command(no_args_is_help=True)
-@config_options(
-    specs_in_source("sefmodel.serve", "ServeConfig"),
-    overrides={"host": {"metavar": "ADDRESS"}, "report": {"metavar": "DIR"}, "threshold": {"metavar": "P"},
-               "crop": {"metavar": "center|multi"}, "device": {"metavar": "DEVICE"},
-               "uncertain": {"metavar": "LOW,HIGH"}, "max_upload_mb": {"metavar": "MIB"}, "port": {"names": ["-p"]}},
-)  # fmt: skip
+@config_options(ServeConfig, overrides={"port": {"names": ["-p"]}})
 def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, config_flags: dict) -> None:
     """A local web page and JSON API to try a detector: drop images (or a folder) on the page and see, per image,
     P(generated), the decision at the threshold, the gate weights over the experts and each expert's Grad-CAM
@@ -594,8 +589,6 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
     Nothing is written outside a temporary folder that is removed when the server stops (Ctrl-C)."""
     with user_errors():
         _check_ref(run)
-        from sefmodel.serve import ServeConfig
-
         config = ServeConfig(**config_flags)
     from sefmodel.predict import load_detector
     from sefmodel.serve import create_app, find_report
@@ -621,12 +614,9 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
 
 @app.command(no_args_is_help=True)
 @config_options(
-    specs_in_source("sefmodel.aeroblade", "AerobladeConfig"),
+    AerobladeConfig,
     include=("distance", "distance_backbone", "distance_layers", "lpips_layer", "image_size", "crop"),
-    overrides={"distance": {"metavar": "features|lpips|l2|l1"}, "distance_backbone": {"metavar": "FAMILY"},
-               "distance_layers": {"metavar": "N"}, "lpips_layer": {"metavar": "0-5"},
-               "image_size": {"metavar": "PIXELS"}, "crop": {"metavar": "center|multi"}},
-)  # fmt: skip
+)
 @config_options(
     RuntimeOptions,
     include=("batch_size", "device", "threads"),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_exports
 
 _EXPORTS = {
-    "AerobladeConfig": "aeroblade",
+    "AerobladeConfig": "aeroblade_config",
     "AerobladeDetector": "aeroblade",
     "Backbone": "backbones",
     "CNNBackbone": "backbones",
@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .aeroblade import AerobladeConfig, AerobladeDetector
+    from .aeroblade import AerobladeDetector
+    from .aeroblade_config import AerobladeConfig
     from .backbones import (
         Backbone,
         CNNBackbone,

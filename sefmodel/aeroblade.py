@@ -12,19 +12,21 @@ smallest over them, as in the paper.
 **Probability.** ``P(generated) = sigmoid(scale * (offset - ln d))`` with ``scale > 0``: monotone in ``-d``, so AP
 and AUROC are those of the distance itself, whatever the two numbers. They are fitted by logistic regression on a
 labelled set when one is given (``--fit-on``); otherwise ``offset`` is a rough default per distance
-(:data:`DEFAULT_OFFSETS`) and the decision threshold should come from ``sefmodel calibrate`` (real images alone).
+(:data:`~sefmodel.aeroblade_config.DEFAULT_OFFSETS`) and the decision threshold should come from ``sefmodel
+calibrate`` (real images alone).
 
 **Pixels.** Scoring goes through the detector's :class:`~sefmodel.preprocess.ImageProcessor` like every detector's:
 native resolution, ``image_size`` crops (centre by default, ``multi`` averages a grid's probabilities), RGB in
 [0, 1] (mean 0, std 1); an image smaller than the crop is padded with black, which reconstructs almost perfectly and
 so lowers the distance: score such images with a smaller ``image_size``.
 
-**Folder.** Like any detector: ``config.json`` (:class:`AerobladeConfig`, ``"detector_type": "aeroblade"``),
-``preprocessor_config.json``, ``README.md``, ``threshold.json`` after ``sefmodel calibrate``, and the networks it
-scores with, copied in so that the folder is self-contained and names no local path: ``autoencoders/NAME/``
-(TAESD encoder and decoder as safetensors, or a diffusers VAE folder) and ``distance/`` (the backbone's transformers
-folder, or the LPIPS weights). :func:`sefmodel.predict.load_detector` dispatches on ``detector_type``, so ``sefmodel
-eval``, ``predict``, ``serve``, ``calibrate`` and ``publish`` take it like a trained detector.
+**Folder.** Like any detector: ``config.json`` (:class:`~sefmodel.aeroblade_config.AerobladeConfig`,
+``"detector_type": "aeroblade"``), ``preprocessor_config.json``, ``README.md``, ``threshold.json`` after ``sefmodel
+calibrate``, and the networks it scores with, copied in so that the folder is self-contained and names no local path:
+``autoencoders/NAME/`` (TAESD encoder and decoder as safetensors, or a diffusers VAE folder) and ``distance/`` (the
+backbone's transformers folder, or the LPIPS weights). :func:`sefmodel.predict.load_detector` dispatches on
+``detector_type``, so ``sefmodel eval``, ``predict``, ``serve``, ``calibrate`` and ``publish`` take it like a trained
+detector.
 """
 
 from __future__ import annotations
@@ -32,11 +34,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,109 +47,23 @@ from torch import nn
 
 from sefdata.errors import SefError
 
-from .distances import Distance, get_distance_class, known_distances
-from .fields import from_versioned_dict
+from .aeroblade_config import DETECTOR_TYPE, AerobladeConfig
+from .distances import Distance, get_distance_class
 from .pipeline import Scores, crop_batches
 from .pipeline import score as score_images
 from .preprocess import ImageProcessor
-from .serialization import CONFIG_NAME, DETECTOR_TYPE_KEY, resolve_folder
+from .serialization import CONFIG_NAME, resolve_folder
 
 if TYPE_CHECKING:
     from sefdata.generators import Generator
 
     from .threshold import CalibratedThreshold
 
-DETECTOR_TYPE = "aeroblade"
 AUTOENCODERS = ("taesd", "vae")
 """Generators that are autoencoders (encode -> decode), usable here."""
 AUTOENCODER_FOLDER = "autoencoders"
 DISTANCE_FOLDER = "distance"
-FORMAT_VERSION = 1
-_META_KEYS = ("format_version", "library", DETECTOR_TYPE_KEY)
-DEFAULT_OFFSETS = {"features": math.log(0.1), "lpips": math.log(0.02), "l2": math.log(3e-4), "l1": math.log(0.0125)}
-"""ln(distance) where an unfitted detector says 0.5, per distance: rough midpoints between the shared photos and
-their TAEF2 reconstructions in 256 px centre crops (features: MobileNetV2 block 1; lpips: a guess from the paper's
-figures). Not a calibration: fit them (--fit-on) or set a threshold with ``sefmodel calibrate``."""
 _MIN_DISTANCE = 1e-12  # a perfect reconstruction (e.g. an all-padding crop) has ln d = ln 1e-12, not -inf
-
-
-@dataclass
-class AerobladeConfig:
-    """What an AEROBLADE detector folder's ``config.json`` holds (besides ``detector_type``)."""
-
-    autoencoders: list[dict[str, Any]] = field(default_factory=list)
-    """One entry per autoencoder: generator (taesd or vae), name (its folder under autoencoders/), params (the
-    --gen parameters that load the stored copy, paths relative to its folder) and source (what the weights were:
-    file names, sha256, revision; never a local path)."""
-    distance: str = "features"
-    """How far an image lies from its reconstruction: features (LPIPS-style on a frozen backbone's early blocks),
-    lpips (the LPIPS metric; needs the lpips package and the VGG16 weights), l2 or l1 (pixels)."""
-    distance_backbone: str = "mobilenet_v2"
-    """Backbone family of the features distance (a registered family: mobilenet_v2, resnet, convnext, dinov2...)."""
-    distance_layers: list[int] = field(default_factory=lambda: [1])
-    """Blocks of that backbone whose outputs are compared, 0-based; the default is MobileNetV2's second block, as
-    AEROBLADE takes LPIPS's second layer (default: 1)"""
-    lpips_layer: int = 2
-    """LPIPS layer of the lpips distance, 1-5 (AEROBLADE uses 2), or 0 for LPIPS itself (all five)."""
-    distance_source: dict[str, Any] = field(default_factory=dict)
-    """What the distance network's weights were (its folder or file name and the family); no local path."""
-    image_size: int = 256
-    """Crop side in pixels; a multiple of every autoencoder's downsampling factor (8 for TAESD and SD VAEs)."""
-    crop: str = "center"
-    """Crops per image when scoring: center (one) or multi (a grid; probabilities are averaged)."""
-    crops_per_side: int = 3
-    """Maximum crops along each side for crop=multi."""
-    small: str = "pad"
-    """Images smaller than the crop: pad (black, reconstructs well: lowers the distance) or upscale (bicubic)."""
-    scale: float = 1.0
-    """Slope of P(generated) = sigmoid(scale * (offset - ln distance)); must be > 0."""
-    offset: float | None = None
-    """ln(distance) at which P(generated) = 0.5; None: the distance's rough default (DEFAULT_OFFSETS)."""
-    fit: dict[str, Any] | None = None
-    """How scale and offset were fitted (--fit-on): the set's name, counts, AP of -ln(distance) on it."""
-
-    def __post_init__(self) -> None:
-        if self.distance not in known_distances():
-            raise SefError(f"unknown distance {self.distance!r}; known: {', '.join(known_distances())}")
-        if isinstance(self.distance_layers, int) or not all(isinstance(x, int) for x in self.distance_layers):
-            raise SefError(f"distance_layers must be a list of block indices, got {self.distance_layers!r}")
-        self.distance_layers = list(self.distance_layers)
-        if not self.distance_layers:
-            raise SefError("distance_layers: name at least one block")
-        if not isinstance(self.lpips_layer, int) or not 0 <= self.lpips_layer <= 5:
-            raise SefError(f"lpips_layer must be 0 (all five layers) or a layer 1-5, got {self.lpips_layer!r}")
-        self.processor()  # the image processor validates image_size, crop, crops_per_side and small
-        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
-            raise SefError(f"scale must be a number > 0 (P(generated) falls as the distance grows), got {self.scale}")
-        if self.offset is None:
-            self.offset = DEFAULT_OFFSETS[self.distance]
-        if not (isinstance(self.offset, (int, float)) and math.isfinite(self.offset)):
-            raise SefError(f"offset must be a finite number, got {self.offset!r}")
-        names = [entry.get("name") for entry in self.autoencoders]
-        if len(set(names)) != len(names):
-            raise SefError(f"autoencoder names must be unique, got {names}; rename one with as=NAME")
-
-    def distance_settings(self) -> dict[str, Any]:
-        return {"distance_backbone": self.distance_backbone, "distance_layers": self.distance_layers,
-                "lpips_layer": self.lpips_layer}  # fmt: skip
-
-    def processor(self) -> ImageProcessor:
-        """The image processor these settings imply: crops in [0, 1] (mean 0, std 1), native resolution."""
-        return ImageProcessor(size=self.image_size, image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0),
-                              small=self.small, crop=self.crop, crops_per_side=self.crops_per_side)  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "library": "sef-toolkit", DETECTOR_TYPE_KEY: DETECTOR_TYPE,
-                **asdict(self)}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AerobladeConfig:
-        if data.get(DETECTOR_TYPE_KEY) != DETECTOR_TYPE:
-            raise ValueError(f"not an AEROBLADE config ({DETECTOR_TYPE_KEY} is {data.get(DETECTOR_TYPE_KEY)!r})")
-        try:
-            return from_versioned_dict(cls, data, version=FORMAT_VERSION, meta_keys=_META_KEYS, what="aeroblade config")
-        except SefError as e:
-            raise ValueError(str(e)) from None
 
 
 def parse_autoencoder(text: str) -> Any:

@@ -8,9 +8,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .backbones import get_backbone_class
+from sefdata.fields import doc
+
 from .fields import from_versioned_dict
-from .fusion import GATE_INPUTS, known_fusions
 from .lora import LoraSettings
 from .preprocess import ImageProcessor
 
@@ -29,50 +29,84 @@ LEGACY_PROCESSOR_KEYS = {"image_size": "size", "crop": "crop", "crops_per_side":
 class DetectorConfig:
     """Everything needed to rebuild a detector (its trained tensors come from the safetensors file)."""
 
-    backbone: str = "dinov2"
-    """Backbone family in the registry: the ViTs dinov2, dinov2_registers, clip; the CNNs mobilenet_v2, resnet,
-    convnext (or any registered name)."""
-    backbone_id: str | None = None
-    """Hub id or local folder of the backbone weights; None means the family's default id
-    (e.g. facebook/dinov2-large). Must be None when backbone_config is given."""
-    backbone_revision: str | None = None
-    """Hub branch, tag or commit of the backbone; filled with the resolved commit when the Hub reports one."""
-    backbone_config: dict[str, Any] | None = None
-    """A transformers config dict to build a randomly initialised backbone instead of loading one (tests,
-    benchmarks). Such a backbone's weights are saved in the detector folder (backbone.safetensors)."""
-    feature_layer: int = -1
-    """Block whose output is the feature (0-based; -1 = last): a ViT layer (its CLS token, final norm applied) or
-    a CNN stage (its pooled map; for MobileNetV2 stage i < 16 is transformers' hidden_states[i])."""
-    feature_pool: str | None = None
-    """How the feature block's output becomes the feature; None = the family's default. ViTs: "cls". CNNs:
-    "mean" (default; global average, the model's pooler_output at the last stage) or "mean_std" (per-channel
-    mean and standard deviation, twice the width; keeps the texture statistics that early stages carry)."""
-    experts: list[str] = field(default_factory=lambda: ["recon", "sr"])
-    """Expert names, one LoRA adapter + head each (letters, digits, _ or -, starting with a letter)."""
-    fusion: str = "sef"
-    """How expert features become a score: single (one expert, its own head; also the mixed baseline),
-    sef, mean, concat."""
-    gate_hidden: int = 256
-    """Hidden width of the SEF gating MLP; 0 makes the gate linear."""
-    gate_input: str = "features"
-    """What a gate (fusions sef and moe) sees: features (the experts' features, concatenated), logits (each
-    expert's own logit) or both."""
-    spectrum: bool = False
-    """Append the periodic-spectrum feature of the crop (sefmodel.spectrum: power at the 8/4/2 px periods of
-    decoders and upsamplers, as log power and ratio to its neighbours) to every expert's feature."""
-    input_filter: str = "none"
-    """What the backbone sees: none (the normalised crop) or highpass (the crop minus its 3x3 mean, scaled to unit
-    standard deviation per image: the fine structure, without colour or the photo's overall amount of detail)."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA settings shared by all experts."""
-    shared_trunk: bool = True
-    """Run blocks before the first LoRA block once for all experts (same scores, less compute)."""
-    processor: ImageProcessor = field(default_factory=ImageProcessor)
-    """The image processor (sefmodel.preprocess.ImageProcessor: crop side, crop mode, resize and small-image rules,
-    normalisation); what it leaves unset comes from the backbone. Saved beside config.json as
-    preprocessor_config.json."""
+    backbone: str = field(
+        default="dinov2",
+        metadata=doc("Backbone family in the registry: the ViTs dinov2, dinov2_registers, clip; the CNNs mobilenet_v2, "
+                     "resnet, convnext (or any registered name).", metavar="FAMILY"),
+    )  # fmt: skip
+    backbone_id: str | None = field(
+        default=None,
+        metadata=doc("Hub id or local folder of the backbone weights; None means the family's default id (e.g. "
+                     "facebook/dinov2-large). Must be None when backbone_config is given.", metavar="HUB_ID_OR_DIR"),
+    )  # fmt: skip
+    backbone_revision: str | None = field(
+        default=None,
+        metadata=doc("Hub branch, tag or commit of the backbone; filled with the resolved commit when the Hub reports "
+                     "one."),
+    )  # fmt: skip
+    backbone_config: dict[str, Any] | None = field(
+        default=None,
+        metadata=doc("A transformers config dict to build a randomly initialised backbone instead of loading one "
+                     "(tests, benchmarks). Such a backbone's weights are saved in the detector folder "
+                     "(backbone.safetensors)."),
+    )  # fmt: skip
+    feature_layer: int = field(
+        default=-1,
+        metadata=doc("Block whose output is the feature (0-based; -1 = last): a ViT layer (its CLS token, final norm "
+                     "applied) or a CNN stage (its pooled map; for MobileNetV2 stage i < 16 is transformers' "
+                     "hidden_states[i])."),
+    )  # fmt: skip
+    feature_pool: str | None = field(
+        default=None,
+        metadata=doc("How the feature block's output becomes the feature; None = the family's default. ViTs: \"cls\". "
+                     "CNNs: \"mean\" (default; global average, the model's pooler_output at the last stage) or "
+                     "\"mean_std\" (per-channel mean and standard deviation, twice the width; keeps the texture "
+                     "statistics that early stages carry).", metavar="POOL"),
+    )  # fmt: skip
+    experts: list[str] = field(
+        default_factory=lambda: ["recon", "sr"],
+        metadata=doc("Expert names, one LoRA adapter + head each (letters, digits, _ or -, starting with a letter)."),
+    )
+    fusion: str = field(
+        default="sef",
+        metadata=doc("How expert features become a score: single (one expert, its own head; also the mixed "
+                     "baseline), sef, mean, concat."),
+    )  # fmt: skip
+    gate_hidden: int = field(default=256, metadata=doc("Hidden width of the SEF gating MLP; 0 makes the gate linear."))
+    gate_input: str = field(
+        default="features",
+        metadata=doc("What a gate (fusions sef and moe) sees: features (the experts' features, concatenated), logits "
+                     "(each expert's own logit) or both.", metavar="features|logits|both"),
+    )  # fmt: skip
+    spectrum: bool = field(
+        default=False,
+        metadata=doc("Append the periodic-spectrum feature of the crop (sefmodel.spectrum: power at the 8/4/2 px "
+                     "periods of decoders and upsamplers, as log power and ratio to its neighbours) to every expert's "
+                     "feature."),
+    )  # fmt: skip
+    input_filter: str = field(
+        default="none",
+        metadata=doc("What the backbone sees: none (the normalised crop) or highpass (the crop minus its 3x3 mean, "
+                     "scaled to unit standard deviation per image: the fine structure, without colour or the photo's "
+                     "overall amount of detail).", metavar="none|highpass"),
+    )  # fmt: skip
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata=doc("LoRA settings shared by all experts."))
+    shared_trunk: bool = field(
+        default=True,
+        metadata=doc("Run blocks before the first LoRA block once for all experts (same scores, less compute)."),
+    )
+    processor: ImageProcessor = field(
+        default_factory=ImageProcessor,
+        metadata=doc("The image processor (sefmodel.preprocess.ImageProcessor: crop side, crop mode, resize and "
+                     "small-image rules, normalisation); what it leaves unset comes from the backbone. Saved beside "
+                     "config.json as preprocessor_config.json."),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        # the registries live beside torch code: loaded when a config is made, not when --help reads the fields
+        from .backbones import get_backbone_class
+        from .fusion import GATE_INPUTS, known_fusions
+
         try:
             get_backbone_class(self.backbone)
         except KeyError as err:

@@ -32,12 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sefdata.errors import SefError
+from sefdata.fields import doc, same_as
 
+from .runtime import RuntimeOptions
 from .serve_middleware import is_loopback
 
 if TYPE_CHECKING:
@@ -54,36 +56,53 @@ bytes; everything else (EPS, PSD, ...) is refused."""
 class ServeConfig:
     """How ``sefmodel serve`` listens and what it accepts."""
 
-    host: str = "127.0.0.1"
-    """Address to listen on; the default answers this machine only. 0.0.0.0 opens it to the network."""
-    port: int = 7860
-    """TCP port; 0 picks a free one (the URL is printed)."""
-    report: str | None = None
-    """Folder of the run's `sefmodel eval` output (results.md, plots/) shown at /report (default: RUN/eval)"""
-    threshold: float | None = None
-    """Decision threshold: an image is called generated when prob > threshold, as in sefmodel predict (default:
-    the detector's threshold.json, else 0.5)"""
-    uncertain: str | None = None
-    """Label an image 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision (as sefmodel predict)."""
-    crop: str | None = None
-    """Crops per image, center or multi (default: the detector's config)"""
-    device: str = "auto"
-    """auto, cpu or cuda[:i]."""
-    threads: int = 0
-    """Threads torch computes with while scoring; 0 keeps torch's default (one per core). On a machine busy with
-    other work, 1 avoids threads spinning while they wait for a core."""
-    batch_size: int = 4
-    """Images per forward pass (decoded images wait in memory until their batch runs)."""
-    max_upload_mb: float = 64.0
-    """Largest request body in MiB (all files of one request); larger requests get 413."""
-    max_pixels: int = 50_000_000
-    """Refuse images with more pixels, judged from the header before decoding (decompression bombs)."""
-    max_files: int = 64
-    """Most files in one request."""
-    queue: int = 8
-    """Requests admitted at once (one scoring, the rest waiting); more get 503 busy at once."""
-    no_heatmaps: bool = False
-    """Do not compute Grad-CAM heatmaps (they cost a backward pass per expert per image)."""
+    host: str = field(
+        default="127.0.0.1",
+        metadata=doc("Address to listen on; the default answers this machine only. 0.0.0.0 opens it to the network.",
+                     metavar="ADDRESS"),
+    )  # fmt: skip
+    port: int = field(default=7860, metadata=doc("TCP port; 0 picks a free one (the URL is printed)."))
+    report: str | None = field(
+        default=None,
+        metadata=doc("Folder of the run's `sefmodel eval` output (results.md, plots/) shown at /report (default: "
+                     "RUN/eval)", metavar="DIR"),
+    )  # fmt: skip
+    threshold: float | None = field(
+        default=None,
+        metadata=doc("Decision threshold: an image is called generated when prob > threshold, as in sefmodel predict "
+                     "(default: the detector's threshold.json, else 0.5)", metavar="P"),
+    )  # fmt: skip
+    uncertain: str | None = field(
+        default=None,
+        metadata=doc("Label an image 'uncertain' when LOW <= prob <= HIGH instead of forcing a decision (as sefmodel "
+                     "predict).", metavar="LOW,HIGH"),
+    )  # fmt: skip
+    crop: str | None = same_as(RuntimeOptions, "crop")
+    device: str = same_as(RuntimeOptions, "device")
+    threads: int = same_as(RuntimeOptions, "threads")
+    batch_size: int = field(
+        default=4,
+        metadata=doc("Images per forward pass; smaller than the other commands' default because decoded uploads "
+                     "wait in memory until their batch runs.", metavar="N"),
+    )  # fmt: skip
+    max_upload_mb: float = field(
+        default=64.0,
+        metadata=doc("Largest request body in MiB (all files of one request); larger requests get 413.",
+                     metavar="MIB"),
+    )  # fmt: skip
+    max_pixels: int = field(
+        default=50_000_000,
+        metadata=doc("Refuse images with more pixels, judged from the header before decoding (decompression bombs)."),
+    )
+    max_files: int = field(default=64, metadata=doc("Most files in one request."))
+    queue: int = field(
+        default=8,
+        metadata=doc("Requests admitted at once (one scoring, the rest waiting); more get 503 busy at once."),
+    )
+    no_heatmaps: bool = field(
+        default=False,
+        metadata=doc("Do not compute Grad-CAM heatmaps (they cost a backward pass per expert per image)."),
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

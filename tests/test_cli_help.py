@@ -116,11 +116,12 @@ def test_a_new_field_is_a_new_option_with_its_help_and_default():
 
 @pytest.mark.parametrize("tool", APPS)
 def test_help_imports_no_model_stack(tool):
-    """--help is fast because it loads no torch, transformers or numpy (timed by bench/cli_help.py, not here)."""
+    """--help is fast because it loads no torch, transformers or numpy (timed by bench/cli_help.py, not here): the
+    configs that every command's options come from are imported as classes, so their modules must stay light."""
+    commands = [command for t, command in COMMANDS if t == tool]
     code = (
         f"import sys; from sef_cli import {tool} as m\n"
-        "for args in (['--help'], ['train' if 'model' in m.__name__ else 'build', '--help'], "
-        "             ['serve' if 'model' in m.__name__ else 'verify', '--help']):\n"
+        f"for args in [['--help'], *([c, '--help'] for c in {commands!r})]:\n"
         "    try: m.app(args, prog_name='x')\n"
         "    except SystemExit: pass\n"
         "heavy = ('torch', 'transformers', 'diffusers', 'peft', 'numpy', 'fastapi', 'uvicorn', 'starlette')\n"
@@ -148,7 +149,8 @@ def test_runtime_block_is_one_declaration_for_every_scoring_command():
 
     uses = {"eval": ("batch_size", "crop", "device", "threads"), "predict": ("batch_size", "crop", "device", "threads"),
             "explain": ("device", "threads"), "calibrate": ("batch_size", "device", "threads"),
-            "golden": ("threads",), "check": ("threads",), "aeroblade": ("device", "threads")}  # fmt: skip
+            "golden": ("threads",), "check": ("threads",), "aeroblade": ("device", "threads"),
+            "serve": ("crop", "device", "threads")}  # fmt: skip
     fields = {f.name: f.metadata for f in dataclasses.fields(RuntimeOptions)}
     reference = _params(sefmodel_cli.app, "predict")  # predict has all four
     for name, meta in fields.items():
@@ -162,6 +164,30 @@ def test_runtime_block_is_one_declaration_for_every_scoring_command():
     shown = _params(sefmodel_cli.app, "predict")
     assert shown["--device"][1] == "auto" and shown["--batch-size"][1] == "16" and shown["--threads"][1] == "0"
     assert shown["--crop"][1] == "the detector's config"
+    assert _params(sefmodel_cli.app, "serve")["--batch-size"][1] == "4"  # serve's own: uploads wait for their batch
+
+
+def test_every_config_documents_its_fields_one_way():
+    """Each config a command's options come from gives every field its help as ``metadata=doc(...)``: a field
+    documented another way (an attribute docstring) would reach --help with no text."""
+    from sef_cli.options import PublishOptions
+
+    from sefmodel.aeroblade_config import AerobladeConfig
+    from sefmodel.config import DetectorConfig
+    from sefmodel.eval_config import EvalConfig
+    from sefmodel.lora import LoraSettings
+    from sefmodel.preprocess import ImageProcessor
+    from sefmodel.runtime import RuntimeOptions
+    from sefmodel.serve import ServeConfig
+
+    configs = (BuildConfig, TrainConfig, DetectorConfig, ImageProcessor, LoraSettings, EvalConfig, RuntimeOptions,
+               ServeConfig, AerobladeConfig, PublishOptions)  # fmt: skip
+    for config in configs:
+        undocumented = [f.name for f in dataclasses.fields(config) if not f.metadata.get("help", "").strip()]
+        assert not undocumented, (config.__name__, undocumented)
+    # the help and the value's name both come from the field
+    aeroblade = _help("sefmodel", "aeroblade", "-h")
+    assert re.search(r"--distance-backbone FAMILY\s+Backbone family of the features distance", aeroblade)
 
 
 def test_eval_options_are_eval_config_fields():
