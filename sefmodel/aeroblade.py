@@ -49,10 +49,10 @@ from sefdata.errors import SefError
 
 from .distances import Distance, get_distance_class, known_distances
 from .fields import from_versioned_dict
+from .folder import CONFIG_NAME, DETECTOR_TYPE_KEY, resolve_folder
 from .pipeline import Scores, crop_batches
 from .pipeline import score as score_images
 from .preprocess import ImageProcessor
-from .serialization import CONFIG_NAME, DETECTOR_TYPE_KEY, resolve_folder
 
 if TYPE_CHECKING:
     from sefdata.generators import Generator
