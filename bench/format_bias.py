@@ -67,6 +67,7 @@ from sefdata.privacy import public_json
 from sefmodel.data import iter_samples, resolve_shards
 from sefmodel.metrics import auroc
 from sefmodel.perturb import PRESETS
+from sefmodel.pipeline import score as score_images
 
 RESULTS = Path(__file__).resolve().parent / "results" / "format_bias.json"
 FAMILIES = learning.FAMILIES  # family -> shard field of its fakes
@@ -176,7 +177,7 @@ def score(detector, held: dict[str, dict[str, list[Image.Image]]]) -> dict:
 
     def probs(images: list[Image.Image]) -> np.ndarray:
         if id(images) not in scored:
-            scored[id(images)] = detector.score(images, batch_size=64).probs.numpy()
+            scored[id(images)] = score_images(detector, images, batch_size=64).probs.numpy()
         return scored[id(images)]
 
     per_photo = {p: conditions(images, p) for p, images in held.items()}

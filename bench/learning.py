@@ -66,6 +66,7 @@ from sefmodel import AerobladeDetector, SEFDetector
 from sefmodel.augment import AugmentConfig
 from sefmodel.metrics import average_precision
 from sefmodel.perturb import jpeg, resize
+from sefmodel.pipeline import score
 from sefmodel.spectrum import periodic_spectrum
 from sefmodel.train import TrainConfig, train
 
@@ -311,7 +312,7 @@ def _r(value):
 
 
 def score_detector(detector: SEFDetector, images: dict[str, dict[str, list[Image.Image]]]) -> Scores:
-    return {photo: {f: detector.score(ims, batch_size=64).probs.numpy() for f, ims in fields.items()}
+    return {photo: {f: score(detector, ims, batch_size=64).probs.numpy() for f, ims in fields.items()}
             for photo, fields in images.items()}  # fmt: skip
 
 

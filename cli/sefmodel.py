@@ -509,9 +509,9 @@ def check(
       sefmodel check USER/NAME                 # a published detector (its golden/ comes with it)"""
     with user_errors():
         _check_ref(run)
+    from sefmodel.folder import resolve_folder
     from sefmodel.golden import GoldenSet, check_golden
     from sefmodel.predict import load_detector, resolve_run
-    from sefmodel.serialization import resolve_folder
 
     with user_errors((ValueError, FileNotFoundError), hub=True):
         if tolerance is not None and not tolerance >= 0:

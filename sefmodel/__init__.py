@@ -20,14 +20,16 @@ _EXPORTS = {
     "LoraSettings": "lora",
     "SEFDetector": "detector",
     "Scores": "pipeline",
-    "UnsafeCheckpointError": "serialization",
+    "UnsafeCheckpointError": "folder",
     "ViTBackbone": "backbones",
+    "combine_experts": "combine",
     "get_backbone_class": "backbones",
     "known_backbones": "backbones",
     "known_fusions": "fusion",
     "load_detector": "predict",
     "register_backbone": "backbones",
     "register_fusion": "fusion",
+    "score": "pipeline",
 }
 
 __all__ = [
@@ -42,12 +44,14 @@ __all__ = [
     "Scores",
     "UnsafeCheckpointError",
     "ViTBackbone",
+    "combine_experts",
     "get_backbone_class",
     "known_backbones",
     "known_fusions",
     "load_detector",
     "register_backbone",
     "register_fusion",
+    "score",
 ]
 
 if TYPE_CHECKING:
@@ -61,14 +65,15 @@ if TYPE_CHECKING:
         known_backbones,
         register_backbone,
     )
+    from .combine import combine_experts
     from .config import DetectorConfig
     from .detector import SEFDetector
+    from .folder import UnsafeCheckpointError
     from .fusion import known_fusions, register_fusion
     from .lora import LoraSettings
-    from .pipeline import Scores
+    from .pipeline import Scores, score
     from .predict import load_detector
     from .preprocess import ImageProcessor
-    from .serialization import UnsafeCheckpointError
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

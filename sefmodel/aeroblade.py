@@ -49,10 +49,10 @@ from sefdata.errors import SefError
 
 from .aeroblade_config import DETECTOR_TYPE, AerobladeConfig
 from .distances import Distance, get_distance_class
+from .folder import CONFIG_NAME, resolve_folder
 from .pipeline import Scores, crop_batches
 from .pipeline import score as score_images
 from .preprocess import ImageProcessor
-from .serialization import CONFIG_NAME, resolve_folder
 
 if TYPE_CHECKING:
     from sefdata.generators import Generator

@@ -119,14 +119,14 @@ class AerobladeConfig:
                               small=self.small, crop=self.crop, crops_per_side=self.crops_per_side)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        from .serialization import DETECTOR_TYPE_KEY
+        from .folder import DETECTOR_TYPE_KEY
 
         return {"format_version": FORMAT_VERSION, "library": "sef-toolkit", DETECTOR_TYPE_KEY: DETECTOR_TYPE,
                 **asdict(self)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AerobladeConfig:
-        from .serialization import DETECTOR_TYPE_KEY
+        from .folder import DETECTOR_TYPE_KEY
 
         if data.get(DETECTOR_TYPE_KEY) != DETECTOR_TYPE:
             raise ValueError(f"not an AEROBLADE config ({DETECTOR_TYPE_KEY} is {data.get(DETECTOR_TYPE_KEY)!r})")

@@ -1,19 +1,20 @@
-"""Combining experts trained apart (single-expert detectors) into one fused detector with a fresh fusion head."""
+"""Combining experts trained apart (single-expert detectors) into one fused detector with a fresh fusion head.
+
+This module uses the detector (it builds one and fills it), so it imports :mod:`sefmodel.detector`, never the other
+way round."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from .detector import SEFDetector
+from .folder import DetectorFolder, load_exact, read_folder, resolve_folder
 from .preprocess import ImageProcessor
-from .serialization import DetectorFolder, load_exact, read_folder, resolve_folder
-
-if TYPE_CHECKING:
-    from .detector import SEFDetector
 
 # must be equal for experts to share a backbone and a fusion head
 SHARED_CONFIG = ("backbone", "backbone_id", "backbone_revision", "backbone_config", "feature_layer", "feature_pool",
@@ -28,7 +29,6 @@ def processing_differences(a: ImageProcessor, b: ImageProcessor) -> list[str]:
 
 
 def combine_experts(
-    cls: type[SEFDetector],
     sources: Sequence[SEFDetector | str | os.PathLike],
     fusion: str = "sef",
     names: Sequence[str] | None = None,
@@ -36,12 +36,19 @@ def combine_experts(
     gate_input: str | None = None,
     **load_kwargs: Any,
 ) -> SEFDetector:
-    """See :meth:`SEFDetector.from_experts`."""
+    """Combine trained single-expert detectors (objects, folders or Hub ids) into one fused detector.
+
+    The experts' adapters and heads are copied under ``names`` (default: each source's expert name); the fusion head
+    is fresh (``fusion``, ``gate_hidden`` and ``gate_input`` as in :class:`~sefmodel.config.DetectorConfig`). All
+    sources must share the backbone, feature layer, LoRA settings, spectrum and input filter (:data:`SHARED_CONFIG`),
+    and image processing (:data:`SHARED_PROCESSING`: crop side, normalisation, resize and small-image rules, what
+    their training saw). ``load_kwargs`` go to :func:`~sefmodel.folder.resolve_folder` (``revision``, ``token``...).
+    """
     if len(sources) < 2:
-        raise ValueError("from_experts needs at least two single-expert detectors")
+        raise ValueError("combine_experts needs at least two single-expert detectors")
     loaded: list[DetectorFolder] = []
     for src in sources:
-        if isinstance(src, cls):
+        if isinstance(src, SEFDetector):
             backbone = src.backbone_state_dict() if src.config.backbone_config is not None else None
             loaded.append(DetectorFolder(src.config, src.trained_state_dict(), backbone))
         else:
@@ -49,7 +56,7 @@ def combine_experts(
     first = loaded[0].config
     for cfg in (entry.config for entry in loaded):
         if cfg.fusion != "single":
-            raise ValueError(f"from_experts takes single-expert detectors; got one with fusion={cfg.fusion!r}")
+            raise ValueError(f"combine_experts takes single-expert detectors; got one with fusion={cfg.fusion!r}")
         for key in SHARED_CONFIG:
             if getattr(cfg, key) != getattr(first, key):
                 raise ValueError(f"experts disagree on {key}: {getattr(first, key)!r} vs {getattr(cfg, key)!r}")
@@ -63,7 +70,7 @@ def combine_experts(
     heads = {k: v for k, v in (("gate_hidden", gate_hidden), ("gate_input", gate_input)) if v is not None}
     # replace() re-validates the combination; the first expert's processor is the detector's
     config = dataclasses.replace(first, experts=names, fusion=fusion, **heads)
-    detector = cls(config)
+    detector = SEFDetector(config)
     for entry in loaded:
         diff = processing_differences(entry.config.processor.for_backbone(detector.backbone), detector.processor)
         if diff:
@@ -71,7 +78,7 @@ def combine_experts(
     state = {}
     for entry, new in zip(loaded, names, strict=True):
         old = entry.config.experts[0]
-        state.update({cls.rename_expert_key(k, old, new): v for k, v in entry.trained.items()})
+        state.update({SEFDetector.rename_expert_key(k, old, new): v for k, v in entry.trained.items()})
     expected = {k: v for k, v in detector.trained_state_dict().items() if not k.startswith("fusion.")}
     load_exact(detector, state, expected, "the experts")
     if base is not None:

@@ -11,10 +11,12 @@ Training stages (see :meth:`SEFDetector.set_stage`): ``expert`` trains one adapt
 the same on a single-expert detector fed both domains, ``fusion`` trains the fusion head (gate + classifier)
 only. The backbone's own weights never train.
 
-This file is the module. Beside it: the image processor that makes its inputs (:mod:`sefmodel.preprocess`), the
-scoring pipeline that opens images and batches their crops (:mod:`sefmodel.pipeline`), detector folders
-(:mod:`sefmodel.serialization`), model cards (:mod:`sefmodel.model_card`) and combining experts trained apart
-(:mod:`sefmodel.combine`); the methods here that reach them are one-line delegates.
+This file is the module. It imports what it is made of and its file format (:mod:`sefmodel.folder`), never what
+uses it: the scoring pipeline that opens images, batches their crops and averages them
+(:func:`sefmodel.pipeline.score`), combining experts trained apart (:func:`sefmodel.combine.combine_experts`) and
+loading any kind of detector folder (:func:`sefmodel.predict.load_detector`) import the detector, not the other way
+round. Beside it: the image processor that makes its inputs (:mod:`sefmodel.preprocess`) and model cards
+(:mod:`sefmodel.model_card`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import copy
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,15 +37,21 @@ from PIL import Image
 from torch import nn
 
 from .backbones import Backbone, get_backbone_class, resolve_layer
-from .combine import combine_experts
 from .config import DetectorConfig
+from .folder import (
+    BACKBONE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    DetectorFolder,
+    load_exact,
+    read_folder,
+    resolve_folder,
+    write_folder,
+)
 from .fusion import get_fusion_class
 from .golden import DEFAULT_COUNT as GOLDEN_COUNT
+from .golden import drop_stale
 from .model_card import MODEL_CARD, card_fields
-from .pipeline import Scores
-from .pipeline import score as score_images
 from .preprocess import ImageProcessor
-from .serialization import load_folder, resolve_folder, save_detector
 from .spectrum import highpass, periodic_spectrum, spectrum_dim
 
 if TYPE_CHECKING:
@@ -69,7 +77,7 @@ class SEFDetector(
             built from ``config`` (loaded by id + revision, or from ``backbone_config``).
     """
 
-    detector_type: ClassVar[str] = "sef"  # config.json's detector_type (sefmodel.serialization.DETECTOR_TYPES)
+    detector_type: ClassVar[str] = "sef"  # config.json's detector_type (sefmodel.folder.DETECTOR_TYPES)
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     explainable: ClassVar[bool] = True  # per-expert Grad-CAM (sefmodel explain, serve's heatmaps)
 
@@ -350,25 +358,6 @@ class SEFDetector(
         :attr:`processor`."""
         return self.processor(image, crop)
 
-    def score(
-        self,
-        images: Image.Image | str | os.PathLike | Iterable[Image.Image | str | os.PathLike],
-        batch_size: int = 16,
-        crop: str | None = None,
-    ) -> Scores:
-        """Probability that each image is generated (the pipeline in :mod:`sefmodel.pipeline`).
-
-        Args:
-            images: PIL images (any size and mode) or paths, or one of them.
-            batch_size: crops per forward pass.
-            crop: ``"center"`` or ``"multi"``; default the processor's (``processor.crop``). Multi-crop averages
-                probabilities (and gate weights) over the crops of an image.
-
-        Returns:
-            :class:`Scores` with ``probs`` (N,) in [0, 1] and, for SEF, ``gate_weights`` (N, E).
-        """
-        return score_images(self, images, batch_size=batch_size, crop=crop)
-
     # ---- save / load ---------------------------------------------------------------------------------------
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
@@ -387,7 +376,7 @@ class SEFDetector(
         golden_count: int = GOLDEN_COUNT,
         **kwargs: Any,
     ) -> str | None:
-        """Save the detector folder (see :mod:`sefmodel.serialization`); huggingface_hub's ``config``,
+        """Save the detector folder (see :mod:`sefmodel.folder`); huggingface_hub's ``config``,
         ``repo_id``, ``push_to_hub`` and ``model_card_kwargs`` as in its mixin.
 
         Args:
@@ -408,8 +397,13 @@ class SEFDetector(
         return url
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        """Write the detector folder's files (see :mod:`sefmodel.serialization`); the mixin adds the card."""
-        save_detector(self, Path(save_directory))
+        """Write the detector folder's files (see :mod:`sefmodel.folder`); the mixin adds the card."""
+        backbone = self.backbone_state_dict() if self.config.backbone_config is not None else None
+        folder = Path(save_directory)
+        write_folder(
+            folder, DetectorFolder(self.config, self.trained_state_dict(), backbone, self.calibrated_threshold)
+        )
+        drop_stale(folder)  # a golden set is kept only if these are the weights it was made with
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
         for key, value in card_fields(self.config, self.processor).items():
@@ -433,7 +427,7 @@ class SEFDetector(
         """Load a detector from a local folder or a Hub repo id (huggingface_hub's argument conventions).
 
         Only JSON and safetensors files are read; a source holding pickle files is refused (see
-        :mod:`sefmodel.serialization`). The backbone is loaded by its recorded id and revision, or from
+        :mod:`sefmodel.folder`). The backbone is loaded by its recorded id and revision, or from
         ``backbone_id`` / ``backbone_revision`` when given (e.g. a local copy of the same weights).
         """
         folder = resolve_folder(
@@ -478,28 +472,20 @@ class SEFDetector(
             token=token,
             local_files_only=local_files_only,
         )
-        return load_folder(cls, folder, map_location, backbone_id=backbone_id, backbone_revision=backbone_revision)
-
-    @classmethod
-    def from_experts(
-        cls,
-        sources: Sequence[SEFDetector | str | os.PathLike],
-        fusion: str = "sef",
-        names: Sequence[str] | None = None,
-        gate_hidden: int | None = None,
-        gate_input: str | None = None,
-        **load_kwargs: Any,
-    ) -> SEFDetector:
-        """Combine trained single-expert detectors (objects, folders or Hub ids) into one fused detector.
-
-        The experts' adapters and heads are copied under ``names`` (default: each source's expert name); the
-        fusion head is fresh (``fusion``, ``gate_hidden`` and ``gate_input`` as in :class:`DetectorConfig`). All
-        sources must share the backbone, feature layer, LoRA settings, spectrum and input filter, and image
-        processing (crop side, normalisation, resize and small-image rules: what their training saw).
-        """
-        return combine_experts(
-            cls, sources, fusion=fusion, names=names, gate_hidden=gate_hidden, gate_input=gate_input, **load_kwargs
-        )
+        saved = read_folder(folder, map_location)
+        config = saved.config
+        if backbone_id is not None:  # e.g. a local copy of the same weights
+            if config.backbone_config is not None:
+                raise ValueError("this detector's backbone was built from a config; there is no id to override")
+            config.backbone_id, config.backbone_revision = backbone_id, backbone_revision
+        detector = cls(config)
+        detector.to(map_location)
+        load_exact(detector, saved.trained, detector.trained_state_dict(), f"{folder / WEIGHTS_NAME}")
+        if saved.backbone is not None:
+            load_exact(detector, saved.backbone, detector.backbone_state_dict(), f"{folder / BACKBONE_WEIGHTS_NAME}")
+        detector.calibrated_threshold = saved.threshold
+        detector.eval()
+        return detector
 
     @staticmethod
     def rename_expert_key(key: str, old: str, new: str) -> str:

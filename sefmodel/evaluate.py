@@ -351,8 +351,8 @@ def _presets(presets: list[Preset], per_condition: dict[str, dict[str, dict]]) -
 
 def _weights_folder(detector_source: str) -> Path | None:
     """The local folder holding the detector's weight files: RUN itself, RUN/detector, or a Hub id's cached copy."""
+    from .folder import CONFIG_NAME
     from .predict import resolve_run
-    from .serialization import CONFIG_NAME
 
     if not detector_source:
         return None  # an in-memory detector

@@ -60,12 +60,12 @@ from sefdata.privacy import public_name, public_text
 from sefdata.provenance import installed_versions, provenance, version_differences
 from sefdata.shards import field_key, file_sha256, iter_samples, resolve_shards, sample_fields
 
+from .folder import GOLDEN_DIR
 from .images import describe_error, open_image_file
 
 if TYPE_CHECKING:
     from .detector import SEFDetector
 
-GOLDEN_DIR = "golden"
 GOLDEN_FILE = "golden.json"
 GOLDEN_FORMAT = "sef-golden/1"
 DEFAULT_COUNT = 8
@@ -443,7 +443,9 @@ def _from_images(items: list, count: int, size: int) -> Picked:
 
 
 def _score_files(detector: SEFDetector, paths: list[Path]) -> list[float]:
-    return detector.score(paths, batch_size=BATCH_SIZE, crop=CROP).probs.tolist()
+    from .pipeline import score
+
+    return score(detector, paths, batch_size=BATCH_SIZE, crop=CROP).probs.tolist()
 
 
 def write_golden(

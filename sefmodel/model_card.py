@@ -31,9 +31,9 @@ A detector from the SEF toolkit (Separate Expert Fusion). It scores how likely a
 {{ storage_note }} Load with:
 
 ```python
-from sefmodel import SEFDetector
+from sefmodel import SEFDetector, score
 detector = SEFDetector.from_pretrained("{{ repo_id | default('PATH_OR_REPO_ID', true) }}")
-scores = detector.score(images)  # list of PIL images of any size
+scores = score(detector, images)  # list of PIL images of any size
 ```
 """
 
@@ -127,10 +127,10 @@ def make_model_card(
         "## Use",
         "",
         "```python",
-        "from sefmodel import SEFDetector",
+        "from sefmodel import SEFDetector, score",
         f'detector = SEFDetector.from_pretrained("{repo_id}"'
         + (', backbone_id="FOLDER_OR_HUB_ID")' if local_backbone else ")"),
-        "scores = detector.score(images)   # PIL images of any size; scores.probs in [0, 1]",
+        "scores = score(detector, images)   # PIL images of any size; scores.probs in [0, 1]",
         "```",
         "",
         f"or `sefmodel predict {repo_id} IMAGES_OR_DIRS`. Input: "
@@ -222,9 +222,9 @@ def make_aeroblade_card(
         "## Use",
         "",
         "```python",
-        "from sefmodel import load_detector",
+        "from sefmodel import load_detector, score",
         f'detector = load_detector("{ref}")',
-        "scores = detector.score(images)   # PIL images of any size; scores.probs in [0, 1]",
+        "scores = score(detector, images)   # PIL images of any size; scores.probs in [0, 1]",
         "```",
         "",
         f"or `sefmodel predict {ref} IMAGES_OR_DIRS` (also `eval`, `serve`, `calibrate`). No pickles.",

@@ -2,7 +2,8 @@
 
 The third object beside the detector (the module) and its image processor: it opens images, cuts them into
 crops with the processor, streams the crops through the detector in batches and averages each image's crops.
-:meth:`SEFDetector.score` calls :func:`score` with the detector's own processor.
+It works with any detector that has a ``processor`` and returns ``logits`` (SEF, AEROBLADE); the detector does not
+import it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ImageInput = Image.Image | str | os.PathLike
 
 @dataclass
 class Scores:
-    """Result of :meth:`SEFDetector.score` for N images.
+    """Result of :func:`score` for N images.
 
     Attributes:
         probs: (N,) float32, probability in [0, 1] that each image is generated (mean over its crops).
@@ -86,8 +87,19 @@ def score(
     crop: str | None = None,
     processor: ImageProcessor | None = None,
 ) -> Scores:
-    """Probability that each image is generated; see :meth:`SEFDetector.score`. ``processor`` defaults to the
-    detector's own."""
+    """Probability that each image is generated.
+
+    Args:
+        detector: a detector (SEF or AEROBLADE); it runs in eval mode here, and its mode is restored after.
+        images: PIL images (any size and mode) or paths, or one of them.
+        batch_size: crops per forward pass.
+        crop: ``"center"`` or ``"multi"``; default the processor's (``processor.crop``). Multi-crop averages
+            probabilities (and gate weights) over the crops of an image.
+        processor: the image processor; default the detector's own.
+
+    Returns:
+        :class:`Scores` with ``probs`` (N,) in [0, 1] and, for SEF, ``gate_weights`` (N, E).
+    """
     processor = processor or detector.processor
     if crop is not None:
         check_crop(crop)  # once, not per image

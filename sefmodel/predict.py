@@ -22,16 +22,11 @@ from sefdata.errors import SefError
 
 from .benchmarks import IMAGE_EXTENSIONS
 from .detector import SEFDetector
+from .folder import CONFIG_NAME, UnsafeCheckpointError, detector_type, folder_detector_type, resolve_folder
 from .images import describe_error, open_image_file
+from .pipeline import score
 from .preprocess import check_crop
-from .serialization import (
-    CONFIG_NAME,
-    UnsafeCheckpointError,
-    detector_class,
-    detector_type,
-    folder_detector_type,
-    resolve_folder,
-)
+from .serialization import detector_class
 from .threshold import UncertainBand, decision_threshold, label
 
 if TYPE_CHECKING:
@@ -80,7 +75,7 @@ def pick_device(device: str = "auto") -> str:
 def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector | AerobladeDetector:
     """Load the detector a RUN names (see :func:`resolve_run`) onto ``device``, with one-line errors: a SEF detector
     or any other kind a folder's ``config.json`` names (``detector_type``, see
-    :data:`~sefmodel.serialization.DETECTOR_TYPES`; e.g. the training-free AEROBLADE detector)."""
+    :data:`~sefmodel.folder.DETECTOR_TYPES`; e.g. the training-free AEROBLADE detector)."""
     source = resolve_run(run)
     try:
         folder = resolve_folder(source)
@@ -174,14 +169,14 @@ def _flush(detector: SEFDetector, pending: list, batch_size: int, crop: str | No
     if not pending:
         return
     try:
-        scores = detector.score([image for _, image in pending], batch_size=batch_size, crop=crop)
+        scores = score(detector, [image for _, image in pending], batch_size=batch_size, crop=crop)
     except RuntimeError:
         raise  # a device problem (e.g. out of memory) is not one image's fault
     except Exception:
         if len(pending) == 1:
             result, image = pending[0]
             try:
-                detector.score([image], batch_size=batch_size, crop=crop)
+                score(detector, [image], batch_size=batch_size, crop=crop)
             except Exception as e:
                 result.error = f"cannot be scored: {type(e).__name__}: {e}"
             yield result

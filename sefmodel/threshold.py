@@ -8,7 +8,7 @@ see: it fits a second threshold on a hashed 80% of the images and measures it on
 Clopper-Pearson interval). The stored threshold is the one fitted on all images.
 
 ``threshold.json`` lies beside ``config.json`` in the detector folder; ``save_pretrained`` writes it again and
-``from_pretrained`` reads it (:mod:`sefmodel.serialization`), so it travels with the detector, to the Hub too.
+``from_pretrained`` reads it (:mod:`sefmodel.folder`), so it travels with the detector, to the Hub too.
 ``sefmodel predict`` and ``serve`` use it as their default threshold; an explicit ``--threshold`` wins. It holds
 counts and rates, never a path. A threshold belongs to the weights it was fitted with: saving a detector without
 one removes a stale file.

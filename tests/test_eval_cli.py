@@ -18,6 +18,7 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel import SEFDetector
+from sefmodel.pipeline import score
 
 runner = CliRunner()
 
@@ -77,10 +78,10 @@ def test_predict_scores_good_files_and_reports_the_bad_one(run_dir, detector, mi
     wide = Image.open(mixed_folder / "wide.png")
     left = (wide.width - SIZE) // 2
     crop = wide.crop((left, (wide.height - SIZE) // 2, left + SIZE, (wide.height - SIZE) // 2 + SIZE))
-    assert records["wide.png"]["prob"] == pytest.approx(float(detector.score(crop).probs[0]), abs=1e-5)
+    assert records["wide.png"]["prob"] == pytest.approx(float(score(detector, crop).probs[0]), abs=1e-5)
     thin = Image.open(mixed_folder / "thin.png")  # 8 px high: padded to the crop, width cropped
     strip = thin.crop(((thin.width - SIZE) // 2, 0, (thin.width - SIZE) // 2 + SIZE, 8))
-    assert records["thin.png"]["prob"] == pytest.approx(float(detector.score(strip).probs[0]), abs=1e-5)
+    assert records["thin.png"]["prob"] == pytest.approx(float(score(detector, strip).probs[0]), abs=1e-5)
 
 
 def test_predict_csv_exit_codes(run_dir, mixed_folder, tmp_path):
@@ -322,7 +323,7 @@ def test_explain_per_expert_grad_cam(run_dir, detector, tmp_path, mixed_folder):
     for heat in ex.maps.values():
         assert heat.shape == (grid, grid) and heat.min() >= 0 and heat.max() == pytest.approx(1)
     assert not np.allclose(ex.maps["recon"], ex.maps["sr"])  # the experts' adapters differ, so do their maps
-    assert ex.prob == pytest.approx(float(detector.score(image).probs[0]), abs=1e-5)
+    assert ex.prob == pytest.approx(float(score(detector, image).probs[0]), abs=1e-5)
     assert sum(ex.gate_weights.values()) == pytest.approx(1)
     assert ex.expert_probs["sr"] == pytest.approx(
         torch.sigmoid(detector(detector.preprocess(image), expert="sr")["logits"][0]).item(), abs=1e-5

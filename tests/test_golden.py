@@ -25,6 +25,7 @@ from sefdata.errors import SefError
 from sefdata.privacy import json_local_paths
 from sefmodel import SEFDetector
 from sefmodel.golden import DEFAULT_TOLERANCE, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, golden_candidates
+from sefmodel.pipeline import score
 
 runner = CliRunner()
 
@@ -77,7 +78,7 @@ def test_golden_set_round_trip(run, images):
         top, left = (source.shape[0] - SIZE) // 2, (source.shape[1] - SIZE) // 2
         assert np.array_equal(np.asarray(Image.open(path)), source[top : top + SIZE, left : left + SIZE])
         # the recorded probability is this detector's on the stored file (scored here independently, in a batch)
-        prob = detector.score([path], crop="center").probs[0].item()
+        prob = score(detector, [path], crop="center").probs[0].item()
         assert abs(item["prob"] - prob) <= 1e-6
     prov = data["provenance"]
     weight_files = ("backbone.safetensors", "model.safetensors")

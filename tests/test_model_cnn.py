@@ -22,7 +22,9 @@ from typer.testing import CliRunner
 
 from sefmodel import CNNBackbone, DetectorConfig, SEFDetector
 from sefmodel.backbones import get_backbone_class, known_backbones
+from sefmodel.combine import combine_experts
 from sefmodel.explain import grad_cam
+from sefmodel.pipeline import score
 from sefmodel.publish import publish
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
@@ -317,7 +319,7 @@ def test_cnn_detector_round_trips_and_scores_identically(cnn_run, tmp_path):
     assert saved["lora"]["targets"] == ["conv"] and (cnn_run / "detector" / "backbone.safetensors").is_file()
     loaded.save_pretrained(tmp_path / "again")
     again = SEFDetector.from_pretrained(tmp_path / "again")
-    first, second = loaded.score(_images()), again.score(_images())
+    first, second = score(loaded, _images()), score(again, _images())
     assert torch.equal(first.probs, second.probs) and torch.equal(first.gate_weights, second.gate_weights)
     assert first.probs.shape == (4,) and not torch.allclose(first.probs, first.probs[0])
 
@@ -326,14 +328,14 @@ def test_cnn_experts_trained_apart_combine(tmp_path):
     recon = randomize_trained(tiny_detector("resnet", experts=["recon"], fusion="single"), seed=1, scale=0.1)
     sr = randomize_trained(tiny_detector("resnet", experts=["sr"], fusion="single"), seed=2, scale=0.1)
     recon.save_pretrained(tmp_path / "recon")
-    fused = SEFDetector.from_experts([tmp_path / "recon", sr], fusion="sef")
+    fused = combine_experts([tmp_path / "recon", sr], fusion="sef")
     x = pixels(2)
     with torch.no_grad():
         torch.testing.assert_close(fused(x, expert="recon")["logits"], recon(x)["logits"])
         torch.testing.assert_close(fused(x, expert="sr")["logits"], sr(x)["logits"])
     other = tiny_detector("resnet", experts=["x"], fusion="single", feature_pool="mean_std")
     with pytest.raises(ValueError, match="disagree on feature_pool"):
-        SEFDetector.from_experts([recon, other])
+        combine_experts([recon, other])
 
 
 @pytest.mark.parametrize(("family", "layer"), [("mobilenet_v2", None), ("resnet", None), ("convnext", 0)])
@@ -348,7 +350,7 @@ def test_grad_cam_explains_the_chosen_stages_map(family, layer):
     for heat in ex.maps.values():
         assert heat.shape == tuple(stage_map.shape[-2:]) and heat.min() >= 0 and heat.max() == pytest.approx(1)
     assert not np.allclose(ex.maps["recon"], ex.maps["sr"])
-    assert ex.prob == pytest.approx(float(detector.score(image).probs[0]), abs=1e-5)
+    assert ex.prob == pytest.approx(float(score(detector, image).probs[0]), abs=1e-5)
     assert sum(ex.gate_weights.values()) == pytest.approx(1)
 
 
@@ -362,8 +364,8 @@ def test_cnn_run_explains_and_publishes_through_the_cli(cnn_run, tmp_path):
     assert out.is_file() and "gate recon" in result.output
     staged = publish(cnn_run, "me/sef-cnn", dry_run=True, staging=tmp_path / "stage")
     assert {"README.md", "config.json", "model.safetensors", "backbone.safetensors"} <= set(staged.files)
-    original = SEFDetector.from_pretrained(cnn_run / "detector").score(_images())
-    reloaded = SEFDetector.from_pretrained(staged.folder).score(_images())
+    original = score(SEFDetector.from_pretrained(cnn_run / "detector"), _images())
+    reloaded = score(SEFDetector.from_pretrained(staged.folder), _images())
     assert torch.equal(original.probs, reloaded.probs)
     result = runner.invoke(app, ["publish", str(cnn_run), "--repo", "me/x", "--dry-run", "--staging", str(tmp_path)])
     assert result.exit_code == 0, result.output

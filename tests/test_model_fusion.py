@@ -9,6 +9,7 @@ import torch
 from conftest_model import SIZE, pixels, randomize_trained, tiny_config, tiny_detector
 
 from sefmodel import DetectorConfig, SEFDetector
+from sefmodel.combine import combine_experts
 from sefmodel.fusion import known_fusions
 from sefmodel.spectrum import highpass, periodic_spectrum, spectrum_dim
 
@@ -193,7 +194,7 @@ def test_experts_must_agree_on_spectrum_and_input(tmp_path):
     a = tiny_detector(experts=["recon"], fusion="single", spectrum=True)
     b = tiny_detector(experts=["sr"], fusion="single")
     with pytest.raises(ValueError, match="experts disagree on spectrum"):
-        SEFDetector.from_experts([a, b])
-    fused = SEFDetector.from_experts([a, tiny_detector(experts=["sr"], fusion="single", spectrum=True)],
+        combine_experts([a, b])
+    fused = combine_experts([a, tiny_detector(experts=["sr"], fusion="single", spectrum=True)],
                                      fusion="moe", gate_input="logits")  # fmt: skip
     assert fused.config.fusion == "moe" and fused.config.gate_input == "logits" and fused.config.spectrum

@@ -17,8 +17,10 @@ from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shard
 from sefdata.errors import SefError
 from sefmodel import DetectorConfig, ImageProcessor, SEFDetector
 from sefmodel.augment import AugmentConfig
+from sefmodel.combine import combine_experts
 from sefmodel.data import EvalStream, PairStream, iter_samples
 from sefmodel.metrics import detection_metrics
+from sefmodel.pipeline import score
 
 DOMAINS = {"recon": ["vae"], "sr": ["sr"]}
 # (47, 40): the free room 15 x 8 is odd along x, where a rounded and a floored centre differ; (20, 50): narrower
@@ -41,7 +43,7 @@ def _scored_pixels(detector: SEFDetector, images, crop=None) -> torch.Tensor:
     seen = []
     handle = detector.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     try:
-        detector.score(images, batch_size=64, crop=crop)
+        score(detector, images, batch_size=64, crop=crop)
     finally:
         handle.remove()
     return torch.cat(seen)
@@ -72,7 +74,7 @@ def test_validation_averages_crops_per_image_like_score(tmp_path):
         probs = detector(batch["pixels"])["logits"].sigmoid()
     per_image = torch.zeros(len(batch["labels"])).index_add_(0, batch["image"], probs) / 3
     images = [Image.open(io.BytesIO(s[f"{f}.png"])) for s in iter_samples(urls[0]) for f in ("real", "vae", "sr")]
-    torch.testing.assert_close(per_image, detector.score(images).probs)
+    torch.testing.assert_close(per_image, score(detector, images).probs)
 
 
 def test_the_trainer_validates_on_the_probabilities_score_gives(tmp_path):
@@ -95,7 +97,7 @@ def test_the_trainer_validates_on_the_probabilities_score_gives(tmp_path):
             images.append(Image.open(io.BytesIO(s[f"{field}.png"])))
             labels.append(int(d >= 0))
             domain.append(d)
-    scores = trainer.detector.score(images)
+    scores = score(trainer.detector, images)
     assert scores.num_crops[0] == 2  # 47x40 resized to 38x32: two crops along x
     expected = detection_metrics(labels, scores.probs.numpy(), domain, ["recon"])
     assert metrics["ap"] == pytest.approx(expected["ap"]) and metrics["n"] == expected["n"]
@@ -168,7 +170,7 @@ def test_a_detector_saved_before_the_processor_owned_its_settings_loads_and_scor
     loaded = SEFDetector.from_pretrained(tmp_path / "det")
     assert loaded.processor == detector.processor and loaded.processor.crop == "multi"
     images = [Image.fromarray(photo_like(70, 50, seed=4)), Image.fromarray(photo_like(20, 44, seed=5))]
-    scores, expected = loaded.score(images), detector.score(images)
+    scores, expected = score(loaded, images), score(detector, images)
     assert scores.num_crops == expected.num_crops == [4, 6]  # multi-crop after the short side went to 36 px
     assert torch.equal(scores.probs, expected.probs)
     loaded.save_pretrained(tmp_path / "again")  # saving it again writes the new layout
@@ -208,7 +210,7 @@ def test_experts_processed_differently_do_not_combine():
     recon = tiny_detector(experts=["recon"], fusion="single")
     sr = tiny_detector(experts=["sr"], fusion="single", resize=64)
     with pytest.raises(ValueError, match=r"differently processed images.*resize"):
-        SEFDetector.from_experts([recon, sr])
+        combine_experts([recon, sr])
 
 
 def test_grad_cam_explains_the_crop_the_processor_makes():
@@ -220,7 +222,7 @@ def test_grad_cam_explains_the_crop_the_processor_makes():
     pixels = detector.processor(image, crop="center")[0]
     assert explanation.crop.size == (32, 32)
     assert torch.equal(detector.processor.normalize(explanation.crop), pixels)  # to_image inverts normalize
-    assert explanation.prob == pytest.approx(float(detector.score(image, crop="center").probs[0]), abs=1e-5)
+    assert explanation.prob == pytest.approx(float(score(detector, image, crop="center").probs[0]), abs=1e-5)
 
 
 def test_normalize_pads_with_the_mean_and_rejects_oversized_pixels():
@@ -298,7 +300,7 @@ def test_a_bad_crop_mode_is_one_sef_error_from_every_entry_point(tmp_path):
         "ImageProcessor": lambda: ImageProcessor(crop="random"),
         "DetectorConfig": lambda: DetectorConfig(processor={"crop": "random"}),
         "old config.json": lambda: DetectorConfig.from_dict({**old, "crop": "random"}),
-        "score": lambda: detector.score(image, crop="random"),
+        "score": lambda: score(detector, image, crop="random"),
         "preprocess": lambda: detector.preprocess(image, crop="random"),
         "score_stream": lambda: list(score_stream(detector, [("a", lambda: image)], crop="random")),
         "EvalConfig": lambda: EvalConfig(benches=["bench"], crop="random"),

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from sefdata.errors import SefError
 from sefmodel import SEFDetector
+from sefmodel.pipeline import score
 from sefmodel.publish import publish
 
 
@@ -43,8 +44,8 @@ def test_published_folder_loads_and_scores_identically(evaluated_run, tmp_path):
         staged.files
     )
     images = [Image.fromarray(photo_like(48, 40, seed=s)) for s in range(3)]
-    original = SEFDetector.from_pretrained(evaluated_run / "detector").score(images)
-    reloaded = SEFDetector.from_pretrained(staged.folder).score(images)
+    original = score(SEFDetector.from_pretrained(evaluated_run / "detector"), images)
+    reloaded = score(SEFDetector.from_pretrained(staged.folder), images)
     assert torch.equal(original.probs, reloaded.probs)
     assert torch.equal(original.gate_weights, reloaded.gate_weights)
 
@@ -141,8 +142,8 @@ def test_a_local_backbone_is_published_by_its_folder_name_as_a_local_copy(local_
     assert 'backbone_id="FOLDER_OR_HUB_ID"' in card.text
     # the published folder still scores as the run's detector, given the same weights
     images = [Image.fromarray(photo_like(48, 40, seed=s)) for s in range(2)]
-    original = SEFDetector.from_pretrained(run / "detector").score(images)
-    reloaded = SEFDetector.from_pretrained(staged.folder, backbone_id=str(folder)).score(images)
+    original = score(SEFDetector.from_pretrained(run / "detector"), images)
+    reloaded = score(SEFDetector.from_pretrained(staged.folder, backbone_id=str(folder)), images)
     assert torch.equal(original.probs, reloaded.probs)
 
 

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from sefmodel import DetectorConfig, SEFDetector, UnsafeCheckpointError
 from sefmodel.backbones import get_backbone_class
+from sefmodel.combine import combine_experts
+from sefmodel.pipeline import score
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_round_trip_gives_identical_scores_and_stores_no_backbone(tmp_path, loca
 
     loaded = SEFDetector.from_pretrained(tmp_path / "det")
     images = _images()
-    a, b = detector.score(images), loaded.score(images)
+    a, b = score(detector, images), score(loaded, images)
     assert torch.equal(a.probs, b.probs)
     if fusion == "sef":
         assert torch.equal(a.gate_weights, b.gate_weights)
@@ -137,7 +139,7 @@ def test_experts_trained_apart_combine_into_a_fused_detector(tmp_path):
     recon = randomize_trained(tiny_detector(experts=["recon"], fusion="single"), seed=1)
     sr = randomize_trained(tiny_detector(experts=["sr"], fusion="single"), seed=2)
     sr.save_pretrained(tmp_path / "sr")
-    fused = SEFDetector.from_experts([recon, tmp_path / "sr"], fusion="sef", gate_hidden=8)
+    fused = combine_experts([recon, tmp_path / "sr"], fusion="sef", gate_hidden=8)
     assert fused.expert_names == ["recon", "sr"] and fused.config.fusion == "sef"
     x = pixels()
     with torch.no_grad():
@@ -146,11 +148,11 @@ def test_experts_trained_apart_combine_into_a_fused_detector(tmp_path):
         assert torch.equal(out["expert_logits"][:, 1], sr(x)["logits"])
     other_backbone = tiny_detector(experts=["gan"], fusion="single", seed=7)
     with pytest.raises(ValueError, match="different random backbones"):
-        SEFDetector.from_experts([recon, other_backbone])
+        combine_experts([recon, other_backbone])
     with pytest.raises(ValueError, match="disagree on lora"):
-        SEFDetector.from_experts([recon, tiny_detector(experts=["x"], fusion="single", lora={"rank": 2})])
+        combine_experts([recon, tiny_detector(experts=["x"], fusion="single", lora={"rank": 2})])
     with pytest.raises(ValueError, match="single-expert"):
-        SEFDetector.from_experts([recon, fused])
+        combine_experts([recon, fused])
 
 
 def test_tiny_config_is_enough_to_rebuild_offline(tmp_path):

@@ -8,6 +8,8 @@ import torch
 from conftest_model import randomize_trained, tiny_detector
 from PIL import Image
 
+from sefmodel.pipeline import score
+
 
 def _noise(width, height, seed=0, mode="RGB"):
     rng = np.random.default_rng(seed)
@@ -35,7 +37,7 @@ def test_images_of_odd_sizes_and_modes_are_scored(detector, tmp_path):
     ]
     path = tmp_path / "photo.png"
     images[0].save(path)
-    scores = detector.score([*images, path], batch_size=3)
+    scores = score(detector, [*images, path], batch_size=3)
     assert scores.probs.shape == (8,) and scores.gate_weights.shape == (8, 2)
     assert torch.all((scores.probs > 0) & (scores.probs < 1))
     torch.testing.assert_close(scores.gate_weights.sum(dim=1), torch.ones(8))
@@ -45,42 +47,42 @@ def test_images_of_odd_sizes_and_modes_are_scored(detector, tmp_path):
 
 def test_grayscale_scores_like_its_rgb_expansion(detector):
     gray = _noise(40, 40, mode="L")
-    a, b = detector.score([gray, gray.convert("RGB")]).probs
+    a, b = score(detector, [gray, gray.convert("RGB")]).probs
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_batching_does_not_change_scores(detector):
     images = [_noise(40 + i, 36 + 2 * i, seed=i) for i in range(5)]
-    one = detector.score(images, batch_size=1)
-    many = detector.score(images, batch_size=16)
+    one = score(detector, images, batch_size=1)
+    many = score(detector, images, batch_size=16)
     torch.testing.assert_close(one.probs, many.probs, rtol=1e-5, atol=1e-6)
 
 
 def test_multi_crop_averages_the_crops_probabilities(detector):
     image = _noise(80, 40, seed=3)
-    scores = detector.score(image, crop="multi")
+    scores = score(detector, image, crop="multi")
     crops = detector.preprocess(image, crop="multi")
     assert scores.num_crops == [len(crops)] == [3 * 2]
     with torch.no_grad():
         out = detector(crops)
     torch.testing.assert_close(scores.probs[0], out["logits"].sigmoid().mean())
     torch.testing.assert_close(scores.gate_weights[0], out["gate_weights"].mean(dim=0))
-    assert scores.probs[0] != detector.score(image, crop="center").probs[0]
+    assert scores.probs[0] != score(detector, image, crop="center").probs[0]
 
 
 def test_single_expert_has_no_gate_weights_and_training_mode_is_restored():
     detector = randomize_trained(tiny_detector(experts=["recon"], fusion="single"))
     detector.set_stage("expert")
     detector.train()
-    scores = detector.score([_noise(40, 40)])
+    scores = score(detector, [_noise(40, 40)])
     assert scores.gate_weights is None and scores.probs.shape == (1,)
     assert detector.training and detector.heads.training
 
 
 def test_bad_inputs_are_explained(detector):
     with pytest.raises(TypeError, match="expected a PIL image or a path"):
-        detector.score([np.zeros((4, 4, 3))])
+        score(detector, [np.zeros((4, 4, 3))])
     with pytest.raises(ValueError, match="batch_size"):
-        detector.score([_noise(40, 40)], batch_size=0)
+        score(detector, [_noise(40, 40)], batch_size=0)
     with pytest.raises(FileNotFoundError):
-        detector.score(["/nonexistent/image.png"])
+        score(detector, ["/nonexistent/image.png"])

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from sefdata.errors import SefError
 from sefmodel import SEFDetector
 from sefmodel import metrics as M
+from sefmodel.pipeline import score
 from sefmodel.threshold import (
     THRESHOLD_NAME,
     CalibratedThreshold,
@@ -102,7 +103,7 @@ def calibrated(tiny_run, reals) -> Path:
 
 def _real_probs(detector: SEFDetector, reals: Path) -> np.ndarray:
     paths = sorted(p for p in reals.rglob("*.png") if p.name != "broken.png")
-    return detector.score([Image.open(p).convert("RGB") for p in paths]).probs.numpy().astype(np.float64)
+    return score(detector, [Image.open(p).convert("RGB") for p in paths]).probs.numpy().astype(np.float64)
 
 
 def test_calibrate_stores_the_quantile_of_the_reals_and_no_path(calibrated, reals, tmp_path):

@@ -19,7 +19,9 @@ from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shard
 from typer.testing import CliRunner
 
 from sefmodel import SEFDetector
+from sefmodel.combine import combine_experts
 from sefmodel.config import DetectorConfig
+from sefmodel.pipeline import score
 from sefmodel.train import TrainConfig, get_task, train
 from sefmodel.train.tasks import student_config
 
@@ -37,7 +39,7 @@ def teacher_run(tmp_path_factory) -> Path:
                 tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
         experts.append(expert)
     run = tmp_path_factory.mktemp("teacher")
-    SEFDetector.from_experts(experts, fusion="sef", gate_hidden=16).save_pretrained(run / "detector")
+    combine_experts(experts, fusion="sef", gate_hidden=16).save_pretrained(run / "detector")
     return run
 
 
@@ -79,7 +81,7 @@ def test_distilled_student_is_one_expert_with_the_teachers_settings_and_scores_i
     assert changed and all(".lora_" in k or k.startswith("heads.distilled.") for k in changed)
     # it scores like any detector: one backbone pass, a probability per image
     images = [Image.fromarray(photo_like(48, 40, seed=s)) for s in range(3)]
-    scores = student.score(images)
+    scores = score(student, images)
     assert scores.probs.shape == (3,) and bool(((scores.probs >= 0) & (scores.probs <= 1)).all())
     assert scores.experts == ["distilled"] and scores.gate_weights is None
 

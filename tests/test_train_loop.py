@@ -15,6 +15,7 @@ from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shard
 from typer.testing import CliRunner
 
 from sefmodel import SEFDetector
+from sefmodel.combine import combine_experts
 from sefmodel.train import TrainConfig, train
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
@@ -65,7 +66,7 @@ def test_fusion_run_trains_only_the_gate_over_two_expert_runs(expert_runs, shard
     result = train(cfg, progress=False)
     fused = SEFDetector.from_pretrained(result.detector)
     assert fused.expert_names == ["recon", "sr"] and fused.config.fusion == "sef"
-    start = SEFDetector.from_experts([expert_runs["recon"] / "detector", expert_runs["sr"] / "detector"])
+    start = combine_experts([expert_runs["recon"] / "detector", expert_runs["sr"] / "detector"])
     after, before = fused.trained_state_dict(), start.trained_state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed and all(k.startswith("fusion.") for k in changed)
@@ -96,7 +97,7 @@ def test_moe_fusion_over_logits_trains_only_its_gate(expert_runs, shards, tmp_pa
     result = train(cfg, progress=False)
     fused = SEFDetector.from_pretrained(result.detector)
     assert fused.config.gate_input == "logits" and fused.fusion.gate.net[0].in_features == 2
-    start = SEFDetector.from_experts([expert_runs["recon"] / "detector", expert_runs["sr"] / "detector"],
+    start = combine_experts([expert_runs["recon"] / "detector", expert_runs["sr"] / "detector"],
                                      fusion="moe", gate_input="logits")  # fmt: skip
     after, before = fused.trained_state_dict(), start.trained_state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}

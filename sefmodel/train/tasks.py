@@ -3,8 +3,8 @@ model-specific parts and returns a dict with ``loss`` (STYLE.md).
 
 * ``expert``: a single-expert detector named after the domain, trained on real vs that domain's fakes;
 * ``mixed``: the baseline, one LoRA (expert ``mixed``) trained on real vs every domain's fakes;
-* ``fusion``: the trained experts combined by :meth:`SEFDetector.from_experts`; only the fusion head trains, on real
-  vs the experts' domains;
+* ``fusion``: the trained experts combined by :func:`~sefmodel.combine.combine_experts`; only the fusion head
+  trains, on real vs the experts' domains;
 * ``distill``: one LoRA student (expert ``distilled``, the cost of one expert) trained like ``mixed`` on every
   domain, against the labels and a frozen teacher's (a fused detector's) probabilities on the same pixels.
 
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..combine import processing_differences
+from ..combine import combine_experts, processing_differences
 from ..config import DetectorConfig, nest_processor_settings
 from ..detector import SEFDetector
-from ..serialization import CONFIG_NAME
+from ..folder import CONFIG_NAME
 from .config import TrainConfig
 
 _TASKS: dict[str, type[Task]] = {}
@@ -146,7 +146,7 @@ class FusionTask(Task):
         return names or None
 
     def build_detector(self) -> SEFDetector:
-        detector = SEFDetector.from_experts(
+        detector = combine_experts(
             [expert_folder(e) for e in self.config.experts],
             fusion=self.config.fusion,
             gate_hidden=self.config.detector.get("gate_hidden"),
