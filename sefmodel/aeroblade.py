@@ -50,8 +50,7 @@ from sefdata.errors import SefError
 from .aeroblade_config import DETECTOR_TYPE, AerobladeConfig
 from .distances import Distance, get_distance_class
 from .folder import CONFIG_NAME, resolve_folder
-from .pipeline import Scores, crop_batches
-from .pipeline import score as score_images
+from .pipeline import crop_batches
 from .preprocess import ImageProcessor
 
 if TYPE_CHECKING:
@@ -190,16 +189,7 @@ class AerobladeDetector(nn.Module):
         """``scale * (offset - ln distance)``: the logit of P(generated)."""
         return self.config.scale * (self.config.offset - distance.clamp_min(_MIN_DISTANCE).log())
 
-    # ---- inference API ----------------------------------------------------------------------------------------
-
-    def score(
-        self,
-        images: Image.Image | str | os.PathLike | Iterable[Image.Image | str | os.PathLike],
-        batch_size: int = 16,
-        crop: str | None = None,
-    ) -> Scores:
-        """Probability that each image is generated (the same pipeline as :meth:`SEFDetector.score`)."""
-        return score_images(self, images, batch_size=batch_size, crop=crop)
+    # ---- inference API (scores: sefmodel.score(detector, images), as for every detector kind) -----------------
 
     @torch.inference_mode()
     def distances(

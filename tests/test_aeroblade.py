@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from sefdata.errors import SefError
 from sefdata.upload import staged_local_paths
-from sefmodel import AerobladeDetector, SEFDetector, load_detector
+from sefmodel import AerobladeDetector, SEFDetector, load_detector, score
 from sefmodel.aeroblade import build_aeroblade, fit_logistic
 from sefmodel.metrics import average_precision
 
@@ -85,7 +85,7 @@ def test_a_saved_detector_loads_back_exactly_and_is_self_contained(tiny_aeroblad
                                     distance_layers=[1, 2])  # fmt: skip
     loaded = AerobladeDetector.from_pretrained(tiny_aeroblade)
     images = _images()
-    assert torch.equal(made.score(images).probs, loaded.score(images).probs)
+    assert torch.equal(score(made, images).probs, score(loaded, images).probs)
     assert _files(tiny_aeroblade) == [
         "README.md", "autoencoders/taesd/tiny_decoder.safetensors", "autoencoders/taesd/tiny_encoder.safetensors",
         "config.json", "distance/config.json", "distance/model.safetensors", "preprocessor_config.json",
@@ -134,7 +134,7 @@ def test_scores_equal_an_independently_computed_distance(tiny_aeroblade, tiny_ta
                 (distance, 1 / (1 + np.exp(-detector.config.scale * (detector.config.offset - np.log(distance)))))
             )
     np.testing.assert_allclose(detector.distances(images), [d for d, _ in want], rtol=1e-4)
-    np.testing.assert_allclose(detector.score(images).probs.numpy(), [p for _, p in want], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(score(detector, images).probs.numpy(), [p for _, p in want], rtol=1e-4, atol=1e-6)
 
 
 def test_pixel_distances_and_the_smallest_over_several_autoencoders(tmp_path, taesd_spec, tiny_vae_dir):
@@ -154,7 +154,7 @@ def test_pixel_distances_and_the_smallest_over_several_autoencoders(tmp_path, ta
     config = json.loads((tmp_path / "det" / "autoencoders" / "vae" / "config.json").read_text())
     assert "_name_or_path" not in config and config["_class_name"] == "AutoencoderKL"
     assert torch.equal(
-        AerobladeDetector.from_pretrained(tmp_path / "det").score(images).probs, both.score(images).probs
+        score(AerobladeDetector.from_pretrained(tmp_path / "det"), images).probs, score(both, images).probs
     )
     assert all(staged_local_paths(tmp_path / "det" / n) == [] for n in _files(tmp_path / "det"))
 
@@ -162,7 +162,7 @@ def test_pixel_distances_and_the_smallest_over_several_autoencoders(tmp_path, ta
 def test_the_probability_falls_as_the_distance_grows(tiny_aeroblade):
     detector = AerobladeDetector.from_pretrained(tiny_aeroblade)
     images = _images(6, seed=3)
-    distances, probs = detector.distances(images), detector.score(images).probs.numpy()
+    distances, probs = detector.distances(images), score(detector, images).probs.numpy()
     assert len(set(distances)) == 6
     assert list(np.argsort(distances)) == list(np.argsort(-probs))
     c = detector.config
@@ -300,8 +300,8 @@ def test_lpips_is_the_lpips_packages_distance_at_one_layer(tmp_path, taesd_spec)
     detector.save_pretrained(tmp_path / "det")
     assert "distance/lpips_vgg.safetensors" in _files(tmp_path / "det")
     (tmp_path / "vgg16.safetensors").unlink()
-    assert torch.equal(AerobladeDetector.from_pretrained(tmp_path / "det").score(images).probs,
-                       detector.score(images).probs)  # fmt: skip
+    assert torch.equal(score(AerobladeDetector.from_pretrained(tmp_path / "det"), images).probs,
+                       score(detector, images).probs)  # fmt: skip
 
 
 # ---- the commands ----------------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def test_predict_eval_calibrate_and_publish_take_it_like_a_trained_detector(tmp_
     shutil.copytree(tiny_aeroblade, run)
     detector = AerobladeDetector.from_pretrained(run)
     paths = sorted(bench.rglob("*.png"))
-    want = detector.score(paths).probs.numpy()
+    want = score(detector, paths).probs.numpy()
     result = runner.invoke(app, ["predict", str(run), str(bench), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -379,7 +379,7 @@ def test_serve_scores_it_without_heatmaps(tiny_aeroblade, bench):
         )
     assert response.status == 200
     (record,) = json.loads(response.data)["records"]
-    assert record["prob"] == pytest.approx(float(detector.score([bench / "fake" / "0.png"]).probs[0]), abs=1e-6)
+    assert record["prob"] == pytest.approx(float(score(detector, [bench / "fake" / "0.png"]).probs[0]), abs=1e-6)
     assert "explain" not in record and "explain_error" not in record
 
 
@@ -411,7 +411,7 @@ def test_taef2_reconstructions_score_higher_than_the_photos(tmp_path, assets, ta
                                  "--device", "cpu", "--out", str(folder)])  # fmt: skip
     assert result.exit_code == 0, result.output
     detector = load_detector(folder, "cpu")
-    real, fake = detector.score(crops).probs.numpy(), detector.score(fakes).probs.numpy()
+    real, fake = score(detector, crops).probs.numpy(), score(detector, fakes).probs.numpy()
     assert (fake > real).all(), (real, fake)  # every reconstruction above its own photo
     ratio = detector.distances(crops) / detector.distances(fakes)
     assert ratio.min() > 1.5, ratio  # and by a wide margin: about 2x closer
