@@ -39,7 +39,7 @@ BASELINES = {
     "python -c pass (interpreter floor)": ["-c", "pass"],
     "import of the model stack (the old --help cost)": [
         "-c",
-        "import torch, transformers, peft, sefmodel.detector, sefmodel.train.trainer",
+        "import torch, transformers, peft, sefmodel.model.detector, sefmodel.train.trainer",
     ],
 }
 

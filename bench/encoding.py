@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sefcore.imageio import decode
 from sefdata.assets import find_assets
 from sefdata.encode import EncodingPolicy, encode, encode_png, encoding_for
-from sefdata.imageio import decode
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoding.json"
 

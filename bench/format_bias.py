@@ -62,12 +62,12 @@ from PIL import Image, JpegImagePlugin
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the learning bench's splits, tiles and trainer calls
 import learning
 
+from sefcore.privacy import public_json
 from sefdata.assets import find_assets
-from sefdata.privacy import public_json
-from sefmodel.data import iter_samples, resolve_shards
-from sefmodel.metrics import auroc
-from sefmodel.perturb import PRESETS
+from sefmodel.evaluation.metrics import auroc
+from sefmodel.evaluation.perturb import PRESETS
 from sefmodel.pipeline import score as score_images
+from sefmodel.train.data import iter_samples, resolve_shards
 
 RESULTS = Path(__file__).resolve().parent / "results" / "format_bias.json"
 FAMILIES = learning.FAMILIES  # family -> shard field of its fakes

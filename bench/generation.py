@@ -79,12 +79,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sefcore.errors import SkipSample
 from sefdata.align import common_multiple
 from sefdata.assets import find_assets
 from sefdata.build import Builder, available_cores, stack_batches
 from sefdata.config import BuildConfig, resolve_device, resolve_dtype
 from sefdata.encode import encode_png
-from sefdata.errors import SkipSample
 from sefdata.generators import Generator, Runtime, create_generator
 from sefdata.sources import iter_sources
 

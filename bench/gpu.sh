@@ -129,7 +129,7 @@ import sys
 
 import torch
 
-import sef_cli.sefdata, sef_cli.sefmodel, sefdata.build, sefmodel.data  # noqa: F401  (everything the steps import)
+import sef_cli.sefdata, sef_cli.sefmodel, sefdata.build, sefmodel.train.data  # noqa: F401  (everything the steps import)
 
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), GPU {gpu}")

@@ -20,8 +20,8 @@ detectors on a pretrained backbone (DESIGN.md §11), CPU, offline.
    (``FUSIONS``: gates over features or logits, stacking, max / noisy-OR rules, mean) and a distilled student of
    the chosen fusion (one LoRA, the cost of one expert). Every run keeps its best checkpoint by validation AP.
 4. Controls on the same tiles: logistic regression on (a) the frozen backbone's features, (b) the periodic
-   spectrum (``sefmodel.spectrum.periodic_spectrum``, the feature a detector can also read), C chosen on
-   validation; (c) AEROBLADE (``sefmodel.aeroblade``), training-free: the TAEF2 autoencoder's reconstruction
+   spectrum (``sefmodel.model.spectrum.periodic_spectrum``, the feature a detector can also read), C chosen on
+   validation; (c) AEROBLADE (``sefmodel.model.aeroblade``), training-free: the TAEF2 autoencoder's reconstruction
    distance under the frozen MobileNetV2's LPIPS-style feature distance (its default block), nothing fitted or
    chosen. It holds the very autoencoder that made the ``taesd`` fakes (the paper's setting: a generator's own
    autoencoder); on ``sr`` it meets a family it has no autoencoder for.
@@ -32,7 +32,7 @@ detectors on a pretrained backbone (DESIGN.md §11), CPU, offline.
    (ties: mean AP).
    ``--explore`` trains the wider grid ``EXPLORE`` (validation only, no held-out scoring) into
    ``learning_explore.json``: how the candidates were found. Then the held-out tiles are scored **once**, clean
-   and after JPEG 90 and a 0.75x resize, with the public ``SEFDetector.score`` and ``sefmodel.metrics``.
+   and after JPEG 90 and a 0.75x resize, with the public ``SEFDetector.score`` and ``sefmodel.evaluation.metrics``.
 6. Reported per detector: pooled per-family AP (each real tile vs that family's fakes, 1:1, chance 0.5), the mean
    of per-photo AP, and the spread over photos of the real tiles' mean P(generated) (``drift``: a detector whose
    scale moves with the content ranks well within a photo and badly pooled).
@@ -59,16 +59,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sefcore.privacy import public_json
 from sefdata.assets import find_assets
-from sefdata.privacy import public_json
 from sefdata.shards import field_key, iter_samples, resolve_shards
 from sefmodel import AerobladeDetector, SEFDetector
-from sefmodel.augment import AugmentConfig
-from sefmodel.metrics import average_precision
-from sefmodel.perturb import jpeg, resize
+from sefmodel.evaluation.metrics import average_precision
+from sefmodel.evaluation.perturb import jpeg, resize
+from sefmodel.model.spectrum import periodic_spectrum
 from sefmodel.pipeline import score
-from sefmodel.spectrum import periodic_spectrum
 from sefmodel.train import TrainConfig, train
+from sefmodel.train.augment import AugmentConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"
 EXPLORE_RESULTS = RESULTS.with_name("learning_explore.json")
@@ -732,9 +732,10 @@ def summarize(result: dict, args: argparse.Namespace) -> dict:
         },
         "controls_are": "logistic regression (scikit-learn, standardised features, C in 0.01-10 chosen on "
         "validation) on (a) the frozen backbone's features at the chosen stage, pooling and input, (b) the periodic "
-        "spectrum of sefmodel.spectrum (FFT of the tile minus its 3x3 mean, log power and peak-to-neighbours ratio "
+        "spectrum of sefmodel.model.spectrum (FFT of the tile minus its 3x3 mean, log power and peak-to-neighbours "
+        "ratio "
         "at k = n/8 ... n/2 along x, y and the diagonal: periods 8, 4, 2 px and harmonics); control_aeroblade: "
-        "AEROBLADE, training-free (sefmodel.aeroblade: the TAEF2 reconstruction's LPIPS-style distance on the "
+        "AEROBLADE, training-free (sefmodel.model.aeroblade: the TAEF2 reconstruction's LPIPS-style distance on the "
         "frozen MobileNetV2's block 1; the autoencoder that made the taesd fakes, none for sr)",
         "columns": "per family: pooled AP; FAMILY_per_photo: mean of per-photo AP; drift: min, max and std over "
         "photos of the real tiles' mean P(generated)",

@@ -3,7 +3,7 @@
 Builds shards from the shared photos (downscaled to ``--max-side``) with the real TAEF2 and x4 GAN upsampler, then
 measures, in the same run, ``--repeats`` times interleaved (median and spread):
 
-* **loader**: :class:`sefmodel.data.PairStream` as the trainer runs it (read tar -> decode real + one fake -> the
+* **loader**: :class:`sefmodel.train.data.PairStream` as the trainer runs it (read tar -> decode real + one fake -> the
   default paired augmentation -> the detector's image processor -> batch), through the trainer's DataLoader with
   ``--workers`` worker processes (0: in this process), images per second;
 * **step**: one optimizer step of the expert task (forward, loss, backward, AdamW) of a detector with LoRA rank 8
@@ -43,9 +43,9 @@ from sefdata.build import build
 from sefdata.config import BuildConfig
 from sefdata.sources import iter_sources
 from sefmodel import DetectorConfig, SEFDetector
-from sefmodel.augment import AugmentConfig
-from sefmodel.data import PairStream, data_workers, make_loader, resolve_shards
+from sefmodel.train.augment import AugmentConfig
 from sefmodel.train.config import TrainConfig
+from sefmodel.train.data import PairStream, data_workers, make_loader, resolve_shards
 from sefmodel.train.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"

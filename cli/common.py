@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _DEFAULT_IN_HELP = re.compile(r"\s*\(default:?\s+(?P<default>[^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")
@@ -217,7 +217,7 @@ def user_errors(
     ``offline_hint``. Anything unexpected exits 1 with its type and message; ``SEF_DEBUG=1`` shows the traceback.
     With ``hub``, the body may fetch from the Hub: it runs with huggingface_hub offline when the Hub cannot be
     reached, so such failures come at once (cached files still load), not after a minute of retries."""
-    from sefdata.hub import network_failure
+    from sefcore.hub import network_failure
 
     try:
         with _hub_mode() if hub else contextlib.nullcontext():
@@ -261,7 +261,7 @@ def user_errors(
 @contextlib.contextmanager
 def _hub_mode() -> Iterator[None]:
     """Offline mode for the command's body when the Hub cannot be reached (imports huggingface_hub lazily)."""
-    from sefdata.hub import hub_offline_unless_reachable
+    from sefcore.hub import hub_offline_unless_reachable
 
     with hub_offline_unless_reachable():
         yield

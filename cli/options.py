@@ -2,7 +2,7 @@
 
 A field's name gives the flag (``max_side`` -> ``--max-side``), its type the value type (``list[...]`` makes it
 repeatable, ``bool`` a switch: ``--x/--no-x`` when it is on by default), its help (``metadata["help"]``, written with
-:func:`sefdata.fields.doc`) the help, and its default the ``[default: ...]`` shown. The command receives only the flags
+:func:`sefcore.fields.doc`) the help, and its default the ``[default: ...]`` shown. The command receives only the flags
 given on the command line, as a dict of field values, so that they can override a recipe or config file, which in
 turn overrides the defaults the dataclass owns.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import typer
 
-from sefdata.fields import doc
+from sefcore.fields import doc
 
 from .common import split_default
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sefcore.errors import SKIP_REASONS
 from sefdata.config import BuildConfig, load_recipe
-from sefdata.errors import SKIP_REASONS
 
 from .common import App, command_line, report_upload, run_app, user_errors
 from .options import config_options, field_help, publish_options

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import typer
 
-from sefdata.errors import SefError
-from sefdata.markdown import fmt as _f
-from sefmodel.aeroblade_config import AerobladeConfig
-from sefmodel.config import DetectorConfig
-from sefmodel.eval_config import EvalConfig
-from sefmodel.lora import LoraSettings
-from sefmodel.preprocess import ImageProcessor
+from sefcore.errors import SefError
+from sefcore.markdown import fmt as _f
+from sefmodel.evaluation.config import EvalConfig
+from sefmodel.model.aeroblade_config import AerobladeConfig
+from sefmodel.model.config import DetectorConfig
+from sefmodel.model.lora import LoraSettings
+from sefmodel.model.preprocess import ImageProcessor
 from sefmodel.runtime import RuntimeOptions
-from sefmodel.serve import ServeConfig
+from sefmodel.serve.app import ServeConfig
 from sefmodel.train.config import TrainConfig
 
 from .common import App, command_line, report_upload, run_app, user_errors
@@ -167,7 +167,7 @@ def train(
 def _backbone_ref(detector: dict) -> str:
     if detector.get("backbone_id"):
         return detector["backbone_id"]
-    from sefmodel.backbones import get_backbone_class
+    from sefmodel.model.backbones import get_backbone_class
 
     try:
         return get_backbone_class(detector.get("backbone", "dinov2")).default_model_id
@@ -247,7 +247,7 @@ def eval_(
     results.csv, scores.csv and plots/*.png."""
     with user_errors():
         _check_ref(run)
-    from sefmodel.evaluate import evaluate
+    from sefmodel.evaluation.evaluate import evaluate
     from sefmodel.predict import load_detector
 
     with user_errors(hub=True):
@@ -272,7 +272,7 @@ def eval_(
 def _check_ref(ref: str, what: str = "detector") -> None:
     """Fail at once, before the model stack loads, when a RUN is neither a local path nor fetchable from the Hub."""
     if not Path(ref).expanduser().exists():
-        from sefdata.hub import require_hub_repo
+        from sefcore.hub import require_hub_repo
 
         require_hub_repo(ref, what)
 
@@ -318,9 +318,9 @@ def predict(
     for SEF detectors, the gate weights; an unreadable file gets a record with an error instead."""
     with user_errors():
         _check_ref(run)
+    from sefmodel.evaluation.threshold import UncertainBand, decision_threshold
+    from sefmodel.model.preprocess import check_crop
     from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
-    from sefmodel.preprocess import check_crop
-    from sefmodel.threshold import UncertainBand, decision_threshold
 
     runtime = RuntimeOptions(**runtime_flags)
     batch_size, crop = runtime.batch_size, runtime.crop
@@ -396,8 +396,8 @@ def calibrate(
 
     \b
       sefmodel calibrate runs/sef --calibrate-on photos/ --calibrate-fpr 0.01"""
+    from sefmodel.evaluation.threshold import THRESHOLD_NAME, calibrate_on_reals
     from sefmodel.predict import load_detector, resolve_run
-    from sefmodel.threshold import THRESHOLD_NAME, calibrate_on_reals
 
     with user_errors(hub=True):
         if not run.is_dir():
@@ -460,7 +460,7 @@ def golden(
     \b
       sefmodel golden out/demo/detector/sef out/demo/detector/test     # reals and fakes of a held-out build
       sefmodel check out/demo/detector/sef"""
-    from sefmodel.golden import GOLDEN_DIR, write_golden
+    from sefmodel.evaluation.golden import GOLDEN_DIR, write_golden
     from sefmodel.predict import load_detector, resolve_run
 
     with user_errors(hub=True):
@@ -509,8 +509,8 @@ def check(
       sefmodel check USER/NAME                 # a published detector (its golden/ comes with it)"""
     with user_errors():
         _check_ref(run)
-    from sefmodel.folder import resolve_folder
-    from sefmodel.golden import GoldenSet, check_golden
+    from sefmodel.evaluation.golden import GoldenSet, check_golden
+    from sefmodel.model.folder import resolve_folder
     from sefmodel.predict import load_detector, resolve_run
 
     with user_errors((ValueError, FileNotFoundError), hub=True):
@@ -591,8 +591,8 @@ def serve(run: str = typer.Argument(..., metavar="RUN", help=RUN_HELP), *, confi
         _check_ref(run)
         config = ServeConfig(**config_flags)
     from sefmodel.predict import load_detector
-    from sefmodel.serve import create_app, find_report
-    from sefmodel.serve import serve as run_server
+    from sefmodel.serve.app import create_app, find_report
+    from sefmodel.serve.app import serve as run_server
 
     with user_errors(hub=True):
         report = find_report(run, config)
@@ -670,7 +670,7 @@ def aeroblade(
 
     Distances: features (LPIPS-style: early blocks of a frozen --distance-backbone, unit-normalised channels),
     lpips (the LPIPS metric, layer --lpips-layer; needs pip install lpips and the VGG16 weights), l2, l1 (pixels)."""
-    from sefmodel.aeroblade import build_aeroblade
+    from sefmodel.model.aeroblade import build_aeroblade
     from sefmodel.predict import pick_device
 
     with user_errors((ValueError, FileNotFoundError), hub=True, fetching="the distance network",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sefdata.errors import SkipSample
+from sefcore.errors import SkipSample
 
 MCU = 16  # largest JPEG MCU (4:2:0); crop offsets on this grid keep 8x8 blocks aligned
 
@@ -47,7 +47,7 @@ def align(
     full_size: tuple[int, int] | None = None,
 ) -> Aligned:
     """Resize/crop ``pixels`` (H x W x 3 uint8) by the rules in the module docstring. ``full_size``: (w, h) of the
-    source at full scale when ``pixels`` were decoded smaller (:func:`sefdata.imageio.decode` with ``max_side``):
+    source at full scale when ``pixels`` were decoded smaller (:func:`sefcore.imageio.decode` with ``max_side``):
     the geometry, and what is recorded, is that of the full-scale source."""
     h, w = pixels.shape[:2]
     w, h = full_size or (w, h)

@@ -51,6 +51,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sefcore.errors import SefError, SkipSample
+from sefcore.imageio import NOT_A_JPEG, DecodedImage, decode
+from sefcore.privacy import public_json
 from sefdata.align import Aligned, align, common_multiple
 from sefdata.config import (
     BuildConfig,
@@ -62,12 +65,9 @@ from sefdata.config import (
     settings_hash,
 )
 from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
-from sefdata.errors import SefError, SkipSample
 from sefdata.generators import Generator, Runtime, create_generator, sample_seed
-from sefdata.imageio import NOT_A_JPEG, DecodedImage, decode
 from sefdata.manifest import BUILD_FILE, write_manifest
 from sefdata.plan import plan_shards
-from sefdata.privacy import public_json
 from sefdata.psnr import psnr
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
@@ -544,7 +544,7 @@ class Builder:
             made = self._given or [create_generator(s, self.runtime) for s in self.specs]
             self._generators = [(s.field, g) for s, g in zip(self.specs, made, strict=True)]
             # once per build: model_info hashes the weight files, which per sample would cost more than encoding.
-            # Recorded as published (model folders and weight files by name, sefdata.privacy): the stats, the
+            # Recorded as published (model folders and weight files by name, sefcore.privacy): the stats, the
             # manifest and every sample record name no local path; build.json keeps the config as given.
             self._infos = {name: public_json(gen.info()) for name, gen in self._generators}
             self.multiple = common_multiple([g.multiple for _, g in self._generators])

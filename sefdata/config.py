@@ -10,15 +10,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sefdata.errors import SefError
-from sefdata.fields import doc
+from sefcore.errors import SefError
+from sefcore.fields import doc
+from sefcore.tomlfile import read_toml
 
 if TYPE_CHECKING:  # torch loads when a build runs, not when `sefdata --help` reads the options
     import torch
@@ -132,7 +132,7 @@ class BuildConfig:
         skip = {"out", "batch_size", "workers", "device", "dtype", "compile", "channels_last", "rank", "world",
                 "recipe", "allow_mixed"}  # fmt: skip
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        if self.max_side is not None:  # large JPEGs decode at a reduced scale (sefdata.imageio): other bytes
+        if self.max_side is not None:  # large JPEGs decode at a reduced scale (sefcore.imageio): other bytes
             out["jpeg_draft"] = True
         return out
 
@@ -327,13 +327,7 @@ def load_recipe(path: str | Path) -> dict:
     (e.g. Hub ids).
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SefError(f"recipe {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SefError(f"recipe {str(path)!r} is not valid TOML: {e}") from None
-    data = {**{k: v for k, v in data.items() if k != "build"}, **data.get("build", {})}
+    data = read_toml(path, "recipe", section="build")
     hints = typing.get_type_hints(BuildConfig)
     known = {f.name for f in dataclasses.fields(BuildConfig)} - {"recipe", "out"}
     kwargs: dict = {}

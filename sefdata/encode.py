@@ -29,8 +29,8 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from sefdata.errors import SefError
-from sefdata.imageio import SUBSAMPLING_NAMES, DecodedImage
+from sefcore.errors import SefError
+from sefcore.imageio import SUBSAMPLING_NAMES, DecodedImage
 
 POLICIES = ("match", "png", "jpeg:Q", "webp:Q")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,9 +15,9 @@ import time
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from sefcore.errors import SefError
+from sefcore.privacy import public_config, public_json
 from sefdata.config import differences
-from sefdata.errors import SefError
-from sefdata.privacy import public_config, public_json
 from sefdata.provenance import installed_versions, provenance
 from sefdata.shards import MANIFEST_FILE, atomic_write_json, is_done, read_stats, stats_path, tar_path
 
@@ -40,7 +40,7 @@ def read_build(out: Path) -> dict:
 def write_manifest(out: Path, command: str | None = None) -> dict:
     """Merge every shard's stats into ``manifest.json``; all shards must be done.
 
-    Published as it is, so it names no local path (:mod:`sefdata.privacy`). Shards made with other runtime settings
+    Published as it is, so it names no local path (:mod:`sefcore.privacy`). Shards made with other runtime settings
     (a resume with ``--allow-mixed``) are listed under ``runs``, one entry per set of settings with its shards.
     ``command``: the build's command line for ``provenance`` (default: the one ``build.json`` recorded)."""
     build = read_build(out)

@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 import re
 import sysconfig
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.tomlfile import read_toml
 
 
 def find_manifests(checkout: Path = Path(__file__).resolve().parents[1] / "manifests") -> Path:
@@ -90,10 +90,7 @@ def _parse_file(path: Path) -> list[Preset]:
     from sefdata.generators import available_generators
     from sefdata.generators.base import parse_params
 
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise SefError(f"preset file {str(path)!r} is not valid TOML: {e}") from None
+    data = read_toml(path, "preset file")
     generators = available_generators()
     presets = []
     for name, table in data.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefdata.psnr import psnr
 from sefdata.shards import Manifest, field_keys, iter_samples, sample_fields
 
@@ -29,7 +29,7 @@ def _load(data: bytes) -> np.ndarray:
 
 def encoding_label(data: bytes) -> str:
     """How a stored image is encoded, as the preview shows it: ``PNG``, ``WEBP`` or ``JPEG q90 4:2:0``."""
-    from sefdata.imageio import SUBSAMPLING_NAMES, jpeg_encoding_of
+    from sefcore.imageio import SUBSAMPLING_NAMES, jpeg_encoding_of
 
     img = Image.open(io.BytesIO(data))
     if img.format == "JPEG":

@@ -12,7 +12,7 @@ keys everywhere:
   installed); torch with its build tag (``2.14.1+cpu``), which the package metadata drops;
 * ``command``: the command line as typed (``null`` when a library call made the output).
 
-Every local path in the block is reduced to its last component (:mod:`sefdata.privacy`), so it can be published as
+Every local path in the block is reduced to its last component (:mod:`sefcore.privacy`), so it can be published as
 it is. Readers take the block with ``.get("provenance")``: outputs written before it existed have none.
 """
 
@@ -22,7 +22,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-from sefdata.privacy import public_json, public_text
+from sefcore.privacy import public_json, public_text
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from sefdata.errors import SefError
-from sefdata.hub import check_repo_id, staged_files
+from sefcore.errors import SefError
+from sefcore.hub import check_repo_id, staged_files
+from sefcore.privacy import public_params
 from sefdata.preview import make_preview
-from sefdata.privacy import public_params
 from sefdata.shards import MANIFEST_FILE, Manifest, field_keys, iter_samples
 from sefdata.upload import empty_folder, upload_staged
 

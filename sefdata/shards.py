@@ -5,7 +5,7 @@ place; ``shard-NNNNNN.stats.json`` is written the same way *after* it. A shard i
 exists, so a build killed at any moment leaves at worst a partial file that the next run overwrites.
 Tar members carry fixed metadata (mtime 0, fixed owner and mode), so the same samples give the same bytes.
 
-**Reading.** Everything that reads a build goes through here: training (:mod:`sefmodel.data`), ``preview``,
+**Reading.** Everything that reads a build goes through here: training (:mod:`sefmodel.train.data`), ``preview``,
 ``verify``, ``publish`` and its scan of staged shards, and a build's WebDataset tar *sources*
 (:mod:`sefdata.sources`). A shard opens from a local path or any fsspec URL (:func:`open_url`) and reads as plain
 ``webdataset`` reads it (:func:`iter_samples`): a member's key is its name up to the first dot of its basename, its
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import tarfile
@@ -29,7 +28,8 @@ from typing import IO, Any
 from webdataset import TarWriter
 from webdataset.tariterators import base_plus_ext
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.hub import file_sha256
 
 SHARD_DIGITS = 6
 MANIFEST_FILE = "manifest.json"
@@ -122,14 +122,6 @@ class ShardWriter:
                 self._tar.close()
             self._file.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------

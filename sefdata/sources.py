@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sefdata.errors import SefError, SkipSample
-from sefdata.privacy import is_local_path
+from sefcore.errors import SefError, SkipSample
+from sefcore.privacy import is_local_path
 from sefdata.shards import IMAGE_EXTENSIONS, READ_ERRORS, field_name, index_samples, is_image_key, open_url
 
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
@@ -93,7 +93,7 @@ def _iter_folder(folder: Path) -> Iterator[SourceItem]:
 
 def _list_entry_id(line: str, listing: Path) -> str:
     """What a list's line is recorded as: the line itself unless it is a local path (absolute, ``~/``, ``../``:
-    :mod:`sefdata.privacy`), then its path relative to the list's folder where it lies below it, else its file name
+    :mod:`sefcore.privacy`), then its path relative to the list's folder where it lies below it, else its file name
     (the key still comes from the full line)."""
     if not is_local_path(line):
         return line

@@ -3,7 +3,7 @@
 Each command writes what it publishes into an emptied staging folder (:func:`empty_folder`), then hands it to
 :func:`upload_staged`, which reads every staged file that can hold text (text files whatever their suffix, the
 JSON header of a ``.safetensors`` file, every record of a ``.tar`` shard) for local paths of this machine
-(:mod:`sefdata.privacy`: absolute, home-directory and parent-relative paths) and uploads only if there is none.
+(:mod:`sefcore.privacy`: absolute, home-directory and parent-relative paths) and uploads only if there is none.
 ``--dry-run`` runs the same scan and stops before the upload, so a dry run that passes is what would be sent.
 """
 
@@ -14,9 +14,9 @@ import shutil
 import struct
 from pathlib import Path
 
-from sefdata.errors import SefError
-from sefdata.hub import staged_files, upload_folder
-from sefdata.privacy import json_local_paths, local_paths
+from sefcore.errors import SefError
+from sefcore.hub import staged_files, upload_folder
+from sefcore.privacy import json_local_paths, local_paths
 from sefdata.shards import iter_members
 
 # files that hold only pixels or tensors: nothing a path could hide in

@@ -18,14 +18,14 @@ from typing import Any
 
 from PIL import Image
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.hub import file_sha256
 from sefdata.manifest import BUILD_FILE, read_build
 from sefdata.shards import (
     MANIFEST_FILE,
     READ_ERRORS,
     Manifest,
     field_keys,
-    file_sha256,
     is_done,
     iter_samples,
     read_stats,

@@ -8,27 +8,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .lazy import lazy_exports
+from sefmodel.lazy import lazy_exports
 
 _EXPORTS = {
-    "AerobladeConfig": "aeroblade_config",
-    "AerobladeDetector": "aeroblade",
-    "Backbone": "backbones",
-    "CNNBackbone": "backbones",
-    "DetectorConfig": "config",
-    "ImageProcessor": "preprocess",
-    "LoraSettings": "lora",
-    "SEFDetector": "detector",
+    "AerobladeConfig": "model.aeroblade_config",
+    "AerobladeDetector": "model.aeroblade",
+    "Backbone": "model.backbones",
+    "CNNBackbone": "model.backbones",
+    "DetectorConfig": "model.config",
+    "ImageProcessor": "model.preprocess",
+    "LoraSettings": "model.lora",
+    "SEFDetector": "model.detector",
     "Scores": "pipeline",
-    "UnsafeCheckpointError": "folder",
-    "ViTBackbone": "backbones",
-    "combine_experts": "combine",
-    "get_backbone_class": "backbones",
-    "known_backbones": "backbones",
-    "known_fusions": "fusion",
+    "UnsafeCheckpointError": "model.folder",
+    "ViTBackbone": "model.backbones",
+    "combine_experts": "model.combine",
+    "get_backbone_class": "model.backbones",
+    "known_backbones": "model.backbones",
+    "known_fusions": "model.fusion",
     "load_detector": "predict",
-    "register_backbone": "backbones",
-    "register_fusion": "fusion",
+    "register_backbone": "model.backbones",
+    "register_fusion": "model.fusion",
     "score": "pipeline",
 }
 
@@ -55,9 +55,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .aeroblade import AerobladeDetector
-    from .aeroblade_config import AerobladeConfig
-    from .backbones import (
+    from sefmodel.model.aeroblade import AerobladeDetector
+    from sefmodel.model.aeroblade_config import AerobladeConfig
+    from sefmodel.model.backbones import (
         Backbone,
         CNNBackbone,
         ViTBackbone,
@@ -65,15 +65,15 @@ if TYPE_CHECKING:
         known_backbones,
         register_backbone,
     )
-    from .combine import combine_experts
-    from .config import DetectorConfig
-    from .detector import SEFDetector
-    from .folder import UnsafeCheckpointError
-    from .fusion import known_fusions, register_fusion
-    from .lora import LoraSettings
-    from .pipeline import Scores, score
-    from .predict import load_detector
-    from .preprocess import ImageProcessor
+    from sefmodel.model.combine import combine_experts
+    from sefmodel.model.config import DetectorConfig
+    from sefmodel.model.detector import SEFDetector
+    from sefmodel.model.folder import UnsafeCheckpointError
+    from sefmodel.model.fusion import known_fusions, register_fusion
+    from sefmodel.model.lora import LoraSettings
+    from sefmodel.model.preprocess import ImageProcessor
+    from sefmodel.pipeline import Scores, score
+    from sefmodel.predict import load_detector
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

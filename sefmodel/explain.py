@@ -8,7 +8,7 @@ own head logit with respect to it, channel weights ``w = mean_hw G``, and the ma
 regions; the gate weights say how much each one counts for this image.
 
 The image is explained on the crop the detector scores (the centre crop made by the detector's image processor;
-see :mod:`sefmodel.preprocess`), so the heatmap lines up with the pixels that were actually seen. No change to the
+see :mod:`sefmodel.model.preprocess`), so the heatmap lines up with the pixels that were actually seen. No change to the
 detector is needed: a hook on the block (:meth:`Backbone.cam_hook`) captures the map.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .detector import SEFDetector
+from sefmodel.model.detector import SEFDetector
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -128,7 +128,7 @@ def overlay(ax: Axes, crop: Image.Image, heat: np.ndarray, alpha: float = 0.5) -
 def figure(explanation: Explanation, title: str = "") -> Figure:
     """Input crop | one heatmap per expert (titled with its own P(generated) and gate weight) | the fused score's
     heatmap, one colour bar for the maps, and a bar chart of each expert's gate weight and own P(generated)."""
-    from .report.charts import SHARE, new_figure
+    from sefmodel.evaluation.report.charts import SHARE, new_figure
 
     ex = explanation
     heat_panels = []
@@ -183,8 +183,8 @@ def figure(explanation: Explanation, title: str = "") -> Figure:
 
 def explain_file(detector: SEFDetector, path: str | Path, out: str | Path, layer: int | None = None) -> Explanation:
     """Explain one image file and write the figure to ``out`` (PNG, or any format matplotlib knows by suffix)."""
-    from .images import open_image_file
-    from .report.charts import save
+    from sefmodel.evaluation.report.charts import save
+    from sefmodel.images import open_image_file
 
     explanation = grad_cam(detector, open_image_file(path), layer)
     save(figure(explanation, title=f"{Path(path).name}: Grad-CAM per expert"), out)
@@ -196,7 +196,7 @@ def heatmap_png(explanation: Explanation, name: str | None, side: int = 192) -> 
     ``side`` x ``side`` PNG; ``name=None`` gives the crop alone. For pages that show the maps one by one."""
     from matplotlib.figure import Figure
 
-    from .report.charts import DPI
+    from sefmodel.evaluation.report.charts import DPI
 
     fig = Figure(figsize=(side / DPI, side / DPI), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -1,7 +1,7 @@
 """The one way the detector side opens an image file: ``score()``, ``predict``, ``explain``, ``serve``, ``eval`` and
 the training data all decode through :func:`open_image_file`, so a limit or a fix made here holds everywhere.
 
-(The data side, ``sefdata``, decodes through :func:`sefdata.imageio.decode`, which also rights EXIF orientation and
+(The data side, ``sefdata``, decodes through :func:`sefcore.imageio.decode`, which also rights EXIF orientation and
 sorts failures into the build's skip reasons.)
 """
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from sefdata.markdown import fmt, md_table
+from sefcore.markdown import fmt, md_table
 
 if TYPE_CHECKING:
-    from .config import DetectorConfig
+    from sefmodel.model.config import DetectorConfig
 
 MODEL_CARD = """---
 {{ card_data }}
@@ -93,7 +93,7 @@ def make_model_card(
 ) -> ModelCard:
     """The published card; ``datasets`` are Hub dataset ids, ``local_data`` lines naming unpublished local builds.
     ``local_backbone``: the config's ``backbone_id`` is the name of a local copy of the weights, not a Hub id.
-    ``golden``: the staged :class:`~sefmodel.golden.GoldenSet`, if any."""
+    ``golden``: the staged :class:`~sefmodel.evaluation.golden.GoldenSet`, if any."""
     cfg = detector.config
     eval_results, model_name = None, repo_id.split("/")[-1]
     if results and results.get("model-index"):
@@ -169,8 +169,8 @@ def make_model_card(
 def make_aeroblade_card(
     detector: Any, repo_id: str | None = None, license: str | None = None, results: dict | None = None
 ) -> ModelCard:
-    """The card of a training-free AEROBLADE detector (:mod:`sefmodel.aeroblade`): what it computes, what its folder
-    holds and, when published after ``sefmodel eval``, the metrics. Names files, never where they lay."""
+    """The card of a training-free AEROBLADE detector (:mod:`sefmodel.model.aeroblade`): what it computes, what its
+    folder holds and, when published after ``sefmodel eval``, the metrics. Names files, never where they lay."""
     cfg = detector.config
     model_name = (repo_id or "aeroblade").split("/")[-1]
     eval_results = None

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from .images import open_image_file
-from .preprocess import ImageProcessor, check_crop
+from sefmodel.images import open_image_file
+from sefmodel.model.preprocess import ImageProcessor, check_crop
 
 if TYPE_CHECKING:
-    from .detector import SEFDetector
+    from sefmodel.model.detector import SEFDetector
 
 ImageInput = Image.Image | str | os.PathLike
 

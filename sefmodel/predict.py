@@ -18,19 +18,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from sefdata.errors import SefError
-
-from .benchmarks import IMAGE_EXTENSIONS
-from .detector import SEFDetector
-from .folder import CONFIG_NAME, UnsafeCheckpointError, detector_type, folder_detector_type, resolve_folder
-from .images import describe_error, open_image_file
-from .pipeline import score
-from .preprocess import check_crop
-from .serialization import detector_class
-from .threshold import UncertainBand, decision_threshold, label
+from sefcore.errors import SefError
+from sefmodel.evaluation.benchmarks import IMAGE_EXTENSIONS
+from sefmodel.evaluation.threshold import UncertainBand, decision_threshold, label
+from sefmodel.images import describe_error, open_image_file
+from sefmodel.model.detector import SEFDetector
+from sefmodel.model.folder import (
+    CONFIG_NAME,
+    UnsafeCheckpointError,
+    detector_type,
+    folder_detector_type,
+    resolve_folder,
+)
+from sefmodel.model.preprocess import check_crop
+from sefmodel.model.serialization import detector_class
+from sefmodel.pipeline import score
 
 if TYPE_CHECKING:
-    from .aeroblade import AerobladeDetector
+    from sefmodel.model.aeroblade import AerobladeDetector
 
 RUN_DETECTOR_SUBFOLDER = "detector"
 """Where a trainer run folder keeps its final detector (``RUN/detector/``)."""
@@ -58,7 +63,7 @@ def resolve_run(run: str | os.PathLike) -> str:
         raise SefError(f"{path} is neither a detector folder nor a run folder with {sub}/: {problem}")
     if path.exists():
         raise SefError(f"{path} is a file; RUN must be a detector folder, a run folder or a Hub id")
-    from sefdata.hub import require_hub_repo
+    from sefcore.hub import require_hub_repo
 
     require_hub_repo(str(run), "detector", cached_file=CONFIG_NAME)
     return str(run)
@@ -75,7 +80,7 @@ def pick_device(device: str = "auto") -> str:
 def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector | AerobladeDetector:
     """Load the detector a RUN names (see :func:`resolve_run`) onto ``device``, with one-line errors: a SEF detector
     or any other kind a folder's ``config.json`` names (``detector_type``, see
-    :data:`~sefmodel.folder.DETECTOR_TYPES`; e.g. the training-free AEROBLADE detector)."""
+    :data:`~sefmodel.model.folder.DETECTOR_TYPES`; e.g. the training-free AEROBLADE detector)."""
     source = resolve_run(run)
     try:
         folder = resolve_folder(source)
@@ -86,7 +91,7 @@ def load_detector(run: str | os.PathLike, device: str = "auto") -> SEFDetector |
     except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
         raise SefError(f"cannot load the detector from {source}: {e}") from None
     except Exception as e:  # Hub: repository or revision not found, no network, ...
-        from sefdata.hub import network_failure
+        from sefcore.hub import network_failure
 
         reason = network_failure(e)
         if reason:
@@ -225,7 +230,7 @@ def predict_files(
     """One record per path, in order: ``path``, ``prob``, ``label`` (``generated`` if prob > threshold, else
     ``real``; ``uncertain`` when prob lies in the ``uncertain`` band), ``num_crops`` and, for SEF,
     ``gate_weights`` {expert: weight}; or ``path`` and ``error``. ``threshold`` None: the detector's
-    ``threshold.json`` if it has one, else 0.5 (:func:`sefmodel.threshold.decision_threshold`)."""
+    ``threshold.json`` if it has one, else 0.5 (:func:`sefmodel.evaluation.threshold.decision_threshold`)."""
     inputs = ((str(p), _open_path(p)) for p in paths)
     yield from predict_records(detector, inputs, batch_size, crop, threshold, uncertain)
 

@@ -4,12 +4,12 @@ The staged folder (all that ``--dry-run`` writes) is the detector folder as ``sa
 (``config.json``, ``preprocessor_config.json``, ``model.safetensors``: trained tensors only) with a model card
 (:func:`sefmodel.model_card.make_model_card`) whose YAML carries the base model, the training datasets and, when the
 run was evaluated (``RUN/eval/results.json``), the metrics as structured ``model-index`` eval results; the
-evaluation report and plots go along under ``eval/``, and a golden set under ``golden/`` (:mod:`sefmodel.golden`: a
-few images with the probabilities the staged detector gives them, scored again while staging, for ``sefmodel
-check USER/NAME``). Its images come from ``golden`` when given, else from the detector's own golden set, else from
-the run's validation shards (``val_data`` in ``train_config.json``); without any, the card says how to add one. A
-training-free AEROBLADE detector (:mod:`sefmodel.aeroblade`) is staged the same way, with its stored networks and its
-own card.
+evaluation report and plots go along under ``eval/``, and a golden set under ``golden/``
+(:mod:`sefmodel.evaluation.golden`: a few images with the probabilities the staged detector gives them, scored again
+while staging, for ``sefmodel check USER/NAME``). Its images come from ``golden`` when given, else from the detector's
+own golden set, else from the run's validation shards (``val_data`` in ``train_config.json``); without any, the card
+says how to add one. A training-free AEROBLADE detector (:mod:`sefmodel.model.aeroblade`) is staged the same way, with
+its stored networks and its own card.
 
 Nothing names where things lay on this machine: a backbone loaded from a local folder is published as the Hub id
 the user names (``base_model``), as the Hub id a Hub-cache folder came from, or else by the folder's name, with a
@@ -26,12 +26,12 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from sefdata.errors import SefError
-from sefdata.hub import check_repo_id, staged_files
-from sefdata.privacy import is_local_path, public_json, public_text
+from sefcore.errors import SefError
+from sefcore.hub import check_repo_id, staged_files
+from sefcore.privacy import is_local_path, public_json, public_text
 from sefdata.shards import Manifest
 from sefdata.upload import empty_folder, upload_staged
-from sefmodel.golden import DEFAULT_COUNT, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, write_golden
+from sefmodel.evaluation.golden import DEFAULT_COUNT, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, write_golden
 from sefmodel.model_card import make_aeroblade_card, make_model_card
 from sefmodel.predict import load_detector, resolve_run
 

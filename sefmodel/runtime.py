@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sefdata.fields import doc
+from sefcore.fields import doc
 
 THREADS_HELP = (
     "threads torch computes with; 0 keeps torch's default (one per core). On a machine busy with other work, 1 "

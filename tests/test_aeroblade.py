@@ -1,5 +1,5 @@
-"""The training-free AEROBLADE detector (sefmodel.aeroblade): a folder like any detector's that loads back exactly and
-names no local path, scores equal to a distance computed here independently, the smallest distance over several
+"""The training-free AEROBLADE detector (sefmodel.model.aeroblade): a folder like any detector's that loads back exactly
+and names no local path, scores equal to a distance computed here independently, the smallest distance over several
 autoencoders, a probability monotone in -distance, the fit, every bad-input rule as one line, and the commands
 (aeroblade, predict, eval, calibrate, explain, serve, publish) on it. Tiny random models for structure; the real
 TAEF2, MobileNetV2 and photos for the AEROBLADE premise."""
@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefdata.upload import staged_local_paths
 from sefmodel import AerobladeDetector, SEFDetector, load_detector, score
-from sefmodel.aeroblade import build_aeroblade, fit_logistic
-from sefmodel.metrics import average_precision
+from sefmodel.evaluation.metrics import average_precision
+from sefmodel.model.aeroblade import build_aeroblade, fit_logistic
 
 runner = CliRunner()
 SIZE = 32
@@ -55,7 +55,7 @@ def _files(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_mnv2(tmp_path_factory) -> Path:
     """A random tiny MobileNetV2 in a transformers folder (the distance network)."""
-    from sefmodel.backbones.mobilenet_v2 import MobileNetV2Backbone
+    from sefmodel.model.backbones.mobilenet_v2 import MobileNetV2Backbone
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_mnv2")
@@ -366,7 +366,7 @@ def test_predict_eval_calibrate_and_publish_take_it_like_a_trained_detector(tmp_
 def test_serve_scores_it_without_heatmaps(tiny_aeroblade, bench):
     import urllib3
 
-    from sefmodel.serve import ServeConfig, background_server, create_app, detector_info
+    from sefmodel.serve.app import ServeConfig, background_server, create_app, detector_info
 
     detector = load_detector(tiny_aeroblade, "cpu")
     info = detector_info(detector, ServeConfig(), None)

@@ -9,10 +9,10 @@ import pytest
 from conftest import asset, jpeg_bytes, photo_like
 from PIL import Image, JpegImagePlugin
 
+from sefcore.errors import SefError, SkipSample
+from sefcore.imageio import decode
 from sefdata.align import align, common_multiple
 from sefdata.encode import EncodingPolicy, encode, encode_png, encoding_for
-from sefdata.errors import SefError, SkipSample
-from sefdata.imageio import decode
 
 
 def test_crop_to_common_multiple_keeps_top_left_grid():
@@ -69,7 +69,7 @@ def test_policies_png_jpeg_webp_and_png_sources():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(lossless))), px)
     jpg = Image.open(io.BytesIO(encode(px, encoding_for(EncodingPolicy.parse("jpeg:80"), png_source))))
     assert jpg.format == "JPEG"
-    from sefdata.imageio import estimate_jpeg_quality
+    from sefcore.imageio import estimate_jpeg_quality
 
     assert estimate_jpeg_quality(jpg.quantization[0]) == 80
     webp = Image.open(io.BytesIO(encode(px, encoding_for(EncodingPolicy.parse("webp:70"), png_source))))

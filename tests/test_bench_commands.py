@@ -20,7 +20,7 @@ from conftest import REPO, photo_like
 from PIL import Image
 
 from sefdata.build import build
-from sefmodel.data import iter_samples, resolve_shards
+from sefmodel.train.data import iter_samples, resolve_shards
 
 FLOAT32_WARNING = "should be kept in float32"
 

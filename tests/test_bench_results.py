@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sefdata.privacy import json_local_paths
+from sefcore.privacy import json_local_paths
 
 RESULTS = sorted((Path(__file__).resolve().parents[1] / "bench" / "results").glob("*.json"))
 

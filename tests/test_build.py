@@ -14,9 +14,9 @@ import torch
 import webdataset as wds
 from PIL import Image, JpegImagePlugin
 
+from sefcore.errors import SefError, SkipSample
 from sefdata.build import build
 from sefdata.config import BuildConfig, resolve_dtype
-from sefdata.errors import SefError, SkipSample
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from PIL import Image
 from sef_cli.sefdata import app
 from typer.testing import CliRunner
 
+from sefcore.errors import SefError
 from sefdata.config import load_recipe
-from sefdata.errors import SefError
 
 runner = CliRunner()
 
@@ -115,8 +115,8 @@ def test_the_manifest_records_what_made_the_build_and_no_local_path(tmp_path, ti
 
     import torch
 
+    from sefcore.privacy import json_local_paths
     from sefdata.manifest import write_manifest
-    from sefdata.privacy import json_local_paths
 
     (tmp_path / "photos").mkdir()
     for name in ("rocket.jpg", "chelsea.png"):
@@ -160,7 +160,7 @@ def _card(out: Path, staging: Path) -> str:
 
 
 def test_a_manifest_written_before_provenance_is_still_read(tmp_path, tiny_sr_file, corpus):
-    from sefmodel.data import resolve_shards
+    from sefmodel.train.data import resolve_shards
 
     out = tmp_path / "out"
     result = runner.invoke(app, ["build", str(corpus), "--out", str(out), "--no-progress",

@@ -172,13 +172,13 @@ def test_every_config_documents_its_fields_one_way():
     documented another way (an attribute docstring) would reach --help with no text."""
     from sef_cli.options import PublishOptions
 
-    from sefmodel.aeroblade_config import AerobladeConfig
-    from sefmodel.config import DetectorConfig
-    from sefmodel.eval_config import EvalConfig
-    from sefmodel.lora import LoraSettings
-    from sefmodel.preprocess import ImageProcessor
+    from sefmodel.evaluation.config import EvalConfig
+    from sefmodel.model.aeroblade_config import AerobladeConfig
+    from sefmodel.model.config import DetectorConfig
+    from sefmodel.model.lora import LoraSettings
+    from sefmodel.model.preprocess import ImageProcessor
     from sefmodel.runtime import RuntimeOptions
-    from sefmodel.serve import ServeConfig
+    from sefmodel.serve.app import ServeConfig
 
     configs = (BuildConfig, TrainConfig, DetectorConfig, ImageProcessor, LoraSettings, EvalConfig, RuntimeOptions,
                ServeConfig, AerobladeConfig, PublishOptions)  # fmt: skip
@@ -191,7 +191,7 @@ def test_every_config_documents_its_fields_one_way():
 
 
 def test_eval_options_are_eval_config_fields():
-    from sefmodel.eval_config import EvalConfig
+    from sefmodel.evaluation.config import EvalConfig
 
     params = _params(sefmodel_cli.app, "eval")
     flags = {

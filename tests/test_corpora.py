@@ -14,12 +14,12 @@ from conftest import asset
 from PIL import Image
 from typer.testing import CliRunner
 
+from sefcore.errors import SefError
+from sefcore.privacy import json_local_paths
 from sefdata import sources
 from sefdata.build import NothingWritten, build
 from sefdata.config import BuildConfig
-from sefdata.errors import SefError
 from sefdata.plan import plan_shards
-from sefdata.privacy import json_local_paths
 from sefdata.publish import publish
 from sefdata.verify import verify
 

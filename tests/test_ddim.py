@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefdata.generators import GenSpec, Runtime, create_generator
 from sefdata.generators.ddim import DdimGenerator, split_prediction
 from sefdata.generators.vae import encode_latents

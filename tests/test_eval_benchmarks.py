@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sefdata.errors import SefError
-from sefmodel.benchmarks import (
+from sefcore.errors import SefError
+from sefmodel.evaluation.benchmarks import (
     PLAIN,
     get_definition,
     known_benchmarks,

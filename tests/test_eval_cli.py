@@ -163,7 +163,7 @@ def test_eval_writes_tables_json_and_plots(run_dir, tmp_path):
     assert set(aigc["gate_weights"]) == {"real", "fake"}
 
     # metrics agree with the per-image scores written beside them
-    from sefmodel import metrics as M
+    from sefmodel.evaluation import metrics as M
 
     rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["benchmark"] == "plain"]
     clean = [r for r in rows if r["condition"] == "clean"]
@@ -243,7 +243,7 @@ def test_eval_calibration_set_and_errors(run_dir, tmp_path):
 
     import sklearn
 
-    from sefdata.privacy import json_local_paths
+    from sefcore.privacy import json_local_paths
 
     prov = results["provenance"]
     weights = {
@@ -291,7 +291,7 @@ def test_eval_robustness_presets_are_reported_by_name(run_dir, tmp_path):
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert [r["condition"] for r in rows if r["key"] == "x/real/0.png"] == ["clean", "jpeg:96", "socialchain:1080"]
 
-    from sefmodel import metrics as M
+    from sefmodel.evaluation import metrics as M
 
     for name, label in (("dda", "jpeg:96"), ("social", "socialchain:1080")):
         scored = [r for r in rows if r["condition"] == label]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from sefmodel import metrics as M
+from sefmodel.evaluation import metrics as M
 
 # sorted by score: 0.9 F, 0.8 R, 0.4 F, 0.35 F, 0.1 R  (F = generated, R = real)
 LABELS = [0, 1, 1, 0, 1]

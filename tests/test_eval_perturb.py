@@ -7,9 +7,9 @@ import pytest
 from conftest import photo_like
 from PIL import Image, ImageFilter
 
-from sefdata.errors import SefError
-from sefdata.imageio import estimate_jpeg_quality
-from sefmodel.perturb import (
+from sefcore.errors import SefError
+from sefcore.imageio import estimate_jpeg_quality
+from sefmodel.evaluation.perturb import (
     PRESETS,
     PerturbSpec,
     format_bias_jpeg,
@@ -80,7 +80,7 @@ def test_perturbed_images_are_converted_like_unperturbed_ones():
     """EXIF rotation and alpha follow the scoring rule before any perturbation, so a sweep compares like with like."""
     import io
 
-    from sefdata.imageio import to_rgb
+    from sefcore.imageio import to_rgb
 
     image = Image.new("RGB", (30, 10), (10, 200, 30))
     exif = image.getexif()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sefmodel.evaluation.report import charts
 from sefmodel.explain import Explanation, figure
-from sefmodel.report import charts
 
 
 def _check_labelled(fig) -> None:

@@ -13,8 +13,8 @@ from conftest import asset, photo_like
 from PIL import Image, JpegImagePlugin
 from test_bench_commands import _load
 
-from sefdata.imageio import estimate_jpeg_quality
-from sefdata.privacy import json_local_paths
+from sefcore.imageio import estimate_jpeg_quality
+from sefcore.privacy import json_local_paths
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_a_tiny_run_writes_its_results(fb, assets, taef2, realesr, tmp_path):
     assert result["heldout_tiles"] > 0
     assert json_local_paths(result) == []
     # the aligned build's fakes are JPEGs with their real's tables; the misaligned build's are PNG
-    from sefmodel.data import iter_samples, resolve_shards
+    from sefmodel.train.data import iter_samples, resolve_shards
 
     for build, ext in (("aligned", "jpg"), ("misaligned", "png")):
         urls = resolve_shards([str(tmp_path / "data" / "rocket" / build)]).urls

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefdata.generators import (
     Generator,
     GenSpec,

@@ -21,10 +21,10 @@ from sef_cli.sefmodel import app
 from train_helpers import write_contract_shards
 from typer.testing import CliRunner
 
-from sefdata.errors import SefError
-from sefdata.privacy import json_local_paths
+from sefcore.errors import SefError
+from sefcore.privacy import json_local_paths
 from sefmodel import SEFDetector
-from sefmodel.golden import DEFAULT_TOLERANCE, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, golden_candidates
+from sefmodel.evaluation.golden import DEFAULT_TOLERANCE, GOLDEN_DIR, GOLDEN_FILE, GoldenSet, golden_candidates
 from sefmodel.pipeline import score
 
 runner = CliRunner()
@@ -312,7 +312,7 @@ def test_check_reads_a_hub_detector_with_its_golden_set(run, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
-    monkeypatch.setattr("sefdata.hub.require_hub_repo", lambda *a, **k: None)
+    monkeypatch.setattr("sefcore.hub.require_hub_repo", lambda *a, **k: None)
     monkeypatch.setattr("sef_cli.sefmodel._check_ref", lambda *a, **k: None)
     result = runner.invoke(app, ["check", "someone/detector"])
     assert result.exit_code == 0, result.output

@@ -9,8 +9,8 @@ import pytest
 from conftest import jpeg_bytes, photo_like
 from PIL import Image
 
-from sefdata.errors import SkipSample
-from sefdata.imageio import decode, estimate_jpeg_quality
+from sefcore.errors import SkipSample
+from sefcore.imageio import decode, estimate_jpeg_quality
 
 LIMIT = 10_000_000
 

@@ -8,10 +8,10 @@ import pytest
 from conftest import photo_like
 from PIL import Image
 
-from sefmodel.benchmarks import BenchItem
-from sefmodel.data import decode_image
+from sefmodel.evaluation.benchmarks import BenchItem
 from sefmodel.images import ImageRejected, describe_error, open_image_file
 from sefmodel.pipeline import open_image
+from sefmodel.train.data import decode_image
 
 
 def _png(size=(24, 16), mode="RGB") -> bytes:

@@ -15,15 +15,15 @@ PACKAGES = ("sefmodel", "sefdata")
 ALLOWED = {
     # threshold.py holds both CalibratedThreshold (read by every detector folder, so below the detector) and the
     # calibration run that scores a folder of real images through predict (above it).
-    ("sefmodel.threshold", "sefmodel.predict"): "calibrate_on_reals scores images",
+    ("sefmodel.evaluation.threshold", "sefmodel.predict"): "calibrate_on_reals scores images",
     # golden.py lists a folder's images with predict.expand_inputs and hashes weights with serialization.weight_files,
     # while the detector imports it for save_pretrained(golden=...) and drop_stale.
-    ("sefmodel.golden", "sefmodel.predict"): "golden sets from a folder of images",
-    ("sefmodel.golden", "sefmodel.serialization"): "weight hashes of any kind of detector folder",
+    ("sefmodel.evaluation.golden", "sefmodel.predict"): "golden sets from a folder of images",
+    ("sefmodel.evaluation.golden", "sefmodel.model.serialization"): "weight hashes of any kind of detector folder",
 }
 # what the model must not import, even inside a function (STYLE.md: the model never imports what uses it)
-MODEL = "sefmodel.detector"
-USES_THE_MODEL = ("sefmodel.pipeline", "sefmodel.combine", "sefmodel.serialization", "sefmodel.predict")
+MODEL = "sefmodel.model.detector"
+USES_THE_MODEL = ("sefmodel.pipeline", "sefmodel.model.combine", "sefmodel.model.serialization", "sefmodel.predict")
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -124,6 +124,6 @@ def test_the_check_sees_a_circle_hidden_in_a_function():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-    tree = ast.parse("def f():\n    from .pipeline import score\n")
+    tree = ast.parse("def f():\n    from ..pipeline import score\n")
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
-    assert "sefmodel.pipeline" in _targets("sefmodel.detector", False, node)
+    assert "sefmodel.pipeline" in _targets("sefmodel.model.detector", False, node)

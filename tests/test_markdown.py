@@ -10,8 +10,8 @@ from conftest import photo_like
 from conftest_model import randomize_trained, tiny_detector
 from PIL import Image
 
-from sefdata.markdown import NA, fmt, md_cell, md_table
-from sefmodel.evaluate import EvalConfig, evaluate
+from sefcore.markdown import NA, fmt, md_cell, md_table
+from sefmodel.evaluation.evaluate import EvalConfig, evaluate
 from sefmodel.model_card import make_aeroblade_card, make_model_card
 
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest_model import FAMILIES, SIZE, TINY, pixels
 
-from sefmodel.backbones import ViTBackbone, get_backbone_class, known_backbones, register_backbone
+from sefmodel.model.backbones import ViTBackbone, get_backbone_class, known_backbones, register_backbone
 
 
 def build(family: str) -> ViTBackbone:
@@ -118,7 +118,7 @@ def test_a_new_family_is_one_small_class_and_one_registration(monkeypatch):
     from transformers import ViTConfig, ViTModel
 
     from sefmodel import DetectorConfig, SEFDetector
-    from sefmodel.backbones import registry
+    from sefmodel.model.backbones import registry
 
     monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))  # keep the global registry clean
 

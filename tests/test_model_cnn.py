@@ -21,9 +21,9 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel import CNNBackbone, DetectorConfig, SEFDetector
-from sefmodel.backbones import get_backbone_class, known_backbones
-from sefmodel.combine import combine_experts
 from sefmodel.explain import grad_cam
+from sefmodel.model.backbones import get_backbone_class, known_backbones
+from sefmodel.model.combine import combine_experts
 from sefmodel.pipeline import score
 from sefmodel.publish import publish
 

@@ -9,7 +9,7 @@ import torch
 from conftest_model import FAMILIES, TINY, pixels, randomize_trained, tiny_config, tiny_detector
 
 from sefmodel import DetectorConfig, SEFDetector
-from sefmodel.backbones import get_backbone_class
+from sefmodel.model.backbones import get_backbone_class
 
 # ---- a fresh expert is the frozen backbone ----------------------------------------------------------------
 

@@ -9,9 +9,9 @@ import torch
 from conftest_model import SIZE, pixels, randomize_trained, tiny_config, tiny_detector
 
 from sefmodel import DetectorConfig, SEFDetector
-from sefmodel.combine import combine_experts
-from sefmodel.fusion import known_fusions
-from sefmodel.spectrum import highpass, periodic_spectrum, spectrum_dim
+from sefmodel.model.combine import combine_experts
+from sefmodel.model.fusion import known_fusions
+from sefmodel.model.spectrum import highpass, periodic_spectrum, spectrum_dim
 
 FUSIONS = ["sef", "moe", "stack", "max", "noisy_or", "mean", "concat"]
 
@@ -49,7 +49,7 @@ def test_fixed_rules_against_the_experts_probabilities():
 
 
 def test_noisy_or_is_stable_at_extreme_logits():
-    from sefmodel.fusion import NoisyOrFusion
+    from sefmodel.model.fusion import NoisyOrFusion
 
     head = NoisyOrFusion(2, 4)
     logits = torch.tensor([[-200.0, -200.0], [200.0, -200.0], [0.0, 0.0], [-30.0, -30.0]])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest_model import TINY
 
-from sefmodel.backbones import get_backbone_class
-from sefmodel.lora import LoraSettings
+from sefmodel.model.backbones import get_backbone_class
+from sefmodel.model.lora import LoraSettings
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sefdata.errors import SefError
-from sefdata.imageio import to_rgb
-from sefmodel.preprocess import ImageProcessor, crop_boxes
+from sefcore.errors import SefError
+from sefcore.imageio import to_rgb
+from sefmodel.model.preprocess import ImageProcessor, crop_boxes
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -55,10 +55,10 @@ def _variants() -> dict[str, Image.Image]:
 
 @pytest.mark.parametrize("name", list(_variants()))
 def test_scoring_converts_images_exactly_as_the_build_does(name):
-    """A detector must meet its inputs converted as its training data was (sefdata.imageio.decode)."""
+    """A detector must meet its inputs converted as its training data was (sefcore.imageio.decode)."""
     import io
 
-    from sefdata.imageio import decode
+    from sefcore.imageio import decode
 
     image = _variants()[name]
     buf = io.BytesIO()

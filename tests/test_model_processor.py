@@ -14,13 +14,13 @@ from conftest_model import randomize_trained, tiny_config, tiny_detector
 from PIL import Image
 from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shards
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefmodel import DetectorConfig, ImageProcessor, SEFDetector
-from sefmodel.augment import AugmentConfig
-from sefmodel.combine import combine_experts
-from sefmodel.data import EvalStream, PairStream, iter_samples
-from sefmodel.metrics import detection_metrics
+from sefmodel.evaluation.metrics import detection_metrics
+from sefmodel.model.combine import combine_experts
 from sefmodel.pipeline import score
+from sefmodel.train.augment import AugmentConfig
+from sefmodel.train.data import EvalStream, PairStream, iter_samples
 
 DOMAINS = {"recon": ["vae"], "sr": ["sr"]}
 # (47, 40): the free room 15 x 8 is odd along x, where a rounded and a floored centre differ; (20, 50): narrower
@@ -288,10 +288,10 @@ CROP_ERROR = "unknown crop mode 'random'; known: center, multi"
 
 
 def test_a_bad_crop_mode_is_one_sef_error_from_every_entry_point(tmp_path):
-    from sefmodel.aeroblade import AerobladeConfig
-    from sefmodel.evaluate import EvalConfig
+    from sefmodel.evaluation.evaluate import EvalConfig
+    from sefmodel.model.aeroblade import AerobladeConfig
     from sefmodel.predict import score_stream
-    from sefmodel.serve import ServeConfig
+    from sefmodel.serve.app import ServeConfig
 
     detector = tiny_detector()
     image = Image.new("RGB", (40, 40))

@@ -16,7 +16,7 @@ from PIL import Image
 from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefmodel import SEFDetector
 from sefmodel.pipeline import score
 from sefmodel.publish import publish
@@ -84,7 +84,7 @@ def test_cli_dry_run(evaluated_run, tmp_path):
 def test_card_lists_local_training_data_and_says_where_the_backbone_is(evaluated_run, tmp_path):
     """A fusion run's card names its own and its experts' data (local builds by name, never by path); a random
     test backbone is stored as backbone.safetensors and the card says so; staged eval files carry no local path."""
-    from sefdata.privacy import file_local_paths
+    from sefcore.privacy import file_local_paths
 
     expert = tmp_path / "runs" / "recon"
     expert.mkdir(parents=True)
@@ -112,7 +112,7 @@ def local_backbone_run(tmp_path_factory) -> tuple[Path, Path]:
     from conftest_model import TINY
 
     from sefmodel import DetectorConfig
-    from sefmodel.backbones import get_backbone_class
+    from sefmodel.model.backbones import get_backbone_class
 
     root = tmp_path_factory.mktemp("alice")
     torch.manual_seed(0)
@@ -207,8 +207,8 @@ def test_a_planted_path_in_a_staged_run_file_is_refused(evaluated_run, tmp_path)
 
 
 def test_publish_stages_a_golden_set_scored_by_the_staged_detector(evaluated_run, tmp_path):
-    from sefdata.privacy import file_local_paths
-    from sefmodel.golden import GoldenSet, tensors_sha256
+    from sefcore.privacy import file_local_paths
+    from sefmodel.evaluation.golden import GoldenSet, tensors_sha256
 
     bench = evaluated_run.parent / "bench"
     result = CliRunner().invoke(app, ["publish", str(evaluated_run), "--repo", "me/sef-tiny", "--dry-run",
@@ -233,7 +233,7 @@ def test_publish_stages_a_golden_set_scored_by_the_staged_detector(evaluated_run
 def test_publish_takes_the_golden_set_from_the_detector_then_the_validation_shards(evaluated_run, tmp_path):
     from train_helpers import write_contract_shards
 
-    from sefmodel.golden import GoldenSet
+    from sefmodel.evaluation.golden import GoldenSet
 
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)

@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sefmodel import DetectorConfig, SEFDetector, UnsafeCheckpointError
-from sefmodel.backbones import get_backbone_class
-from sefmodel.combine import combine_experts
+from sefmodel.model.backbones import get_backbone_class
+from sefmodel.model.combine import combine_experts
 from sefmodel.pipeline import score
 
 

@@ -25,7 +25,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("sefdata", "sefmodel", "cli", "manifests"):
+    for name in ("sefcore", "sefdata", "sefmodel", "cli", "manifests"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
@@ -48,7 +48,7 @@ def test_the_wheel_installs_the_manifests(wheel):
 @pytest.mark.slow
 def test_the_wheel_holds_every_package_and_no_generic_top_level_name(wheel):
     top = {n.split("/", 1)[0] for n in wheel.namelist() if "/" in n and ".dist-info" not in n and ".data" not in n}
-    assert top == {"sefdata", "sefmodel", "sef_cli"}
+    assert top == {"sefcore", "sefdata", "sefmodel", "sef_cli"}
     folders = {p.parent.relative_to(REPO).as_posix() for p in REPO.glob("s*/**/__init__.py")}
     packed = {n.rsplit("/", 1)[0] for n in wheel.namelist() if n.endswith("/__init__.py")}
     assert folders - {"sef_cli"} <= packed, f"packages missing from pyproject's list: {folders - packed}"

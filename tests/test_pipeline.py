@@ -20,6 +20,7 @@ import webdataset as wds
 from conftest import photo_like
 from PIL import Image
 
+from sefcore.errors import SefError, SkipSample
 from sefdata import build as build_module
 from sefdata.build import (
     Batch,
@@ -36,7 +37,6 @@ from sefdata.build import (
     stack_batches,
 )
 from sefdata.config import BuildConfig
-from sefdata.errors import SefError, SkipSample
 from sefdata.generators import GenSpec, sample_seed
 from sefdata.shards import ShardWriter
 from sefdata.sources import SourceItem

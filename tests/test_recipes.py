@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sefcore.errors import SefError
 from sefdata.config import BuildConfig, load_recipe
-from sefdata.errors import SefError
 from sefdata.generators import GenSpec
 from sefdata.presets import MANIFESTS, expand_spec, get_preset, load_presets
 
@@ -222,7 +222,7 @@ def test_a_preset_pin_is_enforced_before_anything_is_loaded(tmp_path, monkeypatc
 def test_a_download_that_misses_its_pin_is_removed_from_the_cache(tmp_path, monkeypatch):
     import torch
 
-    from sefdata.hub import resolve_file
+    from sefcore.hub import resolve_file
 
     monkeypatch.setenv("SEF_CACHE", str(tmp_path / "cache"))
     downloads = []

@@ -18,9 +18,9 @@ from PIL import Image
 from sef_cli.sefdata import app
 from typer.testing import CliRunner
 
+from sefcore.errors import SefError
 from sefdata.build import Builder, build
 from sefdata.config import BuildConfig, resolve_rank_world
-from sefdata.errors import SefError
 from sefdata.verify import verify
 
 

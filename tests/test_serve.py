@@ -22,8 +22,8 @@ from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
 from sefmodel.predict import load_detector
-from sefmodel.serve import ServeConfig, background_server, create_app
-from sefmodel.serve_middleware import host_allowed, same_origin
+from sefmodel.serve.app import ServeConfig, background_server, create_app
+from sefmodel.serve.middleware import host_allowed, same_origin
 
 runner = CliRunner()
 http = urllib3.PoolManager(retries=False)

@@ -17,7 +17,7 @@ from conftest import huge_png
 from PIL import Image
 
 from sefmodel.predict import load_detector, predict_files
-from sefmodel.serve import ServeConfig, background_server, create_app
+from sefmodel.serve.app import ServeConfig, background_server, create_app
 
 pytestmark = pytest.mark.browser
 WAIT_S = 60

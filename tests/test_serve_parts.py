@@ -1,6 +1,6 @@
 """The pieces of sefmodel serve one at a time, on bare apps without a detector: the Host/Origin guard, the busy limit,
-the security headers and the error handlers (sefmodel.serve_middleware), the upload parsing and the page, API and
-report routers (sefmodel.serve_routes). Requests are ASGI calls made here (no sockets); tests/test_serve.py runs the
+the security headers and the error handlers (sefmodel.serve.middleware), the upload parsing and the page, API and
+report routers (sefmodel.serve.routes). Requests are ASGI calls made here (no sockets); tests/test_serve.py runs the
 assembled app over HTTP."""
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.responses import PlainTextResponse
 
-from sefmodel.serve import ServeConfig
-from sefmodel.serve_middleware import (
+from sefmodel.serve.app import ServeConfig
+from sefmodel.serve.middleware import (
     SECURITY_HEADERS,
     AdmissionLimit,
     RequestGuard,
     SecurityHeaders,
     exception_handlers,
 )
-from sefmodel.serve_routes import api_router, page_router, read_uploads, report_router
+from sefmodel.serve.routes import api_router, page_router, read_uploads, report_router
 
 SERVER = ("127.0.0.1", 7860)
 

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefdata.shards import (
     Manifest,
     ShardWriter,

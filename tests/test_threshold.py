@@ -15,11 +15,10 @@ from PIL import Image
 from sef_cli.sefmodel import app
 from typer.testing import CliRunner
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefmodel import SEFDetector
-from sefmodel import metrics as M
-from sefmodel.pipeline import score
-from sefmodel.threshold import (
+from sefmodel.evaluation import metrics as M
+from sefmodel.evaluation.threshold import (
     THRESHOLD_NAME,
     CalibratedThreshold,
     UncertainBand,
@@ -27,6 +26,7 @@ from sefmodel.threshold import (
     fit_threshold,
     label,
 )
+from sefmodel.pipeline import score
 
 runner = CliRunner()
 
@@ -138,7 +138,7 @@ def test_predict_and_serve_default_to_the_stored_threshold(calibrated, reals):
                                    "cpu"])  # fmt: skip
     assert {json.loads(line)["label"] for line in explicit.stdout.splitlines() if "prob" in line} == {"generated"}
 
-    from sefmodel.serve import ServeConfig, detector_info
+    from sefmodel.serve.app import ServeConfig, detector_info
 
     assert detector_info(detector, ServeConfig(), None)["threshold"] == stored.threshold
     assert detector_info(detector, ServeConfig(threshold=0.25), None)["threshold"] == 0.25
@@ -202,7 +202,7 @@ def test_predict_and_serve_report_the_uncertain_band(tiny_run, reals):
     bad = runner.invoke(app, ["predict", str(tiny_run), str(folder), "--uncertain", "0.9,0.1"])
     assert bad.exit_code == 2 and "--uncertain" in bad.output
 
-    from sefmodel.serve import Scorer, ServeConfig, detector_info
+    from sefmodel.serve.app import Scorer, ServeConfig, detector_info
 
     config = ServeConfig(threshold=0.5, uncertain=f"{low!r},{high!r}")
     assert detector_info(detector, config, None)["uncertain"] == [low, high]

@@ -11,8 +11,9 @@ import torch
 import train_helpers
 from train_helpers import write_contract_shards
 
-from sefmodel.augment import AugmentConfig, apply, sample_params
-from sefmodel.data import (
+from sefmodel.model.preprocess import ImageProcessor
+from sefmodel.train.augment import AugmentConfig, apply, sample_params
+from sefmodel.train.data import (
     EvalStream,
     Pair,
     PairStream,
@@ -30,7 +31,6 @@ from sefmodel.data import (
     shuffle,
     skip,
 )
-from sefmodel.preprocess import ImageProcessor
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
 MEAN = STD = (0.5, 0.5, 0.5)

@@ -12,7 +12,7 @@ import train_helpers
 from test_train_loop import _toml
 
 from sefmodel import SEFDetector
-from sefmodel.data import iter_samples, resolve_shards
+from sefmodel.train.data import iter_samples, resolve_shards
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shard
 from typer.testing import CliRunner
 
 from sefmodel import SEFDetector
-from sefmodel.combine import combine_experts
-from sefmodel.config import DetectorConfig
+from sefmodel.model.combine import combine_experts
+from sefmodel.model.config import DetectorConfig
 from sefmodel.pipeline import score
 from sefmodel.train import TrainConfig, get_task, train
 from sefmodel.train.tasks import student_config

@@ -15,7 +15,7 @@ from train_helpers import TINY_DETECTOR, tiny_train_config, write_contract_shard
 from typer.testing import CliRunner
 
 from sefmodel import SEFDetector
-from sefmodel.combine import combine_experts
+from sefmodel.model.combine import combine_experts
 from sefmodel.train import TrainConfig, train
 
 shards, tiny_gens = train_helpers.shards, train_helpers.tiny_gens  # fixtures

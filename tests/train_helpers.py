@@ -12,8 +12,8 @@ from PIL import Image
 
 from sefdata.build import build
 from sefdata.config import BuildConfig
-from sefmodel.augment import AugmentConfig
 from sefmodel.train import TrainConfig
+from sefmodel.train.augment import AugmentConfig
 
 TINY_DETECTOR = {"backbone": "dinov2", "backbone_config": TINY["dinov2"], "processor": {"size": SIZE},
                  "lora": {"rank": 4, "blocks": "last:2"}, "gate_hidden": 16}  # fmt: skip

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 
 RESERVED_FIELDS = ("real", "json")
 

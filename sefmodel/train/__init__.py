@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..lazy import lazy_exports
+from sefmodel.lazy import lazy_exports
 
 _EXPORTS = {
     "Task": "tasks",
@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .config import TrainConfig, load_toml
-    from .tasks import Task, get_task, register_task
-    from .trainer import Trainer, TrainResult, train
+    from sefmodel.train.config import TrainConfig, load_toml
+    from sefmodel.train.tasks import Task, get_task, register_task
+    from sefmodel.train.trainer import Trainer, TrainResult, train
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -6,17 +6,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sefdata.fields import doc
-
-from ..fields import from_known_fields
+from sefcore.fields import doc
+from sefcore.tomlfile import read_toml
+from sefmodel.model.fields import from_known_fields
 
 if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not when `--help` reads the options
-    from ..augment import AugmentConfig
+    from sefmodel.train.augment import AugmentConfig
 
 STAGE_NAMES = ("expert", "fusion", "mixed", "distill")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -198,13 +197,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """TrainConfig keyword arguments from a TOML file: fields at the top level or under ``[train]``;
     ``[augment]``, ``[detector]`` and ``[domains]`` tables map to those fields. Dashes in keys become underscores."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"config {str(path)!r} is not valid TOML: {e}") from None
-    data = {**{k: v for k, v in data.items() if k != "train"}, **data.get("train", {})}
+    data = read_toml(path, "config", section="train")
     out = {k.replace("-", "_"): v for k, v in data.items()}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(out) - known
@@ -214,13 +207,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def _augment(values: dict[str, Any] | None = None) -> AugmentConfig:
-    from ..augment import AugmentConfig
+    from sefmodel.train.augment import AugmentConfig
 
     return AugmentConfig.from_dict(values or {})
 
 
 def _default_domains() -> dict[str, list[str]]:
-    from ..data import DEFAULT_DOMAINS  # late: the data pipeline imports torch, reading the options does not
+    from sefmodel.train.data import (
+        DEFAULT_DOMAINS,  # late: the data pipeline imports torch, reading the options does not
+    )
 
     return copy.deepcopy(DEFAULT_DOMAINS)
 

@@ -3,7 +3,7 @@ model-specific parts and returns a dict with ``loss`` (STYLE.md).
 
 * ``expert``: a single-expert detector named after the domain, trained on real vs that domain's fakes;
 * ``mixed``: the baseline, one LoRA (expert ``mixed``) trained on real vs every domain's fakes;
-* ``fusion``: the trained experts combined by :func:`~sefmodel.combine.combine_experts`; only the fusion head
+* ``fusion``: the trained experts combined by :func:`~sefmodel.model.combine.combine_experts`; only the fusion head
   trains, on real vs the experts' domains;
 * ``distill``: one LoRA student (expert ``distilled``, the cost of one expert) trained like ``mixed`` on every
   domain, against the labels and a frozen teacher's (a fused detector's) probabilities on the same pixels.
@@ -22,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..combine import combine_experts, processing_differences
-from ..config import DetectorConfig, nest_processor_settings
-from ..detector import SEFDetector
-from ..folder import CONFIG_NAME
-from .config import TrainConfig
+from sefmodel.model.combine import combine_experts, processing_differences
+from sefmodel.model.config import DetectorConfig, nest_processor_settings
+from sefmodel.model.detector import SEFDetector
+from sefmodel.model.folder import CONFIG_NAME
+from sefmodel.train.config import TrainConfig
 
 _TASKS: dict[str, type[Task]] = {}
 

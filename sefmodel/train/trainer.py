@@ -1,7 +1,8 @@
 """The generic training loop: one process or many (accelerate / torchrun), any stage (a :mod:`task <.tasks>`).
 
 One optimizer step = ``accumulation`` micro-batches per rank, ``batch_size`` images over all ranks. Every rank runs
-exactly ``steps`` steps on its own infinite, resampled stream (:mod:`sefmodel.data`), so no rank waits for another.
+exactly ``steps`` steps on its own infinite, resampled stream (:mod:`sefmodel.train.data`), so no rank waits for
+another.
 
 Run folder::
 
@@ -33,11 +34,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import EvalStream, PairStream, data_workers, make_loader, resolve_domains, resolve_shards
-from ..metrics import detection_metrics
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import CONFIG_FILE, TrainConfig
-from .tasks import get_task
+from sefmodel.evaluation.metrics import detection_metrics
+from sefmodel.train.checkpoint import load_checkpoint, save_checkpoint
+from sefmodel.train.config import CONFIG_FILE, TrainConfig
+from sefmodel.train.data import EvalStream, PairStream, data_workers, make_loader, resolve_domains, resolve_shards
+from sefmodel.train.tasks import get_task
 
 METRICS_FILE = "metrics.jsonl"
 

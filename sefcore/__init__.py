@@ -1,0 +1,5 @@
+"""What both halves of the toolkit use: errors (:mod:`sefcore.errors`), the one image-decoding rule
+(:mod:`sefcore.imageio`), Hugging Face Hub access and weight files (:mod:`sefcore.hub`), path privacy
+(:mod:`sefcore.privacy`), config field docs (:mod:`sefcore.fields`) and Markdown tables (:mod:`sefcore.markdown`).
+
+``sefdata`` (building datasets) and ``sefmodel`` (detectors) both import it; it imports neither."""
