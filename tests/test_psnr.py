@@ -30,3 +30,13 @@ def test_uint8_images_do_not_wrap_around():
     a = np.zeros((2, 2, 3), np.uint8)
     b = np.full((2, 2, 3), 255, np.uint8)  # 0 - 255 in uint8 would wrap to 1; the MSE is 255^2: 0 dB
     assert psnr(a, b) == 0.0 and isinstance(psnr(a, b), float)
+
+
+def test_matches_the_float64_definition_where_int32_sums_would_overflow():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    b = np.where(rng.random(a.shape) < 0.5, 255 - a, a).astype(np.uint8)  # squared differences sum far past 2^31
+    reference = 10 * math.log10(255**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    assert math.isclose(psnr(a, b), reference, rel_tol=1e-12)
+    worst = np.full((600, 600, 3), 255, np.uint8)
+    assert psnr(np.zeros_like(worst), worst) == 0.0  # sum of squares 255^2 * 1.08e6, beyond int32

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from sefcore.errors import SefError
 from sefcore.hub import resolve_dir, revision_of
@@ -106,6 +105,8 @@ class DdimGenerator(Generator):
                 f"ddim: {str(self.root)!r} lacks {', '.join(missing)}; a diffusers latent diffusion pipeline folder "
                 "(unet/, vae/, text_encoder/, tokenizer/, scheduler/) is needed"
             )
+        from diffusers import DDIMScheduler, UNet2DConditionModel  # here: ~3 s to import, paid by DDIM builds only
+
         vae, _, _ = load_vae(str(self.root), "vae", None, runtime.dtype)  # fp32 where the VAE forces upcasting
         self.vae = self.optimise(vae.to(runtime.device), vae.encoder, vae.decoder)
         try:

