@@ -253,6 +253,8 @@ def test_the_error_handlers_answer_one_json_line():
     assert (request(app, path="/nothing").status, request(app, path="/nothing").json()) == (404, {"error": "Not Found"})
     answer = request(app, "PUT")
     assert answer.status == 405 and answer.json() == {"error": "Method Not Allowed"}
+    allowed = {m.strip() for m in answer.headers["allow"].split(",")}  # RFC 9110: a 405 names the methods it answers
+    assert {"GET", "POST"} <= allowed and "PUT" not in allowed
     answer = request(app, path="/number")
     assert answer.status == 422 and answer.json() == {"error": "Field required"}
 

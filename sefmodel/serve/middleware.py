@@ -184,8 +184,9 @@ class SecurityHeaders:
 
 
 async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-    """A Starlette ``HTTPException`` (no such route, wrong method, ...) as a one-line JSON error."""
-    return error_response(e.status_code, str(e.detail))
+    """A Starlette ``HTTPException`` (no such route, wrong method, ...) as a one-line JSON error, with the headers it
+    carries (a 405's ``Allow``: the methods the path does answer, as HTTP requires)."""
+    return error_response(e.status_code, str(e.detail), headers=e.headers)
 
 
 async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
