@@ -10,7 +10,7 @@ from typing import Any
 
 from sefcore.errors import SefError
 from sefcore.fields import doc
-from sefmodel.model.fields import from_versioned_dict
+from sefmodel.model.fields import DETECTOR_TYPE_KEY, from_versioned_dict
 from sefmodel.model.preprocess import ImageProcessor
 
 DETECTOR_TYPE = "aeroblade"
@@ -120,15 +120,11 @@ class AerobladeConfig:
                               small=self.small, crop=self.crop, crops_per_side=self.crops_per_side)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        from sefmodel.model.folder import DETECTOR_TYPE_KEY
-
         return {"format_version": FORMAT_VERSION, "library": "sef-toolkit", DETECTOR_TYPE_KEY: DETECTOR_TYPE,
                 **asdict(self)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AerobladeConfig:
-        from sefmodel.model.folder import DETECTOR_TYPE_KEY
-
         if data.get(DETECTOR_TYPE_KEY) != DETECTOR_TYPE:
             raise ValueError(f"not an AEROBLADE config ({DETECTOR_TYPE_KEY} is {data.get(DETECTOR_TYPE_KEY)!r})")
         meta = ("format_version", "library", DETECTOR_TYPE_KEY)

@@ -7,6 +7,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# the key of a detector folder's config.json that names its kind ("sef" when absent; the kinds: model/folder.py)
+DETECTOR_TYPE_KEY = "detector_type"
+
 
 def from_known_fields(cls: type[T], data: dict[str, Any], what: str) -> T:
     """``cls(**data)``; a key that is not a field of ``cls`` is a ``ValueError`` naming it and the known ones, so a

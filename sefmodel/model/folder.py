@@ -43,10 +43,10 @@ from torch import nn
 
 from sefmodel.evaluation.threshold import THRESHOLD_NAME, CalibratedThreshold
 from sefmodel.model.config import DetectorConfig
+from sefmodel.model.fields import DETECTOR_TYPE_KEY
 from sefmodel.model.preprocess import PROCESSOR_NAME, ImageProcessor
 
 CONFIG_NAME = "config.json"
-DETECTOR_TYPE_KEY = "detector_type"
 DETECTOR_TYPES = {
     "sef": "sefmodel.model.detector:SEFDetector",
     "aeroblade": "sefmodel.model.aeroblade:AerobladeDetector",

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from sefmodel.model.fields import DETECTOR_TYPE_KEY
 from sefmodel.model.folder import (
     BACKBONE_WEIGHTS_NAME,
-    DETECTOR_TYPE_KEY,
     DETECTOR_TYPES,
     WEIGHTS_NAME,
     folder_detector_type,
