@@ -396,8 +396,8 @@ def calibrate(
 
     \b
       sefmodel calibrate runs/sef --calibrate-on photos/ --calibrate-fpr 0.01"""
-    from sefmodel.evaluation.threshold import THRESHOLD_NAME, calibrate_on_reals
-    from sefmodel.predict import load_detector, resolve_run
+    from sefmodel.evaluation.threshold import THRESHOLD_NAME
+    from sefmodel.predict import calibrate_on_reals, load_detector, resolve_run
 
     with user_errors(hub=True):
         if not run.is_dir():

@@ -15,12 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from sefcore.errors import SefError
 from sefmodel.evaluation.benchmarks import IMAGE_EXTENSIONS
-from sefmodel.evaluation.threshold import UncertainBand, decision_threshold, label
+from sefmodel.evaluation.threshold import (
+    HOLDOUT,
+    CalibratedThreshold,
+    UncertainBand,
+    check_fpr,
+    decision_threshold,
+    fit_threshold,
+    label,
+)
 from sefmodel.images import describe_error, open_image_file
 from sefmodel.model.detector import SEFDetector
 from sefmodel.model.folder import (
@@ -272,3 +281,39 @@ def csv_row(record: dict[str, Any], header: list[str]) -> list[Any]:
     for name, weight in record.get("gate_weights", {}).items():
         flat[f"gate_{name}"] = weight
     return [flat.get(col, "") for col in header]
+
+
+def calibrate_on_reals(
+    detector: SEFDetector,
+    folder: str | Path,
+    fpr: float,
+    *,
+    batch_size: int = 16,
+    holdout: float = HOLDOUT,
+    progress: bool = False,
+) -> CalibratedThreshold:
+    """Score every image file under ``folder`` (recursively, as ``sefmodel predict DIR``) with the detector's own
+    crop mode and fit the threshold for ``fpr`` (:func:`sefmodel.evaluation.threshold.fit_threshold`). Nothing is
+    written."""
+    check_fpr(fpr)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SefError(f"--calibrate-on {folder}: not a folder of real images")
+    paths = expand_inputs([folder])
+    if not paths:
+        raise SefError(f"--calibrate-on {folder}: no image files found")
+    # names relative to the folder decide the split; they are never stored
+    inputs = [(p.relative_to(folder).as_posix(), lambda p=p: open_image_file(p)) for p in paths]
+    results = score_stream(detector, inputs, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=len(paths), desc="calibrate", unit="img")
+    keys, scores, failed = [], [], 0
+    for result in results:
+        if result.error is not None:
+            failed += 1
+            continue
+        keys.append(result.key)
+        scores.append(result.prob)  # unrounded: the threshold is compared with the same numbers predict sees
+    return fit_threshold(keys, np.array(scores), fpr, holdout, n_failed=failed, crop=detector.processor.crop)

@@ -22,13 +22,9 @@ PACKAGES = {"sefcore": "sefcore", "sefdata": "sefdata", "sefmodel": "sefmodel", 
 # Known circles, each broken here at one late import, with the reason it is still there. Remove an entry when its
 # import goes; the test fails when a listed import no longer exists, so the list cannot go stale.
 ALLOWED = {
-    # threshold.py holds both CalibratedThreshold (read by every detector folder, so below the detector) and the
-    # calibration run that scores a folder of real images through predict (above it).
-    ("sefmodel.evaluation.threshold", "sefmodel.predict"): "calibrate_on_reals scores images",
-    # golden.py lists a folder's images with predict.expand_inputs and hashes weights with serialization.weight_files,
-    # while the detector imports it for save_pretrained(golden=...) and drop_stale.
+    # golden.py lists a folder's images with predict.expand_inputs, while the detector imports it for
+    # save_pretrained(golden=...) (a public convenience that picks, scores and writes a golden set) and drop_stale.
     ("sefmodel.evaluation.golden", "sefmodel.predict"): "golden sets from a folder of images",
-    ("sefmodel.evaluation.golden", "sefmodel.model.serialization"): "weight hashes of any kind of detector folder",
 }
 # what the model must not import, even inside a function (STYLE.md: the model never imports what uses it)
 MODEL = "sefmodel.model.detector"

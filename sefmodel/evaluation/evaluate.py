@@ -370,7 +370,7 @@ def _provenance(
     detector: SEFDetector, detector_source: str, benches: list[ResolvedBenchmark], command: str | None
 ) -> dict[str, Any]:
     """What made these numbers (module docstring), free of local paths (:mod:`sefdata.provenance`)."""
-    from sefmodel.model.serialization import weight_files
+    from sefmodel.model.folder import weight_files
 
     folder = _weights_folder(detector_source)
     weights = {name: file_sha256(folder / name) for name in weight_files(folder)} if folder is not None else {}

@@ -61,7 +61,7 @@ from sefcore.privacy import public_name, public_text
 from sefdata.provenance import installed_versions, provenance, version_differences
 from sefdata.shards import field_key, iter_samples, resolve_shards, sample_fields
 from sefmodel.images import describe_error, open_image_file
-from sefmodel.model.folder import GOLDEN_DIR
+from sefmodel.model.folder import GOLDEN_DIR, weight_files
 
 if TYPE_CHECKING:
     from sefmodel.model.detector import SEFDetector
@@ -180,10 +180,8 @@ class GoldenSet:
 
 
 def weights_sha256(folder: Path) -> dict[str, str]:
-    """sha256 of every weight file of a detector folder (:func:`sefmodel.model.serialization.weight_files`: the trained
+    """sha256 of every weight file of a detector folder (:func:`sefmodel.model.folder.weight_files`: the trained
     tensors and a random backbone's; an AEROBLADE folder's stored networks)."""
-    from sefmodel.model.serialization import weight_files
-
     return {name: file_sha256(Path(folder) / name) for name in sorted(weight_files(Path(folder)))}
 
 
@@ -191,8 +189,6 @@ def tensors_sha256(folder: Path) -> dict[str, str]:
     """A sha256 of the tensors in every ``*.safetensors`` file of a detector folder: names, dtypes, shapes and bytes
     in name order. Two saves of the same tensors give two files whose bytes differ (safetensors writes its header's
     metadata in no fixed order), so this, not the file's sha256, says whether the weights are the same."""
-    from sefmodel.model.serialization import weight_files
-
     out = {}
     for file in sorted(weight_files(Path(folder))):
         path = Path(folder) / file

@@ -1,11 +1,12 @@
 """A decision threshold from real images alone, stored with the detector (``threshold.json``).
 
 The case: a user has a folder of their own real images and no generated ones, and wants the detector to flag at
-most a chosen share of such images (the false-positive rate, FPR). :func:`fit_threshold` scores the folder and
-puts the threshold at the ``1 - fpr`` quantile of the scores (:func:`sefmodel.evaluation.metrics.threshold_at_fpr`), so
-at most ``fpr`` of these reals score above it. It also estimates the FPR the procedure reaches on reals it did not
-see: it fits a second threshold on a hashed 80% of the images and measures it on the other 20% (with a 95%
-Clopper-Pearson interval). The stored threshold is the one fitted on all images.
+most a chosen share of such images (the false-positive rate, FPR). :func:`sefmodel.predict.calibrate_on_reals`
+scores the folder; :func:`fit_threshold` puts the threshold at the ``1 - fpr`` quantile of the scores
+(:func:`sefmodel.evaluation.metrics.threshold_at_fpr`), so at most ``fpr`` of these reals score above it. It also
+estimates the FPR the procedure reaches on reals it did not see: it fits a second threshold on a hashed 80% of the
+images and measures it on the other 20% (with a 95% Clopper-Pearson interval).
+The stored threshold is the one fitted on all images.
 
 ``threshold.json`` lies beside ``config.json`` in the detector folder; ``save_pretrained`` writes it again and
 ``from_pretrained`` reads it (:mod:`sefmodel.model.folder`), so it travels with the detector, to the Hub too.
@@ -63,7 +64,7 @@ class CalibratedThreshold:
     method: str = "the (1 - fpr) quantile (inverted CDF) of the scores of real images: at most fpr of them score above"
 
     def __post_init__(self) -> None:
-        _check_fpr(self.fpr)
+        check_fpr(self.fpr)
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"{THRESHOLD_NAME}: threshold must be in [0, 1], got {self.threshold}")
 
@@ -91,7 +92,8 @@ class CalibratedThreshold:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _check_fpr(fpr: float) -> None:
+def check_fpr(fpr: float) -> None:
+    """Refuse a false-positive-rate target outside (0, 1), before any image is scored."""
     if not 0 < fpr < 1:
         raise SefError(f"--calibrate-fpr must be in (0, 1), got {fpr}")
 
@@ -103,7 +105,7 @@ def fit_threshold(
     so it is stable across runs and detectors), with its held-out FPR estimate. ``extra``: more fields."""
     from scipy.stats import binomtest
 
-    _check_fpr(fpr)
+    check_fpr(fpr)
     scores = np.asarray(scores, dtype=np.float64)
     if len(keys) != scores.size:
         raise ValueError(f"{len(keys)} keys for {scores.size} scores")
@@ -128,44 +130,6 @@ def fit_threshold(
         fpr=fpr, threshold=M.threshold_at_fpr(scores, fpr), n_images=int(scores.size), heldout=heldout,
         warnings=warnings, **extra,
     )  # fmt: skip
-
-
-def calibrate_on_reals(
-    detector: SEFDetector,
-    folder: str | Path,
-    fpr: float,
-    *,
-    batch_size: int = 16,
-    holdout: float = HOLDOUT,
-    progress: bool = False,
-) -> CalibratedThreshold:
-    """Score every image file under ``folder`` (recursively, as ``sefmodel predict DIR``) with the detector's own
-    crop mode and fit the threshold for ``fpr`` (:func:`fit_threshold`). Nothing is written."""
-    from sefmodel.images import open_image_file
-    from sefmodel.predict import expand_inputs, score_stream
-
-    _check_fpr(fpr)
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SefError(f"--calibrate-on {folder}: not a folder of real images")
-    paths = expand_inputs([folder])
-    if not paths:
-        raise SefError(f"--calibrate-on {folder}: no image files found")
-    # names relative to the folder decide the split; they are never stored
-    inputs = [(p.relative_to(folder).as_posix(), lambda p=p: open_image_file(p)) for p in paths]
-    results = score_stream(detector, inputs, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=len(paths), desc="calibrate", unit="img")
-    keys, scores, failed = [], [], 0
-    for result in results:
-        if result.error is not None:
-            failed += 1
-            continue
-        keys.append(result.key)
-        scores.append(result.prob)  # unrounded: the threshold is compared with the same numbers predict sees
-    return fit_threshold(keys, np.array(scores), fpr, holdout, n_failed=failed, crop=detector.processor.crop)
 
 
 def decision_threshold(detector: SEFDetector, explicit: float | None = None) -> tuple[float, str]:

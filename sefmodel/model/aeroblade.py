@@ -48,7 +48,7 @@ from torch import nn
 from sefcore.errors import SefError
 from sefmodel.model.aeroblade_config import DETECTOR_TYPE, AerobladeConfig
 from sefmodel.model.distances import Distance, get_distance_class
-from sefmodel.model.folder import CONFIG_NAME, resolve_folder
+from sefmodel.model.folder import AUTOENCODER_FOLDER, CONFIG_NAME, DISTANCE_FOLDER, resolve_folder
 from sefmodel.model.preprocess import ImageProcessor
 from sefmodel.pipeline import crop_batches
 
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 AUTOENCODERS = ("taesd", "vae")
 """Generators that are autoencoders (encode -> decode), usable here."""
-AUTOENCODER_FOLDER = "autoencoders"
-DISTANCE_FOLDER = "distance"
 _MIN_DISTANCE = 1e-12  # a perfect reconstruction (e.g. an all-padding crop) has ln d = ln 1e-12, not -inf
 
 

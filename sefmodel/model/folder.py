@@ -55,6 +55,8 @@ DETECTOR_TYPES = {
 (:func:`sefmodel.model.serialization.detector_class`)."""
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_WEIGHTS_NAME = "backbone.safetensors"
+AUTOENCODER_FOLDER = "autoencoders"  # an AEROBLADE folder's autoencoders, one subfolder each
+DISTANCE_FOLDER = "distance"  # an AEROBLADE folder's feature-distance network
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 # What a detector folder may hold; everything else on a Hub repo is not downloaded. (The golden set's PNG files are
 # decoded by Pillow, with its decompression-bomb guard, only by `sefmodel check`.)
@@ -138,6 +140,16 @@ def folder_detector_type(folder: Path) -> str:
     except ValueError as e:
         raise ValueError(f"{path} is not JSON ({e})") from None
     return detector_type(data)
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The weight files of a local detector folder (relative names, sorted): what a results file and a golden set's
+    provenance hash. A trained detector's tensors (and a random backbone's); an AEROBLADE folder's stored networks."""
+    folder = Path(folder)
+    if folder_detector_type(folder) == "sef":
+        return [n for n in (WEIGHTS_NAME, BACKBONE_WEIGHTS_NAME) if (folder / n).is_file()]
+    return sorted(p.relative_to(folder).as_posix() for sub in (AUTOENCODER_FOLDER, DISTANCE_FOLDER)
+                  for p in (folder / sub).rglob("*.safetensors"))  # fmt: skip
 
 
 # ---- writing and reading a detector folder -------------------------------------------------------------------
