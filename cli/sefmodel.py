@@ -670,7 +670,7 @@ def aeroblade(
 
     Distances: features (LPIPS-style: early blocks of a frozen --distance-backbone, unit-normalised channels),
     lpips (the LPIPS metric, layer --lpips-layer; needs pip install lpips and the VGG16 weights), l2, l1 (pixels)."""
-    from sefmodel.model.aeroblade import build_aeroblade
+    from sefmodel.aeroblade_build import build_aeroblade
     from sefmodel.predict import pick_device
 
     with user_errors((ValueError, FileNotFoundError), hub=True, fetching="the distance network",

@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from sefcore.errors import SefError
 from sefdata.upload import staged_local_paths
 from sefmodel import AerobladeDetector, SEFDetector, load_detector, score
+from sefmodel.aeroblade_build import build_aeroblade
 from sefmodel.evaluation.metrics import average_precision
-from sefmodel.model.aeroblade import build_aeroblade, fit_logistic
+from sefmodel.model.aeroblade import fit_logistic
 
 runner = CliRunner()
 SIZE = 32
