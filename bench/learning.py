@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sefcore.imagefiles import IMAGE_EXTENSIONS, image_files
 from sefcore.privacy import public_json
 from sefdata.assets import find_assets
 from sefdata.shards import field_key, iter_samples, resolve_shards
@@ -72,7 +73,6 @@ from sefmodel.train.augment import AugmentConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"
 EXPLORE_RESULTS = RESULTS.with_name("learning_explore.json")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 BACKBONE = "weights/mobilenet_v2_1.0_224"
 FAMILIES = {"recon": "taesd", "sr": "sr"}  # family -> shard field of its fakes
 FIELDS = ("real", *FAMILIES.values())
@@ -166,9 +166,9 @@ def find_backbone(explicit: str | None) -> str:
 
 
 def list_photos(folder: Path) -> list[Path]:
-    photos = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    photos = image_files(folder)  # the files `sefdata build FOLDER` takes
     if not photos:
-        raise SystemExit(f"no photos (*{', *'.join(IMAGE_EXTENSIONS)}) under {folder}")
+        raise SystemExit(f"no photos (*.{', *.'.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     return photos
 
 

@@ -319,8 +319,9 @@ def predict(
     with user_errors():
         _check_ref(run)
     from sefmodel.evaluation.threshold import UncertainBand, decision_threshold
+    from sefmodel.images import expand_inputs
     from sefmodel.model.preprocess import check_crop
-    from sefmodel.predict import csv_header, csv_row, expand_inputs, load_detector, predict_files
+    from sefmodel.predict import csv_header, csv_row, load_detector, predict_files
 
     runtime = RuntimeOptions(**runtime_flags)
     batch_size, crop = runtime.batch_size, runtime.crop

@@ -30,11 +30,10 @@ from webdataset.tariterators import base_plus_ext
 
 from sefcore.errors import SefError
 from sefcore.hub import file_sha256
+from sefcore.imagefiles import IMAGE_EXTENSIONS
 
 SHARD_DIGITS = 6
 MANIFEST_FILE = "manifest.json"
-# extensions that hold an image, in a sample key (``real.png``) or a file name
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff", "gif"})
 # what reading a damaged tar raises: truncated or not a tar (TarError, OSError), a duplicate member (ValueError)
 READ_ERRORS = (OSError, tarfile.TarError, ValueError)
 

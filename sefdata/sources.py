@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sefcore.errors import SefError, SkipSample
+from sefcore.imagefiles import image_files, is_image_name
 from sefcore.privacy import is_local_path
-from sefdata.shards import IMAGE_EXTENSIONS, READ_ERRORS, field_name, index_samples, is_image_key, open_url
+from sefdata.shards import READ_ERRORS, field_name, index_samples, is_image_key, open_url
 
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -64,10 +65,6 @@ def is_jpeg(prefix: bytes) -> bool:
     return prefix[:SNIFF_BYTES] == JPEG_MAGIC
 
 
-def _ext(name: str) -> str:
-    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
-
-
 # --- files ---------------------------------------------------------------------------------------------------------
 
 
@@ -83,11 +80,7 @@ def _file_item(path: Path, source_id: str) -> SourceItem:
 
 
 def _iter_folder(folder: Path) -> Iterator[SourceItem]:
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and _ext(p.name) in IMAGE_EXTENSIONS),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
-    for p in files:
+    for p in image_files(folder):
         yield _file_item(p, p.relative_to(folder).as_posix())
 
 
@@ -331,7 +324,7 @@ def _iter_one(ref: str, image_field: str | None, split: str) -> Iterator[SourceI
             yield from _iter_list(path)
         elif path.suffix.lower() == ".tar":
             yield from _iter_tars([str(path)], image_field)
-        elif _ext(path.name) in IMAGE_EXTENSIONS:
+        elif is_image_name(path.name):
             yield _file_item(path, path.name)
         else:
             raise SefError(f"source {ref!r} is a file but not an image, a .tar or a list of paths (.txt)")

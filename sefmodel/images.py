@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
+
+from sefcore.imagefiles import image_files
 
 
 class ImageRejected(ValueError):
@@ -83,3 +85,16 @@ def open_image_file(
 def _too_many(megapixels: str, limit: int) -> str:
     return (f"too many pixels: {megapixels} megapixels, over the limit of {limit / 1e6:.1f} megapixels (read from "
             "the header, nothing decoded)")  # fmt: skip
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given (any extension) and, from folders, every image file below them
+    (:func:`sefcore.imageio.image_files`: the files ``sefdata build`` takes from a folder, in its order)."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            out.extend(image_files(path))
+        else:
+            out.append(path)  # a missing file is reported as that file's error
+    return out

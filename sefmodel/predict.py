@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 
 from sefcore.errors import SefError
-from sefmodel.evaluation.benchmarks import IMAGE_EXTENSIONS
 from sefmodel.evaluation.threshold import (
     HOLDOUT,
     CalibratedThreshold,
@@ -30,7 +29,7 @@ from sefmodel.evaluation.threshold import (
     fit_threshold,
     label,
 )
-from sefmodel.images import describe_error, open_image_file
+from sefmodel.images import describe_error, expand_inputs, open_image_file
 from sefmodel.model.detector import SEFDetector
 from sefmodel.model.folder import (
     CONFIG_NAME,
@@ -207,21 +206,6 @@ def _flush(detector: SEFDetector, pending: list, batch_size: int, crop: str | No
 
 
 # ---- sefmodel predict ----------------------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given (any extension) and, from folders, every image file below them (recursive, sorted)."""
-    out: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )  # fmt: skip
-            out.extend(found)
-        else:
-            out.append(path)  # a missing file is reported as that file's error
-    return out
 
 
 def _open_path(path: Path) -> Opener:

@@ -21,11 +21,7 @@ PACKAGES = {"sefcore": "sefcore", "sefdata": "sefdata", "sefmodel": "sefmodel", 
 
 # Known circles, each broken here at one late import, with the reason it is still there. Remove an entry when its
 # import goes; the test fails when a listed import no longer exists, so the list cannot go stale.
-ALLOWED = {
-    # golden.py lists a folder's images with predict.expand_inputs, while the detector imports it for
-    # save_pretrained(golden=...) (a public convenience that picks, scores and writes a golden set) and drop_stale.
-    ("sefmodel.evaluation.golden", "sefmodel.predict"): "golden sets from a folder of images",
-}
+ALLOWED: dict[tuple[str, str], str] = {}  # none left (2026-12-05)
 # what the model must not import, even inside a function (STYLE.md: the model never imports what uses it)
 MODEL = "sefmodel.model.detector"
 USES_THE_MODEL = ("sefmodel.pipeline", "sefmodel.model.combine", "sefmodel.model.serialization", "sefmodel.predict")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,12 @@ from typing import Any
 from PIL import Image
 
 from sefcore.errors import SefError
+from sefcore.imagefiles import image_files
 from sefcore.tomlfile import read_toml
 from sefdata.presets import MANIFESTS
 from sefmodel.images import open_image_file
 
 BENCHMARKS_DIR = MANIFESTS / "benchmarks"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"})
 LABELS = {"real": 0, "fake": 1}
 IGNORE = "ignore"
 """A rule label for files a layout deliberately leaves out (e.g. a training split next to the test split)."""
@@ -363,14 +363,6 @@ class ResolvedBenchmark:
         return real, len(self.items) - real
 
 
-def _walk_images(root: Path) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(dirpath, name).relative_to(root).as_posix()
-
-
 def resolve_folder(
     root: str | os.PathLike, definition: BenchmarkDefinition, name: str | None = None
 ) -> ResolvedBenchmark:
@@ -379,7 +371,7 @@ def resolve_folder(
     if not root.is_dir():
         raise SefError(f"benchmark {name or definition.name}: {root} is not a folder")
     items, unmatched, ignored = [], [], 0
-    for rel in _walk_images(root):
+    for rel in (path.relative_to(root).as_posix() for path in image_files(root)):
         found = definition.classify(rel)
         if found is None:
             unmatched.append(rel)

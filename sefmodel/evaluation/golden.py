@@ -60,7 +60,7 @@ from sefcore.imageio import to_rgb
 from sefcore.privacy import public_name, public_text
 from sefdata.provenance import installed_versions, provenance, version_differences
 from sefdata.shards import field_key, iter_samples, resolve_shards, sample_fields
-from sefmodel.images import describe_error, open_image_file
+from sefmodel.images import describe_error, expand_inputs, open_image_file
 from sefmodel.model.folder import GOLDEN_DIR, weight_files
 
 if TYPE_CHECKING:
@@ -369,7 +369,6 @@ def _from_shards(refs: list[str], count: int, size: int) -> Picked:
 
 def _from_folder(root: Path, count: int, size: int) -> Picked:
     from sefmodel.evaluation.benchmarks import PLAIN
-    from sefmodel.predict import expand_inputs
 
     picked = Picked([], {"name": public_name(str(root).rstrip("/")) or root.name, "kind": "images"})
     paths = expand_inputs([root])

@@ -185,7 +185,7 @@ class Scorer:
 
 def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | None) -> dict[str, Any]:
     """What the page shows about the detector and the limits (``GET /api/info``)."""
-    from sefmodel.evaluation.benchmarks import IMAGE_EXTENSIONS
+    from sefcore.imagefiles import IMAGE_EXTENSIONS
     from sefmodel.evaluation.threshold import UncertainBand, decision_threshold
 
     threshold, source = decision_threshold(detector, config.threshold)
@@ -210,7 +210,9 @@ def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | N
             "queue": config.queue,
             "formats": list(UPLOAD_FORMATS),
         },
-        "folder_extensions": sorted(IMAGE_EXTENSIONS),  # what a dropped folder contributes, as `predict DIR`
+        "folder_extensions": sorted(
+            f".{e}" for e in IMAGE_EXTENSIONS
+        ),  # what a dropped folder contributes, as `predict DIR`
     }
 
 
