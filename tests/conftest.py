@@ -4,8 +4,11 @@ from config. Nothing here downloads anything."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import NoReturn
@@ -18,6 +21,18 @@ from PIL import Image
 from sefdata.assets import find_assets
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def modules_loaded_by(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` are imported after running ``code`` in a fresh interpreter on this checkout: how the tests
+    check that a command or a module stays light (nothing else in the test session has imported anything there)."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(n for n in {names!r} if n in sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
 DEFAULT_THREADS = torch.get_num_threads()
 
 
@@ -226,7 +241,6 @@ def scoring_inputs(root: Path) -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """A trainer-style run folder holding a tiny random SEF detector in RUN/detector/ (RUN/config.json is the
     trainer's); one per test module, since commands such as eval write into it."""
-    import json
 
     from conftest_model import randomize_trained, tiny_detector
 
