@@ -10,7 +10,7 @@ from typing import Any
 
 from sefcore.errors import SefError
 from sefcore.fields import doc
-from sefmodel.model.fields import DETECTOR_TYPE_KEY, from_versioned_dict
+from sefmodel.model.dictconfig import DETECTOR_TYPE_KEY, from_versioned_dict
 from sefmodel.model.preprocess import ImageProcessor
 
 DETECTOR_TYPE = "aeroblade"

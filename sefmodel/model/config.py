@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sefcore.fields import doc
-from sefmodel.model.fields import from_versioned_dict
+from sefmodel.model.dictconfig import from_versioned_dict
 from sefmodel.model.lora import LoraSettings
 from sefmodel.model.preprocess import ImageProcessor
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from sefmodel.evaluation.threshold import THRESHOLD_NAME, CalibratedThreshold
 from sefmodel.model.config import DetectorConfig
-from sefmodel.model.fields import DETECTOR_TYPE_KEY
+from sefmodel.model.dictconfig import DETECTOR_TYPE_KEY
 from sefmodel.model.preprocess import PROCESSOR_NAME, ImageProcessor
 
 CONFIG_NAME = "config.json"

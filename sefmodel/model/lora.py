@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sefcore.fields import doc
-from sefmodel.model.fields import from_known_fields
+from sefmodel.model.dictconfig import from_known_fields
 
 if TYPE_CHECKING:  # peft and the backbones load with a model, not when `sefmodel train --help` reads the settings
     from peft import LoraConfig

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from sefcore.errors import SefError
 from sefcore.fields import doc
-from sefmodel.model.fields import from_versioned_dict
+from sefmodel.model.dictconfig import from_versioned_dict
 
 if TYPE_CHECKING:
     import numpy as np

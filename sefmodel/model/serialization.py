@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from sefmodel.model.fields import DETECTOR_TYPE_KEY
+from sefmodel.model.dictconfig import DETECTOR_TYPE_KEY
 from sefmodel.model.folder import (
     DETECTOR_TYPES,
 )

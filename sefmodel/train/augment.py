@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from sefcore.fields import doc
-from sefmodel.model.fields import from_known_fields
+from sefmodel.model.dictconfig import from_known_fields
 
 
 @dataclass

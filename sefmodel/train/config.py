@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sefcore.fields import doc
 from sefcore.tomlfile import read_toml
-from sefmodel.model.fields import from_known_fields
+from sefmodel.model.dictconfig import from_known_fields
 
 if TYPE_CHECKING:  # the augmentation code (numpy, PIL) loads with training, not when `--help` reads the options
     from sefmodel.train.augment import AugmentConfig
