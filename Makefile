@@ -57,4 +57,4 @@ test: setup lint
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/generation.py --repeats 9

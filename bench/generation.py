@@ -50,7 +50,7 @@ Results go to bench/results/generation.json under ``runs``, one entry per device
 machine it ran on; a run merges its entry into the file and the CPU ``taef2-sr`` run sets the headline; the CPU
 ``identity`` run at 512 px sets ``pipeline``. The last line printed is this run's headline.
 
-Usage: python bench/generation.py [--assets DIR] [--max-side 384] [--repeats 3]
+Usage: python bench/generation.py --repeats 9 [--assets DIR] [--max-side 384]   # the CPU headline (make bench)
        python bench/generation.py --model identity --crop 512                           # the pipeline, per core
        python bench/generation.py --model identity --crop 512 --wait-ms 500 --batch-size 4 --copies 4 \
            --ways models_alone,build                                               # a stand-in model's latency
