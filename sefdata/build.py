@@ -688,21 +688,23 @@ class Builder:
         mine = [p for p in plans if p.index % self.world == self.rank]
         built, already, inputs, written, failed, skipped, empty = [], 0, 0, 0, Counter(), [], []
         written_before = 0  # samples in this rank's shards that earlier runs finished
+        todo, done_items = [], 0
+        for plan in mine:
+            if is_done(self.out, plan.index):
+                stats = read_stats(self.out, plan.index)
+                self._check_settings(stats, stats_path(self.out, plan.index).name)
+                already += 1
+                written_before += stats["written"]
+                done_items += len(plan.items)
+            else:
+                todo.append(plan)
+        if todo:
+            self.generators()  # load (or fetch) the models before the bar starts: a failure here is one line, alone
         bar = tqdm(
-            total=sum(len(p.items) for p in mine), unit="img", desc=f"build rank {self.rank}/{self.world}",
-            disable=not self.progress, dynamic_ncols=True,
+            total=sum(len(p.items) for p in mine), initial=done_items, unit="img",
+            desc=f"build rank {self.rank}/{self.world}", disable=not self.progress, dynamic_ncols=True,
         )  # fmt: skip
-        todo = []
         with bar:
-            for plan in mine:
-                if is_done(self.out, plan.index):
-                    stats = read_stats(self.out, plan.index)
-                    self._check_settings(stats, stats_path(self.out, plan.index).name)
-                    already += 1
-                    written_before += stats["written"]
-                    bar.update(len(plan.items))
-                else:
-                    todo.append(plan)
 
             def done(stats: dict) -> None:
                 nonlocal inputs, written, skipped

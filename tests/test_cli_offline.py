@@ -95,6 +95,17 @@ def test_train_checks_stage_domain_and_fields_before_any_model(tmp_path, train_s
     assert message in line and "Hub" not in line
 
 
+@pytest.mark.parametrize("network", [UNREACHABLE, OFFLINE], ids=["unreachable", "offline"])
+def test_build_with_a_hub_model_it_cannot_fetch(tmp_path, network):
+    """The models load before the progress bar starts, so the failure is the one line on stderr (with --progress,
+    the default), and no shard, stats or manifest is left behind."""
+    photos = write_photos(tmp_path / "photos", 2, 20)
+    args = ["build", str(photos), "--out", str(tmp_path / "out"), "--gen", "vae:model=someone/missing-vae"]
+    line = one_line_error(run_cli("sefdata", args, tmp_path, network))
+    assert "someone/missing-vae" in line and "local path" in line
+    assert not list((tmp_path / "out").glob("shard-*")) and not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_publish_without_a_network(tmp_path, finished_build):
     args = ["publish", str(finished_build), "--repo", "me/data", "--staging", str(tmp_path / "stage")]
     line = one_line_error(run_cli("sefdata", args, tmp_path, UNREACHABLE))
