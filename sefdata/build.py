@@ -67,7 +67,7 @@ from sefdata.config import (
 from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
 from sefdata.generators import Generator, Runtime, create_generator, sample_seed
 from sefdata.manifest import BUILD_FILE, write_manifest
-from sefdata.plan import plan_shards
+from sefdata.plan import inputs_sha256, plan_shards
 from sefdata.psnr import psnr
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
@@ -425,6 +425,7 @@ def finish_shard(shard: ShardRun, out: Path, header: dict) -> dict:
         "shard": shard.index,
         "tar": tar_path(out, shard.index).name,
         "inputs": len(shard.items),
+        "inputs_sha256": inputs_sha256(shard.items),
         "written": writer.count,
         "failed": dict(sorted(Counter(entry["reason"] for _, entry in shard.skipped).items())),
         "skipped": [entry for _, entry in sorted(shard.skipped, key=lambda e: e[0])],
@@ -693,6 +694,12 @@ class Builder:
             if is_done(self.out, plan.index):
                 stats = read_stats(self.out, plan.index)
                 self._check_settings(stats, stats_path(self.out, plan.index).name)
+                if stats.get("inputs_sha256", inputs_sha256(plan.items)) != inputs_sha256(plan.items):  # older: none
+                    raise SefError(
+                        f"shard {plan.index} of {self.out} was built from other inputs than the sources list now "
+                        f"({len(plan.items)} planned, {stats['inputs']} then): files were added, removed or renamed "
+                        "since; a resume would mix two listings. Restore the sources, or build into a new --out"
+                    )
                 already += 1
                 written_before += stats["written"]
                 done_items += len(plan.items)

@@ -10,7 +10,8 @@ order. Every shard then holds one encoding and loads as it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sefdata.sources import SourceItem, is_jpeg, peek_item
@@ -21,6 +22,12 @@ class ShardPlan:
     index: int
     items: list[SourceItem]
     group: str | None  # "jpeg" or "other" under `match` (its sources' kind); None when one encoding serves all
+
+
+def inputs_sha256(items: Sequence[SourceItem]) -> str:
+    """A shard's inputs as planned, in order (their keys: one per source id): a shard's stats record it, so a re-run
+    whose sources list differently (a file added, removed or renamed) is told before it mixes two listings."""
+    return hashlib.sha256("\n".join(item.key for item in items).encode()).hexdigest()
 
 
 def plan_shards(items: Iterable[SourceItem], shard_size: int, *, by_encoding: bool) -> list[ShardPlan]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image, JpegImagePlugin
+from train_helpers import write_photos
 
 from sefcore.errors import SefError, SkipSample
 from sefdata.build import build
@@ -115,6 +116,23 @@ def test_same_seed_builds_are_byte_identical_and_resume_redoes_only_missing(corp
     assert summary.built == [1] and summary.already_done == 3
     assert (a / "shard-000001.tar").read_bytes() == (b / "shard-000001.tar").read_bytes()
     assert not (b / "shard-000001.tar.partial").exists()
+
+
+def test_a_resume_refuses_sources_that_list_differently(tmp_path):
+    """A file added where the listing sorts it first shifts every shard's inputs: a resume would build the rest from
+    the new listing beside shards of the old one (some images twice, some never). It stops, naming the shard."""
+    photos, out = write_photos(tmp_path / "photos", 3, 0), tmp_path / "out"
+    config = _config([str(photos)], out, ["identity"], shard_size=2)
+    build(config, progress=False)
+    (out / "shard-000001.stats.json").unlink()  # interrupted before shard 1 was done
+    Image.open(photos / "img0000.png").save(photos / "a-first.png")
+    before = (out / "shard-000000.tar").read_bytes()
+    with pytest.raises(SefError, match=r"shard 0 of .* other inputs than the sources list now .* new --out"):
+        build(config, progress=False)
+    assert (out / "shard-000000.tar").read_bytes() == before  # nothing lost
+    (photos / "a-first.png").unlink()
+    (photos / "z-last.png").write_bytes((photos / "img0000.png").read_bytes())  # lands in the unfinished shard
+    assert build(config, progress=False).built == [1]
 
 
 def test_a_different_config_refuses_an_old_output_folder(corpus, gens, tmp_path):
