@@ -1,5 +1,7 @@
 """The one way the detector side opens an image file: ``score()``, ``predict``, ``explain``, ``serve``, ``eval`` and
 the training data all decode through :func:`open_image_file`, so a limit or a fix made here holds everywhere.
+Their folder arguments are expanded by :func:`expand_inputs`, on the one listing of a folder's images
+(:func:`sefcore.imagefiles.image_files`).
 
 (The data side, ``sefdata``, decodes through :func:`sefcore.imageio.decode`, which also rights EXIF orientation and
 sorts failures into the build's skip reasons.)
@@ -89,7 +91,7 @@ def _too_many(megapixels: str, limit: int) -> str:
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given (any extension) and, from folders, every image file below them
-    (:func:`sefcore.imageio.image_files`: the files ``sefdata build`` takes from a folder, in its order)."""
+    (:func:`sefcore.imagefiles.image_files`: the files ``sefdata build`` takes from a folder, in its order)."""
     out: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
