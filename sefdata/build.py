@@ -410,6 +410,13 @@ class WriteBehind:
             raise
 
 
+def planned_inputs(stats: dict, items: list[SourceItem]) -> bool:
+    """Whether a done shard (its ``stats``) was built from ``items``, the inputs planned for it now. Stats written
+    before shards recorded ``inputs_sha256`` cannot tell: they pass."""
+    recorded = stats.get("inputs_sha256")
+    return recorded is None or recorded == inputs_sha256(items)
+
+
 def finish_shard(shard: ShardRun, out: Path, header: dict) -> dict:
     """Commit a shard's tar and write its stats (``header``: the build's part of them), last, which marks it done.
     A shard with no sample written gets stats but no tar and no file (see :meth:`Builder.run`)."""
@@ -694,7 +701,7 @@ class Builder:
             if is_done(self.out, plan.index):
                 stats = read_stats(self.out, plan.index)
                 self._check_settings(stats, stats_path(self.out, plan.index).name)
-                if stats.get("inputs_sha256", inputs_sha256(plan.items)) != inputs_sha256(plan.items):  # older: none
+                if not planned_inputs(stats, plan.items):
                     raise SefError(
                         f"shard {plan.index} of {self.out} was built from other inputs than the sources list now "
                         f"({len(plan.items)} planned, {stats['inputs']} then): files were added, removed or renamed "
@@ -739,6 +746,7 @@ class Builder:
         self._write_build_file(plans)
         manifest = None
         if self.rank == 0 and all(is_done(self.out, p.index) for p in plans):
+            self._check_listings(plans)
             write_manifest(self.out, command=self.command)
             manifest = self.out / "manifest.json"
         return BuildSummary(
@@ -746,6 +754,20 @@ class Builder:
             written=written, failed=failed, seconds=time.perf_counter() - started, manifest=manifest, skipped=skipped,
             notes=self.notes,
         )  # fmt: skip
+
+    def _check_listings(self, plans: list) -> None:
+        """Before the manifest: every shard was built from the inputs this rank planned for it. Ranks list the sources
+        each on their own; one that saw other files (a folder still being filled) planned other shards, and its
+        shards would hold some images twice and miss others."""
+        other = [p.index for p in plans if not planned_inputs(read_stats(self.out, p.index), p.items)]
+        if other:
+            names = ", ".join(map(str, other[:10])) + (f" (and {len(other) - 10} more)" if len(other) > 10 else "")
+            raise SefError(
+                f"shard{'s' if len(other) > 1 else ''} {names} of {self.out} {'were' if len(other) > 1 else 'was'} "
+                "built from another listing of the sources than rank 0's: every "
+                "rank must see the same files. Delete those shards' .tar and .stats.json and re-run, once the sources "
+                "are complete"
+            )
 
     def close(self) -> None:
         for pool in (self._pool, self._feeder, self._writer):

@@ -135,6 +135,18 @@ def test_a_resume_refuses_sources_that_list_differently(tmp_path):
     assert build(config, progress=False).built == [1]
 
 
+def test_rank_0_refuses_a_manifest_over_shards_of_another_listing(tmp_path):
+    """Ranks list the sources each on their own: a rank that saw one more file (a folder still being filled) built
+    its shard from another plan. Rank 0 finds it before writing the manifest and names the shard."""
+    photos, out = write_photos(tmp_path / "photos", 4, 0), tmp_path / "out"
+    (photos / "a0.png").write_bytes((photos / "img0000.png").read_bytes())  # sorts first: shifts every shard
+    build(_config([str(photos)], out, ["identity"], shard_size=2, rank=1, world=2), progress=False)
+    (photos / "a0.png").unlink()  # rank 0 lists the folder without it
+    with pytest.raises(SefError, match=r"shard 1 of .* was built from another listing of the sources than rank 0's"):
+        build(_config([str(photos)], out, ["identity"], shard_size=2, rank=0, world=2), progress=False)
+    assert not (out / "manifest.json").exists()
+
+
 def test_a_different_config_refuses_an_old_output_folder(corpus, gens, tmp_path):
     out = tmp_path / "out"
     build(_config([corpus], out, gens, limit=2), progress=False)
