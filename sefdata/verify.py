@@ -3,7 +3,8 @@
 Checks, per shard: the tar exists and its byte size and sha256 match both its stats file and ``manifest.json``;
 every sample has exactly the build's fields, each decodes as an image of the same pixel size as the real, its
 metadata parses, names the sample's key and records each fake's sha256 correctly; the sample count matches. Also
-reports shards that are unfinished (no stats), leftover ``.partial`` files and shards the manifest does not list.
+reports shards that are unfinished (no stats), leftover ``.partial`` files, shards the manifest does not list, and a
+sample key found in two shards (shards planned from different listings of the sources).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def verify(folder: str | Path) -> VerifyReport:
         manifest = None
         report.problems[MANIFEST_FILE].append(str(e))
     listed = {s.url: s for s in manifest.shards} if manifest else {}
+    shard_of: dict[str, str] = {}  # sample key -> the first shard that holds it
     for partial in sorted(out.glob("*.partial")):
         report.problems[partial.name].append("leftover partial file (an interrupted write; re-run the build)")
     for index in range(build["num_shards"]):
@@ -126,6 +128,13 @@ def verify(folder: str | Path) -> VerifyReport:
         for key, n in Counter(s["__key__"] for s in samples).items():
             if n > 1:  # members of one sample apart from each other: readers see several samples
                 report.problems[path.name].append(f"{key}: the key of {n} samples (its members are not together)")
+            if key in shard_of:  # an input in two shards: they were planned from different listings of the sources
+                report.problems[path.name].append(
+                    f"{key}: also in {shard_of[key]} (shards planned from different listings of the sources: some "
+                    "inputs twice, others missing)"
+                )
+            else:
+                shard_of[key] = path.name
         for sample in samples:
             report.problems[path.name].extend(_check_sample(sample, fields))
         encodings = {sample_encoding(sample) for sample in samples} - {None}

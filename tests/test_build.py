@@ -18,6 +18,7 @@ from train_helpers import write_photos
 from sefcore.errors import SefError, SkipSample
 from sefdata.build import build
 from sefdata.config import BuildConfig, resolve_dtype
+from sefdata.verify import verify
 
 
 @pytest.fixture
@@ -145,6 +146,8 @@ def test_rank_0_refuses_a_manifest_over_shards_of_another_listing(tmp_path):
     with pytest.raises(SefError, match=r"shard 1 of .* was built from another listing of the sources than rank 0's"):
         build(_config([str(photos)], out, ["identity"], shard_size=2, rank=0, world=2), progress=False)
     assert not (out / "manifest.json").exists()
+    problems = verify(out).problems  # sefdata verify names the sample that both shards hold
+    assert any("img0001" in p and "also in shard-000000.tar" in p for p in problems["shard-000001.tar"]), problems
 
 
 def test_a_different_config_refuses_an_old_output_folder(corpus, gens, tmp_path):
