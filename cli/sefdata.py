@@ -117,8 +117,8 @@ def manifest(folder: Path = typer.Argument(..., metavar="FOLDER", help="build ou
 
 @app.command()
 def verify(folder: Path = typer.Argument(..., metavar="FOLDER", help="build output folder")) -> None:
-    """Check every shard: fields present, sizes aligned, hashes and counts matching stats and manifest.
-    Exits 1 if any problem is found, listing them per shard."""
+    """Check every shard: fields present, sizes aligned, hashes and counts matching stats and manifest, no
+    input in two shards. Exits 1 if any problem is found, listing them per shard."""
     from sefdata.verify import verify as run_verify
 
     with user_errors():
