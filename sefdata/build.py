@@ -67,7 +67,7 @@ from sefdata.config import (
 from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
 from sefdata.generators import Generator, Runtime, create_generator, sample_seed
 from sefdata.manifest import BUILD_FILE, write_manifest
-from sefdata.plan import inputs_sha256, plan_shards
+from sefdata.plan import plan_sha256, plan_shards
 from sefdata.psnr import psnr
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
@@ -410,13 +410,6 @@ class WriteBehind:
             raise
 
 
-def planned_inputs(stats: dict, items: list[SourceItem]) -> bool:
-    """Whether a done shard (its ``stats``) was built from ``items``, the inputs planned for it now. Stats written
-    before shards recorded ``inputs_sha256`` cannot tell: they pass."""
-    recorded = stats.get("inputs_sha256")
-    return recorded is None or recorded == inputs_sha256(items)
-
-
 def finish_shard(shard: ShardRun, out: Path, header: dict) -> dict:
     """Commit a shard's tar and write its stats (``header``: the build's part of them), last, which marks it done.
     A shard with no sample written gets stats but no tar and no file (see :meth:`Builder.run`)."""
@@ -432,7 +425,6 @@ def finish_shard(shard: ShardRun, out: Path, header: dict) -> dict:
         "shard": shard.index,
         "tar": tar_path(out, shard.index).name,
         "inputs": len(shard.items),
-        "inputs_sha256": inputs_sha256(shard.items),
         "written": writer.count,
         "failed": dict(sorted(Counter(entry["reason"] for _, entry in shard.skipped).items())),
         "skipped": [entry for _, entry in sorted(shard.skipped, key=lambda e: e[0])],
@@ -494,6 +486,7 @@ class Builder:
         self._given = generators
         self._generators: list[tuple[str, Generator]] | None = None
         self._infos: dict[str, dict] = {}
+        self._plan_sha256: str | None = None  # set by run(); shards built by build_shards alone record none
         self.multiple = 1
         # decoding (Pillow) and encoding (libdeflate/libjpeg) release the GIL: one pool, a thread per core, does both
         # beside the models; the feeder stacks batches, the writer writes tars, each in a thread of its own so that
@@ -655,6 +648,7 @@ class Builder:
             "config_hash": self.config_hash,
             "settings": self.settings,
             "allow_mixed": self.config.allow_mixed,
+            "plan_sha256": self._plan_sha256,
         }
 
     def build_shards(self, plans: list, bar: tqdm | None = None, done: Callable[[dict], None] | None = None) -> None:
@@ -693,6 +687,7 @@ class Builder:
         plans = plan_shards(items, self.config.shard_size, by_encoding=self.policy.kind == "match")
         if not plans:
             raise SefError(f"no input images found in {', '.join(self.config.sources)}")
+        self._plan_sha256 = plan_sha256(plans)
         mine = [p for p in plans if p.index % self.world == self.rank]
         built, already, inputs, written, failed, skipped, empty = [], 0, 0, 0, Counter(), [], []
         written_before = 0  # samples in this rank's shards that earlier runs finished
@@ -701,11 +696,11 @@ class Builder:
             if is_done(self.out, plan.index):
                 stats = read_stats(self.out, plan.index)
                 self._check_settings(stats, stats_path(self.out, plan.index).name)
-                if not planned_inputs(stats, plan.items):
+                if stats.get("plan_sha256", self._plan_sha256) != self._plan_sha256:  # stats before 2026-12-05: none
                     raise SefError(
-                        f"shard {plan.index} of {self.out} was built from other inputs than the sources list now "
-                        f"({len(plan.items)} planned, {stats['inputs']} then): files were added, removed or renamed "
-                        "since; a resume would mix two listings. Restore the sources, or build into a new --out"
+                        f"the sources list other files than when shard {plan.index} of {self.out} was built (files "
+                        "added, removed or renamed since): a resume must see the same inputs, or it would mix two "
+                        "listings. Restore the sources, or build into a new --out"
                     )
                 already += 1
                 written_before += stats["written"]
@@ -746,7 +741,6 @@ class Builder:
         self._write_build_file(plans)
         manifest = None
         if self.rank == 0 and all(is_done(self.out, p.index) for p in plans):
-            self._check_listings(plans)
             write_manifest(self.out, command=self.command)
             manifest = self.out / "manifest.json"
         return BuildSummary(
@@ -754,20 +748,6 @@ class Builder:
             written=written, failed=failed, seconds=time.perf_counter() - started, manifest=manifest, skipped=skipped,
             notes=self.notes,
         )  # fmt: skip
-
-    def _check_listings(self, plans: list) -> None:
-        """Before the manifest: every shard was built from the inputs this rank planned for it. Ranks list the sources
-        each on their own; one that saw other files (a folder still being filled) planned other shards, and its
-        shards would hold some images twice and miss others."""
-        other = [p.index for p in plans if not planned_inputs(read_stats(self.out, p.index), p.items)]
-        if other:
-            names = ", ".join(map(str, other[:10])) + (f" (and {len(other) - 10} more)" if len(other) > 10 else "")
-            raise SefError(
-                f"shard{'s' if len(other) > 1 else ''} {names} of {self.out} {'were' if len(other) > 1 else 'was'} "
-                "built from another listing of the sources than rank 0's: every "
-                "rank must see the same files. Delete those shards' .tar and .stats.json and re-run, once the sources "
-                "are complete"
-            )
 
     def close(self) -> None:
         for pool in (self._pool, self._feeder, self._writer):

@@ -37,6 +37,24 @@ def read_build(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def check_one_plan(out: Path, stats: list[dict]) -> None:
+    """Refuse shards planned from different listings of the sources (their stats' ``plan_sha256`` differ): ranks
+    list the sources each on their own, and one that saw other files (a folder still being filled) cut other shards,
+    so some inputs would be in two shards and others in none. Stats written before plans were recorded pass."""
+    by_plan: dict[str, list[int]] = {}
+    for s in stats:
+        if s.get("plan_sha256") is not None:
+            by_plan.setdefault(s["plan_sha256"], []).append(s["shard"])
+    if len(by_plan) > 1:
+        groups = sorted(by_plan.values(), key=len, reverse=True)
+        listed = "; ".join(f"shards {', '.join(map(str, g[:8]))}{' ...' if len(g) > 8 else ''}" for g in groups)
+        raise SefError(
+            f"the shards of {str(out)!r} were planned from {len(groups)} different listings of the sources ({listed}):"
+            " ranks or re-runs saw different files, so some inputs are in two shards and others in none (`sefdata "
+            "verify` names them). Make the sources complete, delete the shards of the other listings and build again"
+        )
+
+
 def write_manifest(out: Path, command: str | None = None) -> dict:
     """Merge every shard's stats into ``manifest.json``; all shards must be done.
 
@@ -55,8 +73,8 @@ def write_manifest(out: Path, command: str | None = None) -> dict:
     runs: dict[str, dict] = {}
     inputs = written = 0
     allow_mixed = False
-    for i in range(n):
-        stats = read_stats(out, i)
+    every = [read_stats(out, i) for i in range(n)]
+    for i, stats in enumerate(every):
         settings = stats.get("settings")
         if settings is None or settings["config"] != build["settings"]["config"]:
             raise SefError(f"{stats_path(out, i).name} belongs to another build (its config differs)")
@@ -76,6 +94,7 @@ def write_manifest(out: Path, command: str | None = None) -> dict:
         written += stats["written"]
         failed.update(stats["failed"])
         generators = generators or stats.get("generators")
+    check_one_plan(out, every)
     if len(runs) > 1 and not allow_mixed:
         first, *others = runs.values()
         changed = differences(first["runtime"], others[0]["runtime"])

@@ -24,10 +24,11 @@ class ShardPlan:
     group: str | None  # "jpeg" or "other" under `match` (its sources' kind); None when one encoding serves all
 
 
-def inputs_sha256(items: Sequence[SourceItem]) -> str:
-    """A shard's inputs as planned, in order (their keys: one per source id): a shard's stats record it, so a re-run
-    whose sources list differently (a file added, removed or renamed) is told before it mixes two listings."""
-    return hashlib.sha256("\n".join(item.key for item in items).encode()).hexdigest()
+def plan_sha256(plans: Sequence[ShardPlan]) -> str:
+    """The whole plan: every shard's inputs (their keys, one per source id) in order. Every shard's stats record the
+    plan it was built from, so shards of two listings (a re-run after files were added, removed or renamed, or ranks
+    that saw different files) are told apart before a manifest joins them."""
+    return hashlib.sha256("\n".join(f"{p.index}\t{item.key}" for p in plans for item in p.items).encode()).hexdigest()
 
 
 def plan_shards(items: Iterable[SourceItem], shard_size: int, *, by_encoding: bool) -> list[ShardPlan]:

@@ -18,6 +18,7 @@ from train_helpers import write_photos
 from sefcore.errors import SefError, SkipSample
 from sefdata.build import build
 from sefdata.config import BuildConfig, resolve_dtype
+from sefdata.manifest import write_manifest
 from sefdata.verify import verify
 
 
@@ -121,32 +122,36 @@ def test_same_seed_builds_are_byte_identical_and_resume_redoes_only_missing(corp
 
 def test_a_resume_refuses_sources_that_list_differently(tmp_path):
     """A file added where the listing sorts it first shifts every shard's inputs: a resume would build the rest from
-    the new listing beside shards of the old one (some images twice, some never). It stops, naming the shard."""
+    the new listing beside shards of the old one (some images twice, some never). A resume must see the same inputs:
+    it stops, naming the first finished shard, and nothing is lost."""
     photos, out = write_photos(tmp_path / "photos", 3, 0), tmp_path / "out"
     config = _config([str(photos)], out, ["identity"], shard_size=2)
     build(config, progress=False)
     (out / "shard-000001.stats.json").unlink()  # interrupted before shard 1 was done
-    Image.open(photos / "img0000.png").save(photos / "a-first.png")
     before = (out / "shard-000000.tar").read_bytes()
-    with pytest.raises(SefError, match=r"shard 0 of .* other inputs than the sources list now .* new --out"):
-        build(config, progress=False)
-    assert (out / "shard-000000.tar").read_bytes() == before  # nothing lost
-    (photos / "a-first.png").unlink()
-    (photos / "z-last.png").write_bytes((photos / "img0000.png").read_bytes())  # lands in the unfinished shard
-    assert build(config, progress=False).built == [1]
+    for name in ("a-first.png", "z-last.png"):  # ahead of the finished shard, or only in the unfinished one
+        (photos / name).write_bytes((photos / "img0000.png").read_bytes())
+        with pytest.raises(SefError, match=r"the sources list other files than when shard 0 of .* new --out"):
+            build(config, progress=False)
+        (photos / name).unlink()
+    assert (out / "shard-000000.tar").read_bytes() == before
+    assert build(config, progress=False).built == [1]  # the same listing again: the resume goes on
 
 
-def test_rank_0_refuses_a_manifest_over_shards_of_another_listing(tmp_path):
-    """Ranks list the sources each on their own: a rank that saw one more file (a folder still being filled) built
-    its shard from another plan. Rank 0 finds it before writing the manifest and names the shard."""
+def test_shards_of_two_listings_get_no_manifest(tmp_path):
+    """Ranks list the sources each on their own: a rank that saw one more file (a folder still being filled) cut
+    other shards. Whoever writes the manifest (rank 0 at the end, or `sefdata manifest`) refuses, and `sefdata
+    verify` names the sample that two shards hold."""
     photos, out = write_photos(tmp_path / "photos", 4, 0), tmp_path / "out"
     (photos / "a0.png").write_bytes((photos / "img0000.png").read_bytes())  # sorts first: shifts every shard
     build(_config([str(photos)], out, ["identity"], shard_size=2, rank=1, world=2), progress=False)
     (photos / "a0.png").unlink()  # rank 0 lists the folder without it
-    with pytest.raises(SefError, match=r"shard 1 of .* was built from another listing of the sources than rank 0's"):
+    with pytest.raises(SefError, match=r"planned from 2 different listings of the sources \(shards 0; shards 1\)"):
         build(_config([str(photos)], out, ["identity"], shard_size=2, rank=0, world=2), progress=False)
+    with pytest.raises(SefError, match="different listings"):
+        write_manifest(out)
     assert not (out / "manifest.json").exists()
-    problems = verify(out).problems  # sefdata verify names the sample that both shards hold
+    problems = verify(out).problems
     assert any("img0001" in p and "also in shard-000000.tar" in p for p in problems["shard-000001.tar"]), problems
 
 
