@@ -41,6 +41,12 @@ def build(
         None, "--recipe", metavar="TOML", help="recipe with any of these options (keys as below, - or _); flags win"
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    dry: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="list the sources and cut the shards, say what this rank would build, and stop "
+        "(no model loaded, no image read, nothing written)",
+    ),
     *,
     config_flags: dict,
 ) -> None:
@@ -56,6 +62,11 @@ def build(
         if sources:
             values["sources"] = sources
         config = BuildConfig(**values, out=str(out), recipe=str(recipe) if recipe else None)
+        if dry:
+            from sefdata.build import dry_run
+
+            typer.echo(dry_run(config).describe())
+            return
         try:
             summary = run_build(config, progress=progress, command=command_line(ctx, "sefdata"))
         except NothingWritten as e:

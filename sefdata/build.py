@@ -67,7 +67,7 @@ from sefdata.config import (
 from sefdata.encode import Encoding, EncodingPolicy, encode, encoding_for
 from sefdata.generators import Generator, Runtime, create_generator, sample_seed
 from sefdata.manifest import BUILD_FILE, write_manifest
-from sefdata.plan import plan_sha256, plan_shards
+from sefdata.plan import ShardPlan, plan_sha256, plan_shards
 from sefdata.psnr import psnr
 from sefdata.shards import ShardWriter, atomic_write_json, is_done, read_stats, stats_path, tar_path
 from sefdata.sources import SourceItem, iter_sources, read_item, want
@@ -171,6 +171,31 @@ class BuildSummary:
     @property
     def images_per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class DryRun:
+    """What a build would do (``sefdata build --dry-run``): its inputs, how they are cut into shards, and this rank's
+    share of them, done or to build."""
+
+    out: Path
+    inputs: int
+    groups: dict[str | None, int]  # inputs per shard group: "jpeg" / "other" under `match`, else None
+    num_shards: int
+    rank: int
+    world: int
+    mine: list[int]  # this rank's shards
+    done: list[int]  # of them, those already done
+
+    def describe(self) -> str:
+        kinds = {"jpeg": "JPEG sources", "other": "other sources"}
+        split = "" if list(self.groups) == [None] else " (" + ", ".join(
+            f"{kinds[g]} {n}" for g, n in self.groups.items()) + ")"  # fmt: skip
+        todo = [i for i in self.mine if i not in self.done]
+        shards = ", ".join(map(str, todo[:12])) + (" ..." if len(todo) > 12 else "")
+        return (f"dry run: {self.inputs} inputs{split} in {self.num_shards} shard(s); rank {self.rank}/{self.world} "
+                f"has {len(self.mine)}: {len(self.done)} done, {len(todo)} to build{': ' + shards if todo else ''}. "
+                f"Nothing was read, loaded or written in {self.out}")  # fmt: skip
 
 
 def available_cores() -> int:
@@ -678,9 +703,9 @@ class Builder:
                     shard.writer.abort()  # a committed shard is left as it is
             raise
 
-    def run(self) -> BuildSummary:
-        self._check_out()
-        started = time.perf_counter()
+    def plan(self) -> tuple[list[ShardPlan], list[ShardPlan], dict[int, dict]]:
+        """List the sources and cut the shards (no image is read): all shards, this rank's, and the stats of those
+        of them already done, each checked to belong to this build and this listing of the sources."""
         items = iter_sources(self.config.sources, image_field=self.config.image_field, split=self.config.split)
         if self.config.limit is not None:
             items = islice(items, self.config.limit)
@@ -689,9 +714,7 @@ class Builder:
             raise SefError(f"no input images found in {', '.join(self.config.sources)}")
         self._plan_sha256 = plan_sha256(plans)
         mine = [p for p in plans if p.index % self.world == self.rank]
-        built, already, inputs, written, failed, skipped, empty = [], 0, 0, 0, Counter(), [], []
-        written_before = 0  # samples in this rank's shards that earlier runs finished
-        todo, done_items = [], 0
+        done = {}
         for plan in mine:
             if is_done(self.out, plan.index):
                 stats = read_stats(self.out, plan.index)
@@ -702,11 +725,28 @@ class Builder:
                         "added, removed or renamed since): a resume must see the same inputs, or it would mix two "
                         "listings. Restore the sources, or build into a new --out"
                     )
-                already += 1
-                written_before += stats["written"]
-                done_items += len(plan.items)
-            else:
-                todo.append(plan)
+                done[plan.index] = stats
+        return plans, mine, done
+
+    def dry_run(self) -> DryRun:
+        """What :meth:`run` would do, without loading a model, reading an image or writing anything."""
+        if (self.out / BUILD_FILE).is_file():
+            self._check_settings(json.loads((self.out / BUILD_FILE).read_text()), BUILD_FILE)
+        plans, mine, done = self.plan()
+        return DryRun(
+            out=self.out, inputs=sum(len(p.items) for p in plans),
+            groups={g: sum(len(p.items) for p in plans if p.group == g) for g in dict.fromkeys(p.group for p in plans)},
+            num_shards=len(plans), rank=self.rank, world=self.world, mine=[p.index for p in mine], done=sorted(done),
+        )  # fmt: skip
+
+    def run(self) -> BuildSummary:
+        self._check_out()
+        started = time.perf_counter()
+        plans, mine, done_stats = self.plan()
+        built, already, inputs, written, failed, skipped, empty = [], len(done_stats), 0, 0, Counter(), [], []
+        written_before = sum(stats["written"] for stats in done_stats.values())  # what earlier runs finished here
+        todo = [p for p in mine if p.index not in done_stats]
+        done_items = sum(len(p.items) for p in mine if p.index in done_stats)
         if todo:
             self.generators()  # load (or fetch) the models before the bar starts: a failure here is one line, alone
         bar = tqdm(
@@ -791,10 +831,21 @@ def build(
         builder.close()
 
 
+def dry_run(config: BuildConfig) -> DryRun:
+    """What :func:`build` would do with ``config`` on this rank: the sources listed and cut into shards, the done ones
+    checked against this build and this listing; no model is loaded, no image read, nothing written."""
+    builder = Builder(config, progress=False)
+    try:
+        return builder.dry_run()
+    finally:
+        builder.close()
+
+
 __all__ = [
     "Batch",
     "BuildSummary",
     "Builder",
+    "DryRun",
     "NothingWritten",
     "Prefetch",
     "Prepared",
@@ -804,6 +855,7 @@ __all__ = [
     "available_cores",
     "build",
     "cut_windows",
+    "dry_run",
     "find_culprits",
     "finish_shard",
     "generate_window",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from sef_cli.sefdata import app
+from train_helpers import write_photos
 from typer.testing import CliRunner
 
 from sefcore.errors import SefError
@@ -187,3 +188,22 @@ def test_throughput_switches_reach_the_build_and_compile_is_noted_on_the_cpu(tmp
     assert "note: --compile is ignored on cpu" in result.output
     runtime = json.loads((out / "build.json").read_text())["settings"]["runtime"]
     assert runtime["channels_last"] is False and "compile" not in runtime
+
+
+def test_dry_run_says_what_a_build_would_do_and_touches_nothing(tmp_path):
+    """--dry-run lists and cuts, loads no model (the VAE named here does not exist), reads and writes nothing; after
+    a build it counts the done shards, and after the sources changed it stops as the resume would."""
+    photos, out = write_photos(tmp_path / "photos", 5, 0), tmp_path / "out"
+    args = ["build", str(photos), "--out", str(out), "--shard-size", "2"]
+    result = runner.invoke(app, [*args, "--gen", "vae:model=nowhere/no-vae", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    expected = "dry run: 5 inputs (other sources 5) in 3 shard(s); rank 0/1 has 3: 0 done, 3 to build: 0, 1, 2."
+    assert expected in result.output
+    assert not out.exists()
+    assert runner.invoke(app, [*args, "--gen", "identity", "--no-progress"]).exit_code == 0
+    (out / "shard-000002.stats.json").unlink()
+    result = runner.invoke(app, [*args, "--gen", "identity", "--dry-run", "--world", "2", "--rank", "0"])
+    assert "rank 0/2 has 2: 1 done, 1 to build: 2." in result.output, result.output
+    (photos / "img0000.png").unlink()
+    result = runner.invoke(app, [*args, "--gen", "identity", "--dry-run"])
+    assert result.exit_code == 2 and "the sources list other files than when shard 0" in result.output
