@@ -511,7 +511,7 @@ class Builder:
         self._given = generators
         self._generators: list[tuple[str, Generator]] | None = None
         self._infos: dict[str, dict] = {}
-        self._plan_sha256: str | None = None  # set by run(); shards built by build_shards alone record none
+        self._plan_sha256: str | None = None  # set by plan(); shards built by build_shards alone record none
         self.multiple = 1
         # decoding (Pillow) and encoding (libdeflate/libjpeg) release the GIL: one pool, a thread per core, does both
         # beside the models; the feeder stacks batches, the writer writes tars, each in a thread of its own so that
@@ -532,6 +532,10 @@ class Builder:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SefError(f"cannot create output folder {str(self.out)!r}: {e.strerror}") from None
+        self._check_previous()
+
+    def _check_previous(self) -> None:
+        """Stop unless what ``out`` already holds (build.json, shards' stats) was made by this build."""
         previous = self.out / BUILD_FILE
         if previous.is_file():
             self._check_settings(json.loads(previous.read_text()), str(previous.name))
@@ -730,8 +734,7 @@ class Builder:
 
     def dry_run(self) -> DryRun:
         """What :meth:`run` would do, without loading a model, reading an image or writing anything."""
-        if (self.out / BUILD_FILE).is_file():
-            self._check_settings(json.loads((self.out / BUILD_FILE).read_text()), BUILD_FILE)
+        self._check_previous()
         plans, mine, done = self.plan()
         return DryRun(
             out=self.out, inputs=sum(len(p.items) for p in plans),
