@@ -588,10 +588,10 @@ class Builder:
         data = read_item(item)
         decoded = decode(data, max_pixels=self.config.max_pixels, max_side=self.config.max_side)
         aligned = align(
-            decoded.pixels, multiple=self.multiple, max_side=self.config.max_side, crop=self.config.crop,
+            decoded.image, multiple=self.multiple, max_side=self.config.max_side, crop=self.config.crop,
             min_side=self.config.min_side, full_size=decoded.full_size,
         )  # fmt: skip
-        decoded.pixels = aligned.pixels  # keep one copy in memory
+        decoded.image = None  # keep one copy in memory: the aligned one
         return Prepared(item, hashlib.sha256(data).hexdigest(), decoded, aligned, encoding_for(self.policy, decoded))
 
     def generate(self, batch: Batch, timings: Counter) -> dict[int, SkipSample]:

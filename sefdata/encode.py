@@ -95,8 +95,9 @@ def encoding_for(policy: EncodingPolicy, source: DecodedImage) -> Encoding:
     return Encoding("webp", "WEBP", (("quality", policy.quality), ("method", 4), *icc))
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+def _chunk(kind: bytes, body: bytes) -> list[bytes]:
+    """A PNG chunk as its parts (length, type, body, CRC), for one join: no copy of the body until then."""
+    return [struct.pack(">I", len(body)), kind, body, struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))]
 
 
 def encode_png(pixels: np.ndarray, icc_profile: bytes | None = None) -> bytes:
@@ -113,9 +114,9 @@ def encode_png(pixels: np.ndarray, icc_profile: bytes | None = None) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256, as PNG defines
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, adaptive filters, no interlace
-    icc = _chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile)) if icc_profile else b""
+    icc = _chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile)) if icc_profile else []
     idat = imagecodecs.deflate_encode(filtered, level=1)  # a zlib stream (header and Adler-32), as PNG wants
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + icc + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return b"".join([PNG_SIGNATURE, *_chunk(b"IHDR", header), *icc, *_chunk(b"IDAT", idat), *_chunk(b"IEND", b"")])
 
 
 def encode(pixels: np.ndarray, encoding: Encoding) -> bytes:

@@ -32,6 +32,21 @@ def test_fixed_crop_is_centred_on_the_jpeg_grid_and_max_side_downscales():
     assert b.resized_from == (300, 200) and b.pixels.shape == (96, 144, 3)  # 150x100 cut to multiples of 8
 
 
+@pytest.mark.parametrize("geometry", [{"crop": 128}, {"max_side": 200}, {"max_side": 200, "crop": 96}, {}])
+def test_a_decoded_image_is_aligned_in_pillow_and_only_the_box_copied_out(monkeypatch, geometry):
+    """The build aligns the decoded image where Pillow holds it: the same pixels as aligning its numpy copy, and
+    the only Pillow-to-numpy copy (made with the GIL held) is the aligned box, not the whole photo."""
+    decoded = decode(jpeg_bytes(photo_like(640, 480), quality=90), max_pixels=10**7)
+    expected = align(decoded.pixels, multiple=8, **geometry)
+    copied: list[tuple[int, int]] = []
+    tobytes = Image.Image.tobytes
+    monkeypatch.setattr(Image.Image, "tobytes", lambda im, *a, **k: copied.append(im.size) or tobytes(im, *a, **k))
+    got = align(decoded.image, multiple=8, **geometry)
+    assert np.array_equal(got.pixels, expected.pixels) and got.crop_box == expected.crop_box
+    assert (got.resized_from, got.upright_size) == (expected.resized_from, expected.upright_size)
+    assert copied == [got.pixels.shape[1::-1]]
+
+
 def test_too_small_is_skipped_with_reason():
     with pytest.raises(SkipSample) as e:
         align(photo_like(7, 30), multiple=8)
@@ -117,3 +132,13 @@ def test_png_carries_the_sources_icc_profile(assets):
     Image.fromarray(px).save(source, "PNG", icc_profile=profile)
     encoding = encoding_for(EncodingPolicy.parse("match"), decode(source.getvalue(), max_pixels=10**8))
     assert encode(px, encoding) == data
+
+
+def test_jpeg_quality_estimate_is_the_nearest_ijg_table():
+    from sefcore.imageio import estimate_jpeg_quality, ijg_table
+
+    rng = np.random.default_rng(0)
+    tables = [ijg_table(q) for q in (1, 10, 50, 75, 90, 100)] + list(rng.integers(1, 256, (20, 64)))
+    for table in tables:  # the definition: the first quality with the least L1 distance
+        distances = [np.abs(ijg_table(q) - table).sum() for q in range(1, 101)]
+        assert estimate_jpeg_quality(list(table)) == distances.index(min(distances)) + 1
