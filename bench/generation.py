@@ -22,6 +22,10 @@ the build's own read → decode → align stages, left out of every way and coun
 
 The headline is ``build_over_models_alone`` (build images/s over models-alone images/s); every ratio compares two ways
 at one precision and one encoding. Each way's figure is the median over the repeats, with its spread (min, max).
+Beside the images/s, every way's CPU time per image is recorded (``core_ms_per_image``, milliseconds: the
+process's, every thread's, in the same timed window), and ``models_alone_cpu_over_build_cpu``, the models'
+core-seconds over the build's (the pipeline's work is the difference): where the models' threads keep every core
+busy, as on a CPU, nothing can hide and this is the headline a build can reach there.
 
 Models (``--model``):
 
@@ -83,7 +87,7 @@ from sefcore.errors import SkipSample
 from sefdata.align import common_multiple
 from sefdata.assets import find_assets
 from sefdata.build import Builder, available_cores, stack_batches
-from sefdata.config import BuildConfig, resolve_device, resolve_dtype
+from sefdata.config import BuildConfig, default_batch_size, resolve_device, resolve_dtype
 from sefdata.encode import encode_png
 from sefdata.generators import Generator, Runtime, create_generator
 from sefdata.sources import iter_sources
@@ -196,47 +200,58 @@ def sort_photos(
     return kept, skipped
 
 
+class Clock:
+    """Wall time and the process's CPU time (every thread's) from one start: a way's seconds and core-seconds."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def models_alone(config: BuildConfig, generators: list[Generator], limit: int | None = None) -> float:
-    """Seconds the build's generators take on pre-aligned, pre-stacked images, batched as the build batches them,
-    until their fakes are back on the host (``limit``: only the first N images, untimed use as a warm-up)."""
+def models_alone(config: BuildConfig, generators: list[Generator], limit: int | None = None) -> tuple[float, float]:
+    """Seconds and CPU seconds the build's generators take on pre-aligned, pre-stacked images, batched as the build
+    batches them, until their fakes are back on the host (``limit``: only the first N images, untimed use as a
+    warm-up)."""
     builder = Builder(config, progress=False, generators=generators)
     try:
         builder.generators()
         prepared = [builder.prepare(item) for item in islice(iter_sources(config.sources), limit)]
         batches = stack_batches(prepared, config.batch_size, pin_memory=builder.device.type == "cuda")
         _sync(config.device)
-        start = time.perf_counter()
+        clock = Clock()
         for batch in batches:
             builder.generate(batch, Counter())
         for p in prepared:
             p.wait_for_fakes()
         _sync(config.device)
-        return time.perf_counter() - start
+        return clock.read()
     finally:
         builder.close()
 
 
-def run_build(config: BuildConfig, generators: list[Generator]) -> float:
+def run_build(config: BuildConfig, generators: list[Generator]) -> tuple[float, float]:
     builder = Builder(config, progress=False, generators=generators)
     try:
-        start = time.perf_counter()
+        clock = Clock()
         builder.run()
-        return time.perf_counter() - start
+        return clock.read()
     finally:
         builder.close()
 
 
 def per_image_loop(
     photos: list[Path], config: BuildConfig, out: Path, generators: list[Generator], pillow: bool
-) -> float:
+) -> tuple[float, float]:
     """One image at a time: open, convert, resize, crop, run each of ``generators`` on it, save the real and the
-    fakes (Pillow's PNG with ``pillow``, else the toolkit's)."""
-    start = time.perf_counter()
+    fakes (Pillow's PNG with ``pillow``, else the toolkit's). Returns seconds and CPU seconds."""
+    clock = Clock()
     multiple = common_multiple([g.multiple for g in generators])
 
     def save(px: np.ndarray, path: Path) -> None:
@@ -259,7 +274,7 @@ def per_image_loop(
         for j, gen in enumerate(generators):
             y = gen.generate(x, [i]).float().clamp(0, 1)
             save((y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy(), out / f"{i}_{j}.png")
-    return time.perf_counter() - start
+    return clock.read()
 
 
 def loop_generators(config: BuildConfig, generators: list[Generator]) -> list[Generator]:
@@ -300,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of every way (median, spread)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every way runs there)")
     parser.add_argument("--dtype", default="auto", help="precision of the build, models alone and loop")
-    parser.add_argument("--batch-size", type=int, default=4, help="build and models-alone batch size")
+    parser.add_argument("--batch-size", type=int, help="build and models-alone batch size (default: the build's, "
+                        "1 on a CPU, 8 on a GPU)")  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="the build's --compile (torch.compile; CUDA only)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="the build's --channels-last (--no-channels-last: NCHW)")  # fmt: skip
@@ -311,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     ways = [w for w in WAYS if w in args.ways.split(",")]
     if set(args.ways.split(",")) - set(WAYS) or not ways:
         parser.error(f"--ways: a comma-separated subset of {','.join(WAYS)}")
+    args.batch_size = args.batch_size or default_batch_size(torch.device(args.device))
     if args.max_side is None and args.crop is None:
         args.max_side = 384  # a crop is cut from the full photo: downscaling first would leave most below the crop
 
@@ -324,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     scratch = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     seconds: dict[str, list[float]] = {w: [] for w in ways}
+    core_seconds: dict[str, list[float]] = {w: [] for w in ways}
     try:
         specs = generator_specs(args.model, assets / "weights", scratch, args.steps, args.wait_ms)
         listing = scratch / "photos.txt"
@@ -362,7 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
                     t = per_image_loop(photos, config, out, generators, False)
                 else:
                     t = per_image_loop(photos, config, out, public, True)
-                seconds[way].append(t)
+                seconds[way].append(t[0])
+                core_seconds[way].append(t[1])
                 shutil.rmtree(out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -383,6 +402,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {f"{a}_over_{b}": ratio(a, b)} if a in rates and b in rates else {}
 
     compared = ratios("build", "models_alone")
+    cpu = {w: [1000 * c / n for c in v] for w, v in core_seconds.items()}  # ms
+    if "build" in cpu and "models_alone" in cpu:  # per repeat, as the rates
+        compared["models_alone_cpu_over_build_cpu"] = spread(
+            [m / b for m, b in zip(cpu["models_alone"], cpu["build"], strict=True)]
+        )
     run = {
         "headline": {
             "metric": "build_over_models_alone",
@@ -404,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         **({"steps": args.steps or 50} if args.model == "sd-ddim" else {}),
         **({"wait_ms_per_batch": args.wait_ms} if args.model == "identity" else {}),
         "images_per_second": {w: spread(v) for w, v in rates.items()},
+        "core_ms_per_image": {w: spread(v) for w, v in cpu.items()},
         **compared,
         **ratios("build", "loop"),
         **ratios("build", "loop_public"),

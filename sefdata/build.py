@@ -57,6 +57,7 @@ from sefcore.privacy import public_json
 from sefdata.align import Aligned, align, common_multiple
 from sefdata.config import (
     BuildConfig,
+    default_batch_size,
     differences,
     resolve_device,
     resolve_dtype,
@@ -487,6 +488,7 @@ class Builder:
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        self.batch_size = config.batch_size or default_batch_size(self.device)
         self.notes: list[str] = []
         # torch.compile pays on a GPU, where eager kernels launch one by one and small ones leave it idle; on a CPU
         # it compiled TAEF2 for a minute and then ran it no faster (2 cores, measured), so there it is left off
@@ -498,7 +500,7 @@ class Builder:
             self.device, self.dtype, compile="inductor" if self.compile else None, channels_last=config.channels_last
         )
         self.settings = {"config": config.output_dict(), "runtime": runtime_settings(
-            config.batch_size, self.device, self.dtype, compile=self.compile,
+            self.batch_size, self.device, self.dtype, compile=self.compile,
             channels_last=config.channels_last)}  # fmt: skip
         self.recipe_hash = settings_hash(self.settings["config"])  # what is built
         self.config_hash = settings_hash(self.settings)  # what is built and everything that decides its bytes
@@ -561,10 +563,12 @@ class Builder:
             )
         if not self.config.allow_mixed:
             changed = differences(theirs["runtime"], self.settings["runtime"])
+            threads = any(c.startswith("torch_threads:") for c in changed)
+            threads = " (torch's CPU threads follow OMP_NUM_THREADS)" if threads else ""
             raise SefError(
                 f"{str(self.out)!r} holds shards made with other settings ({where}; {'; '.join(changed)}), so "
-                "this run's samples would not be byte-identical to theirs; resume with the same settings, or add "
-                "--allow-mixed to go on and record each shard's settings in manifest.json"
+                f"this run's samples would not be byte-identical to theirs; resume with the same settings{threads}, or "
+                "add --allow-mixed to go on and record each shard's settings in manifest.json"
             )
 
     def generators(self) -> list[tuple[str, Generator]]:
@@ -687,8 +691,8 @@ class Builder:
         file is written (a shard whose every input was skipped gets stats, but no file: see :meth:`run`)."""
         self.generators()  # load the models before reading anything
         shards = [ShardRun(p.index, p.items) for p in plans]
-        cut = partial(stack_batches, batch_size=self.config.batch_size, pin_memory=self.device.type == "cuda")
-        inputs = Prefetch(cut_windows(shards, 4 * self.config.batch_size), self.prepare, cut, self._pool,
+        cut = partial(stack_batches, batch_size=self.batch_size, pin_memory=self.device.type == "cuda")
+        inputs = Prefetch(cut_windows(shards, 4 * self.batch_size), self.prepare, cut, self._pool,
                           self._feeder, LOOKAHEAD)  # fmt: skip
         finish = partial(finish_shard, out=self.out, header=self._stats_header())
         output = WriteBehind(self.out, self.sample, finish, self._pool, self._writer, WRITE_BEHIND, done)

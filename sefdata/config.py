@@ -47,7 +47,13 @@ class BuildConfig:
     min_side: int = field(default=32, metadata=doc("skip images whose aligned shorter side is below this"))
     max_pixels: int = field(default=100_000_000, metadata=doc("skip images with more pixels (decompression bombs)"))
     shard_size: int = field(default=1000, metadata=doc("samples per shard (inputs per shard before skips)"))
-    batch_size: int = field(default=8, metadata=doc("images per model call (same-size images are batched)"))
+    batch_size: int | None = field(
+        default=None,
+        metadata=doc(
+            "images per model call, same-size images batched (default: 1 on a CPU, where batching costs cache and "
+            "gains nothing, 8 on a GPU)"
+        ),
+    )
     workers: int | None = field(
         default=None,
         metadata=doc(
@@ -110,10 +116,10 @@ class BuildConfig:
         EncodingPolicy.parse(self.format)
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise SefError(f"--dtype {self.dtype!r}: use one of auto, {', '.join(DTYPES)}")
-        for name in ("shard_size", "batch_size", "min_side", "max_pixels"):
+        for name in ("shard_size", "min_side", "max_pixels"):
             if getattr(self, name) < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_side", "crop", "limit", "workers"):
+        for name in ("batch_size", "max_side", "crop", "limit", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SefError(f"--{name.replace('_', '-')} must be at least 1")
@@ -140,6 +146,14 @@ class BuildConfig:
         return dataclasses.asdict(self)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """``--batch-size`` left unset: 1 on a CPU, 8 on a GPU. A CPU gains nothing from batching convolutions and loses
+    cache: TAEF2 + x4 Real-ESRGAN at 384 px made 12.3 images/s one at a time and 8.1 in fours on two cores, the SD
+    VAE at 128 px the same either way (``bench/generation.py --batch-size``, 2026-12-05); a GPU needs batches to be
+    busy."""
+    return 1 if device.type == "cpu" else 8
+
+
 # Packages whose code computes or writes the output: another release may give other bytes.
 OUTPUT_PACKAGES = ("sef-toolkit", "torch", "torchvision", "diffusers", "transformers", "spandrel", "pillow", "numpy",
                    "imagecodecs", "webdataset")  # fmt: skip
@@ -152,7 +166,11 @@ def runtime_settings(
     batch size (measured: batch 1 vs 2 give other TAEF2 fakes in fp32 on a CPU), the precision and the kind of
     device, the kernels (compiled or not, memory format), and on the releases of the libraries that run the models
     and encode the files. ``compile`` and ``channels_last`` are recorded only when not the default, so builds made
-    before they existed keep their hash."""
+    before they existed keep their hash. On a CPU, torch's intra-op thread count too (it follows ``OMP_NUM_THREADS``,
+    default one per core): with one image per call oneDNN splits an image's convolutions across the threads, and 1
+    and 2 threads gave fakes a level apart (tiny TAESD + SR at batch 1, 2026-12-05; at batch 8 they were the same)."""
+    import torch
+
     from sefdata.provenance import package_versions
 
     return {
@@ -162,6 +180,7 @@ def runtime_settings(
         "versions": package_versions(OUTPUT_PACKAGES),
         **({"compile": True} if compile else {}),
         **({} if channels_last else {"channels_last": False}),
+        **({"torch_threads": torch.get_num_threads()} if device.type == "cpu" else {}),
     }
 
 

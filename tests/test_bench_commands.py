@@ -72,6 +72,10 @@ def test_generation_identity_reports_the_pipeline_and_runs_the_ways_asked(genera
     lever = generation.main([*tiny, "--model", "identity", "--wait-ms", "5", "--compile", "--ways",
                              "models_alone,build", "--out", str(out)])  # fmt: skip
     assert set(lever["images_per_second"]) == {"models_alone", "build"} and "build_over_loop" not in lever
+    cpu = lever["core_ms_per_image"]  # the wait holds no core: the build's CPU time is the pipeline's work
+    assert set(cpu) == {"models_alone", "build"} and cpu["build"]["median"] > cpu["models_alone"]["median"] > 0
+    share = lever["models_alone_cpu_over_build_cpu"]["median"]
+    assert share == pytest.approx(cpu["models_alone"]["median"] / cpu["build"]["median"], rel=0.5) and share < 1
     assert lever["compile"] is False and lever["wait_ms_per_batch"] == 5 and "pipeline" not in lever
     assert "note: --compile is ignored on cpu" in capsys.readouterr().out
     assert set(json.loads(out.read_text())["runs"]) == {"cpu/identity", "cpu/identity+wait5ms+compile"}

@@ -310,6 +310,36 @@ def test_the_resolved_precision_is_recorded_per_shard(corpus, gens, tmp_path):
     assert stats["generators"]["taesd"]["model"]["dtype"] == want
 
 
+def test_the_batch_size_left_unset_is_one_on_a_cpu_and_recorded_as_resolved(corpus, gens, tmp_path):
+    from sefdata.config import default_batch_size
+
+    assert (default_batch_size(torch.device("cpu")), default_batch_size(torch.device("cuda", 0))) == (1, 8)
+    build(BuildConfig(sources=[str(corpus)], out=str(tmp_path / "o"), gen=gens, device="cpu"), progress=False)
+    stats = json.loads(next((tmp_path / "o").glob("shard-*.stats.json")).read_text())
+    assert stats["settings"]["runtime"]["batch_size"] == 1
+    # a build begun with another batch size stops a resume that leaves it unset, naming the difference
+    build(_config([corpus], tmp_path / "o2", gens, batch_size=4), progress=False)
+    with pytest.raises(SefError, match=r"batch_size: 4 -> 1"):
+        build(_config([corpus], tmp_path / "o2", gens, batch_size=None), progress=False)
+    with pytest.raises(SefError, match="--batch-size must be at least 1"):
+        BuildConfig(sources=["x"], out="o", gen=gens, batch_size=0)
+
+
+def test_a_cpu_build_records_torch_threads_and_a_resume_on_other_threads_stops(corpus, gens, tmp_path):
+    """One image per call on a CPU: oneDNN splits each image's convolutions across threads, so the count changes
+    bytes and the resume check must see it (the tests run torch on one thread)."""
+    out = tmp_path / "o"
+    build(_config([corpus], out, gens, batch_size=1), progress=False)
+    stats = json.loads(next(out.glob("shard-*.stats.json")).read_text())
+    assert stats["settings"]["runtime"]["torch_threads"] == 1
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(SefError, match=r"torch_threads: 1 -> 2.*OMP_NUM_THREADS"):
+            build(_config([corpus], out, gens, batch_size=1), progress=False)
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_no_input_and_bad_flags_are_clear_errors(tmp_path, gens):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SefError, match="no input images"):

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo_like
+import torch
+from conftest import DEFAULT_THREADS, REPO, photo_like
 from PIL import Image
 from sef_cli.sefdata import app
 from typer.testing import CliRunner
@@ -44,6 +45,16 @@ def _args(photos: Path, out: Path, gens: list[str], *extra: str) -> list[str]:
     for g in gens:
         args += ["--gen", g]
     return args + list(extra)
+
+
+def _reference(photos: Path, out: Path, gens: list[str]) -> None:
+    """Build in this process as a ``sefdata build`` subprocess does: with torch's default CPU threads (the tests run
+    with one), which the build records because one image per call gives other bytes on another thread count."""
+    torch.set_num_threads(DEFAULT_THREADS)
+    try:
+        build(BuildConfig(sources=[str(photos)], out=str(out), gen=gens, shard_size=2), progress=False)
+    finally:
+        torch.set_num_threads(1)
 
 
 def _shard_files(out: Path) -> dict[str, bytes]:
@@ -123,7 +134,7 @@ def _sefdata(*args: str, env: dict | None = None) -> subprocess.Popen:
 @pytest.mark.slow
 def test_three_uncoordinated_ranks_equal_one_process(photos, gens, tmp_path):
     single = tmp_path / "single"
-    build(BuildConfig(sources=[str(photos)], out=str(single), gen=gens, shard_size=2), progress=False)
+    _reference(photos, single, gens)
     multi = tmp_path / "multi"
     procs = [_sefdata(*_args(photos, multi, gens), env={"RANK": str(r), "WORLD_SIZE": "3"}) for r in range(3)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -152,7 +163,7 @@ def _kill_when(proc: subprocess.Popen, out: Path, condition, timeout: float = 12
 @pytest.mark.slow
 def test_sigkill_at_any_point_then_resume_is_byte_identical(photos, gens, tmp_path):
     reference = tmp_path / "reference"
-    build(BuildConfig(sources=[str(photos)], out=str(reference), gen=gens, shard_size=2), progress=False)
+    _reference(photos, reference, gens)
     expected = _shard_files(reference)
     kill_points = {
         "while a tar is being written": lambda out: any(out.glob("*.tar.partial")),
