@@ -367,10 +367,10 @@ def test_predict_eval_calibrate_and_publish_take_it_like_a_trained_detector(tmp_
 def test_serve_scores_it_without_heatmaps(tiny_aeroblade, bench):
     import urllib3
 
-    from sefmodel.serve.app import ServeConfig, background_server, create_app, detector_info
+    from sefmodel.serve.app import Scorer, ServeConfig, background_server, create_app, detector_info
 
     detector = load_detector(tiny_aeroblade, "cpu")
-    info = detector_info(detector, ServeConfig(), None)
+    info = detector_info(Scorer(detector, ServeConfig()), None)
     assert info["heatmaps"] is False and info["experts"] == [] and info["description"].startswith("AEROBLADE")
     image = (bench / "fake" / "0.png").read_bytes()
     body, content_type = urllib3.encode_multipart_formdata([("files", ("0.png", image)), ("heatmaps", "1")])

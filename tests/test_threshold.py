@@ -138,10 +138,10 @@ def test_predict_and_serve_default_to_the_stored_threshold(calibrated, reals):
                                    "cpu"])  # fmt: skip
     assert {json.loads(line)["label"] for line in explicit.stdout.splitlines() if "prob" in line} == {"generated"}
 
-    from sefmodel.serve.app import ServeConfig, detector_info
+    from sefmodel.serve.app import Scorer, ServeConfig, detector_info
 
-    assert detector_info(detector, ServeConfig(), None)["threshold"] == stored.threshold
-    assert detector_info(detector, ServeConfig(threshold=0.25), None)["threshold"] == 0.25
+    assert detector_info(Scorer(detector, ServeConfig()), None)["threshold"] == stored.threshold
+    assert detector_info(Scorer(detector, ServeConfig(threshold=0.25)), None)["threshold"] == 0.25
 
 
 def test_threshold_travels_with_save_load_and_publish_and_goes_with_new_weights(calibrated, tmp_path):
@@ -205,8 +205,8 @@ def test_predict_and_serve_report_the_uncertain_band(tiny_run, reals):
     from sefmodel.serve.app import Scorer, ServeConfig, detector_info
 
     config = ServeConfig(threshold=0.5, uncertain=f"{low!r},{high!r}")
-    assert detector_info(detector, config, None)["uncertain"] == [low, high]
     scorer = Scorer(detector, config)
+    assert detector_info(scorer, None)["uncertain"] == [low, high]
     try:
         with contextlib.ExitStack() as stack:
             uploads = [(p.name, stack.enter_context(p.open("rb"))) for p in paths]

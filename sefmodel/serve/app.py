@@ -183,14 +183,11 @@ class Scorer:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | None) -> dict[str, Any]:
-    """What the page shows about the detector and the limits (``GET /api/info``)."""
+def detector_info(scorer: Scorer, report: Path | None) -> dict[str, Any]:
+    """What the page shows about the scorer's detector, its decision rule and the limits (``GET /api/info``)."""
     from sefcore.imagefiles import IMAGE_EXTENSIONS
-    from sefmodel.evaluation.threshold import UncertainBand, decision_threshold
 
-    threshold, source = decision_threshold(detector, config.threshold)
-    band = UncertainBand.parse(config.uncertain)
-
+    detector, config, band = scorer.detector, scorer.config, scorer.uncertain
     described = detector.describe()
     return {
         "backbone": described["backbone"],
@@ -198,8 +195,8 @@ def detector_info(detector: "SEFDetector", config: ServeConfig, report: Path | N
         "fusion": described["fusion"],
         "image_size": described["image_size"],
         "description": described.get("description"),  # an AEROBLADE detector's one line; None for SEF
-        "threshold": threshold,
-        "threshold_source": source,
+        "threshold": scorer.threshold,
+        "threshold_source": scorer.threshold_source,
         "uncertain": [band.low, band.high] if band else None,
         "heatmaps": not config.no_heatmaps and detector.explainable,
         "report": report is not None,
@@ -256,7 +253,7 @@ def create_app(detector: "SEFDetector", config: ServeConfig | None = None, repor
     app.add_middleware(RequestGuard, check_host=config.loopback)
     app.add_middleware(SecurityHeaders)
     app.include_router(page_router())
-    app.include_router(api_router(scorer, detector_info(detector, config, report), config.max_upload_mb,
+    app.include_router(api_router(scorer, detector_info(scorer, report), config.max_upload_mb,
                                   config.max_files))  # fmt: skip
     app.include_router(report_router(report))
     return app
