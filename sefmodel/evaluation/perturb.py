@@ -93,11 +93,6 @@ def register_perturbation(
     _REGISTRY[name] = _Kind(fn, help, integer, minimum, maximum, x_label or name, higher_is_milder)
 
 
-def known_perturbations() -> dict[str, str]:
-    """name -> one-line help."""
-    return {name: kind.help for name, kind in sorted(_REGISTRY.items())}
-
-
 def x_label(name: str) -> str:
     return _REGISTRY[name].x_label
 

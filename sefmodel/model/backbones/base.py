@@ -118,10 +118,6 @@ class Backbone(nn.Module):
             config = cls.config_class(**{k: v for k, v in config.items() if k != "model_type"})
         return cls(cls.model_class(config))
 
-    def config_dict(self) -> dict[str, Any]:
-        """The wrapped model's config as a JSON-able dict, enough for :meth:`from_config`."""
-        return self.model.config.to_diff_dict()
-
     @property
     def commit_hash(self) -> str | None:
         """The Hub commit the weights came from, if transformers recorded it (``None`` for local folders)."""
