@@ -90,6 +90,7 @@ from sefdata.build import Builder, available_cores, stack_batches
 from sefdata.config import BuildConfig, default_batch_size, resolve_device, resolve_dtype
 from sefdata.encode import encode_png
 from sefdata.generators import Generator, Runtime, create_generator
+from sefdata.provenance import cpu_description
 from sefdata.sources import iter_sources
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
@@ -437,6 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cores_available": cores,
             "torch_threads": torch.get_num_threads(),
             "processor": platform.machine(),
+            "cpu": cpu_description(),
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "torch": torch.__version__,
             "python": platform.python_version(),

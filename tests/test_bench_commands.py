@@ -20,6 +20,7 @@ from conftest import REPO, photo_like
 from PIL import Image
 
 from sefdata.build import build
+from sefdata.config import resolve_dtype
 from sefmodel.train.data import iter_samples, resolve_shards
 
 FLOAT32_WARNING = "should be kept in float32"
@@ -68,6 +69,10 @@ def test_generation_identity_reports_the_pipeline_and_runs_the_ways_asked(genera
     assert pipe["images_per_second_per_core"] == pytest.approx(pipe["images_per_second"] / pipe["cores"], abs=1e-3)
     assert json.loads(out.read_text())["pipeline"] == pipe  # the CPU identity run's figure, at the top
     assert "per core" in capsys.readouterr().out.strip().splitlines()[-1]
+    # the CPU's kind is recorded: rows from an AVX2 CPU and an AVX512-BF16 one differ many-fold in bf16
+    cpu_record = run["machine"]["cpu"]
+    assert cpu_record["model"] and cpu_record["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu_record["native_bf16"] == (resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16)
 
     lever = generation.main([*tiny, "--model", "identity", "--wait-ms", "5", "--compile", "--ways",
                              "models_alone,build", "--out", str(out)])  # fmt: skip
