@@ -87,7 +87,7 @@ from sefcore.errors import SkipSample
 from sefdata.align import common_multiple
 from sefdata.assets import find_assets
 from sefdata.build import Builder, available_cores, stack_batches
-from sefdata.config import BuildConfig, default_batch_size, resolve_device, resolve_dtype
+from sefdata.config import BuildConfig, default_batch_size, native_bf16, resolve_device, resolve_dtype
 from sefdata.encode import encode_png
 from sefdata.generators import Generator, Runtime, create_generator
 from sefdata.provenance import cpu_description
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cores_available": cores,
             "torch_threads": torch.get_num_threads(),
             "processor": platform.machine(),
-            "cpu": cpu_description(),
+            "cpu": {**cpu_description(), "native_bf16": native_bf16(torch.device("cpu"))},  # what --dtype auto reads
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "torch": torch.__version__,
             "python": platform.python_version(),

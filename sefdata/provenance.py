@@ -37,14 +37,11 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return out
 
 
-def cpu_description() -> dict[str, Any]:
-    """The CPU as benchmark records describe it: its model name (Linux's /proc/cpuinfo, else the platform's), the
-    vector instructions torch's kernels use (``AVX2``, ``AVX512``, ...) and whether it computes bf16 natively (what
-    ``--dtype auto`` picks). CPU figures from two machines compare only where these agree: bf16 TAEF2 ran 2x faster
-    than fp32 on an AVX512-BF16 CPU and 7x slower on an AVX2 one."""
+def cpu_description() -> dict[str, str]:
+    """The CPU as benchmark records describe it: its model name (Linux's /proc/cpuinfo, else the platform's) and the
+    vector instructions torch's kernels use (``AVX2``, ``AVX512``, ...). CPU figures from two machines compare only
+    where these agree: bf16 TAEF2 + SR ran 2x faster than fp32 on an AVX512-BF16 CPU and 7x slower on an AVX2 one."""
     import torch
-
-    from sefdata.config import native_bf16
 
     name = platform.processor() or platform.machine()
     try:
@@ -52,8 +49,7 @@ def cpu_description() -> dict[str, Any]:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
-    return {"model": name, "capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native_bf16(torch.device("cpu"))}  # fmt: skip
+    return {"model": name, "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def installed_versions(names: tuple[str, ...]) -> dict[str, str | None]:
