@@ -563,11 +563,11 @@ class Builder:
             )
         if not self.config.allow_mixed:
             changed = differences(theirs["runtime"], self.settings["runtime"])
-            threads = any(c.startswith("torch_threads:") for c in changed)
-            threads = " (torch's CPU threads follow OMP_NUM_THREADS)" if threads else ""
+            on_threads = any(c.startswith("torch_threads:") for c in changed)
+            hint = " (torch's CPU threads follow OMP_NUM_THREADS)" if on_threads else ""
             raise SefError(
                 f"{str(self.out)!r} holds shards made with other settings ({where}; {'; '.join(changed)}), so "
-                f"this run's samples would not be byte-identical to theirs; resume with the same settings{threads}, or "
+                f"this run's samples would not be byte-identical to theirs; resume with the same settings{hint}, or "
                 "add --allow-mixed to go on and record each shard's settings in manifest.json"
             )
 

@@ -40,7 +40,8 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
 def cpu_description() -> dict[str, str]:
     """The CPU as benchmark records describe it: its model name (Linux's /proc/cpuinfo, else the platform's) and the
     vector instructions torch's kernels use (``AVX2``, ``AVX512``, ...). CPU figures from two machines compare only
-    where these agree: bf16 TAEF2 + SR ran 2x faster than fp32 on an AVX512-BF16 CPU and 7x slower on an AVX2 one."""
+    where these agree: bf16 TAEF2 ran 2x faster than fp32 on an AVX512-BF16 CPU, and a bf16 TAEF2 + SR build 7x
+    slower than fp32 on an AVX2 one."""
     import torch
 
     name = platform.processor() or platform.machine()
