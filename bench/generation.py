@@ -224,7 +224,7 @@ def models_alone(config: BuildConfig, generators: list[Generator], limit: int | 
     try:
         builder.generators()
         prepared = [builder.prepare(item) for item in islice(iter_sources(config.sources), limit)]
-        batches = stack_batches(prepared, config.batch_size, pin_memory=builder.device.type == "cuda")
+        batches = stack_batches(prepared, builder.batch_size, pin_memory=builder.device.type == "cuda")
         _sync(config.device)
         clock = Clock()
         for batch in batches:
@@ -328,7 +328,10 @@ def main(argv: list[str] | None = None) -> dict:
     ways = [w for w in WAYS if w in args.ways.split(",")]
     if set(args.ways.split(",")) - set(WAYS) or not ways:
         parser.error(f"--ways: a comma-separated subset of {','.join(WAYS)}")
-    args.batch_size = args.batch_size or default_batch_size(torch.device(args.device))
+    if args.batch_size is None:
+        args.batch_size = default_batch_size(torch.device(args.device))
+    elif args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if args.max_side is None and args.crop is None:
         args.max_side = 384  # a crop is cut from the full photo: downscaling first would leave most below the crop
 

@@ -148,9 +148,9 @@ class BuildConfig:
 
 def default_batch_size(device: torch.device) -> int:
     """``--batch-size`` left unset: 1 on a CPU, 8 on a GPU. A CPU gains nothing from batching convolutions and loses
-    cache: TAEF2 + x4 Real-ESRGAN at 384 px made 12.3 images/s one at a time and 8.1 in fours on two cores, the SD
-    VAE at 128 px the same either way (``bench/generation.py --batch-size``, 2026-12-05); a GPU needs batches to be
-    busy."""
+    cache: TAEF2 + x4 Real-ESRGAN at 384 px, run alone, made 14.7 images/s one at a time and 8.5 in fours on two
+    AVX512-BF16 cores in bf16 (CPU time per image 135 ms against 234: ``cpu/taef2-sr`` and ``cpu/taef2-sr+batch4``
+    in ``bench/results/generation.json``), the SD VAE at 128 px the same either way; a GPU needs batches to be busy."""
     return 1 if device.type == "cpu" else 8
 
 

@@ -86,6 +86,14 @@ def test_generation_identity_reports_the_pipeline_and_runs_the_ways_asked(genera
     assert set(json.loads(out.read_text())["runs"]) == {"cpu/identity", "cpu/identity+wait5ms+compile"}
 
 
+def test_generation_refuses_bad_ways_and_batch_sizes_in_one_line(generation, capsys):
+    for argv, message in ((["--ways", "build,nope"], "--ways: a comma-separated subset"),
+                          (["--batch-size", "0"], "--batch-size must be at least 1")):  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            generation.main(argv)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_sd_ddim_has_the_sd21_base_architecture(generation):
     """The bench's SD 2.1 base UNet and SD 2.x VAE have the published models' parameter counts (built on the meta
     device: no memory, no time)."""
