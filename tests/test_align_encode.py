@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from conftest import asset, jpeg_bytes, photo_like
 from PIL import Image, JpegImagePlugin
 
+import sefdata.encode
 from sefcore.errors import SefError, SkipSample
 from sefcore.imageio import decode
 from sefdata.align import align, common_multiple
@@ -96,6 +99,75 @@ def test_encoding_is_deterministic():
     source = decode(jpeg_bytes(px, quality=85), max_pixels=10**7)
     enc = encoding_for(EncodingPolicy.parse("match"), source)
     assert encode(px, enc) == encode(px.copy(), enc)
+
+
+def _pillow_to_buffer(px: np.ndarray, encoding) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(px, "RGB").save(buf, format=encoding.pil_format, **dict(encoding.options))
+    return buf.getvalue()
+
+
+def _lossy_encodings() -> list:
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tables = [[(i % 7) + 2 for i in range(64)], [(i % 5) + 3 for i in range(64)]]
+    camera_jpeg = jpeg_bytes(photo_like(64, 48), qtables=tables, subsampling=1, icc_profile=profile)
+    camera = decode(camera_jpeg, max_pixels=10**7)
+    png = decode(_png(photo_like(16, 16)), max_pixels=10**7)
+    return [encoding_for(EncodingPolicy.parse(policy), source)
+            for policy, source in [("match", camera), ("jpeg:80", png), ("webp:70", png)]]  # fmt: skip
+
+
+def test_jpeg_and_webp_bytes_are_pillows_however_they_are_written(monkeypatch):
+    # encode() has Pillow write into a per-thread in-memory file (the GIL released), rewritten for every image: a
+    # small image after a large one must not carry the large one's tail, and the fallback (no memfd) must agree
+    large, small = photo_like(300, 200, seed=1), photo_like(40, 24, seed=2)
+    for encoding in _lossy_encodings():
+        expected = [_pillow_to_buffer(px, encoding) for px in (large, small, large)]
+        assert [encode(px, encoding) for px in (large, small, large)] == expected, encoding.pil_format
+        with monkeypatch.context() as m:
+            m.setattr(sefdata.encode, "_memfile", lambda: None)
+            assert [encode(px, encoding) for px in (large, small, large)] == expected, encoding.pil_format
+
+
+def test_encoder_threads_each_get_their_own_bytes():
+    # the build's pool encodes from many threads at once: each thread has its own file, so no image's bytes mix
+    encoding = _lossy_encodings()[0]
+    images = [photo_like(96 + 8 * i, 64, seed=i) for i in range(8)]
+    expected = [_pillow_to_buffer(px, encoding) for px in images]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(lambda px: encode(px, encoding), images)) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_encodes_into_a_file_of_its_own():
+    # a child forked after the parent encoded inherits the parent's memfd and its shared file offset: it must not
+    # write there, or two processes encoding at once would interleave their bytes
+    encoding = _lossy_encodings()[0]
+    px = photo_like(64, 48)
+    encode(px, encoding)
+    parent_file = sefdata.encode._memfile()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, whatever happens
+        ok = b"0"
+        try:
+            ok = (
+                b"1"
+                if encode(px, encoding) == _pillow_to_buffer(px, encoding)
+                and (sefdata.encode._memfile() is not parent_file)
+                else b"0"
+            )
+        finally:
+            os.write(write, ok)
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert sefdata.encode._memfile() is parent_file and encode(px, encoding) == _pillow_to_buffer(px, encoding)
 
 
 def _png(px: np.ndarray) -> bytes:

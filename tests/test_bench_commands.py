@@ -94,6 +94,27 @@ def test_generation_refuses_bad_ways_and_batch_sizes_in_one_line(generation, cap
         assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_encoding_bench_runs_as_documented_and_times_jpeg_on_every_thread(tmp_path):
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(photo_like(80, 72, 1)).save(tmp_path / "photos" / "a.png")
+    Image.fromarray(photo_like(96, 80, 2)).save(tmp_path / "photos" / "b.jpg", quality=85)
+    out = tmp_path / "encoding.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "encoding.py"), "--assets", str(tmp_path), "--side", "64",
+         "--repeats", "2", "--threads", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())
+    assert (results["images"], results["jpeg_images"]) == (2, 1)
+    threaded = results["on_all_cores"]
+    assert threaded["threads"] == 3 and len(threaded["jpeg_toolkit_over_pillow_buffer_per_repeat"]) == 2
+    assert set(threaded["images_per_second"]) == {"jpeg_match_pillow", "jpeg_match_pillow_buffer"}
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "encoding.py"), "--threads", "0"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--threads and --repeats must be at least 1" in bad.stderr
+
+
 def test_sd_ddim_has_the_sd21_base_architecture(generation):
     """The bench's SD 2.1 base UNet and SD 2.x VAE have the published models' parameter counts (built on the meta
     device: no memory, no time)."""
