@@ -56,12 +56,12 @@ machine it ran on; a run merges its entry into the file and the CPU ``taef2-sr``
 
 Usage: python bench/generation.py --repeats 9 [--assets DIR] [--max-side 384]   # the CPU headline (make bench)
        python bench/generation.py --model identity --crop 512                           # the pipeline, per core
-       python bench/generation.py --model identity --crop 512 --wait-ms 500 --batch-size 4 --copies 4 \
+       python bench/generation.py --model identity --crop 512 --wait-ms 500 --batch-size 4 --copies 4 \\
            --ways models_alone,build                                               # a stand-in model's latency
        python bench/generation.py --model sd-vae --crop 128 --max-side 256        # on the CPU
        python bench/generation.py --model sd-ddim --crop 64 --steps 1 --images 4 --batch-size 2 --dtype fp32  # CPU
        python bench/generation.py --device cuda --model sd-vae --crop 512 --copies 20 --batch-size 16   # on a GPU
-       python bench/generation.py --device cuda --model sd-ddim --crop 512 --images 8 --batch-size 8 \
+       python bench/generation.py --device cuda --model sd-ddim --crop 512 --images 8 --batch-size 8 \\
            --ways models_alone,build,loop                                             # on a GPU (bench/gpu.sh)
 """
 

@@ -115,6 +115,13 @@ def test_encoding_bench_runs_as_documented_and_times_jpeg_on_every_thread(tmp_pa
     assert bad.returncode == 2 and "--threads and --repeats must be at least 1" in bad.stderr
 
 
+def test_generation_help_keeps_its_usage_lines_as_written(generation):
+    # a usage line continued with a backslash must show the backslash and the break, not one joined line
+    usage = generation.__doc__.split("Usage: ", 1)[1]
+    assert "--copies 4 \\\n           --ways models_alone,build " in usage
+    assert all(len(line) <= 120 for line in usage.splitlines())
+
+
 def test_sd_ddim_has_the_sd21_base_architecture(generation):
     """The bench's SD 2.1 base UNet and SD 2.x VAE have the published models' parameter counts (built on the meta
     device: no memory, no time)."""
