@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
 import statistics
 import sys
@@ -34,6 +33,7 @@ from PIL import Image
 
 from sefcore.imageio import decode
 from sefdata.assets import find_assets
+from sefdata.build import available_cores
 from sefdata.encode import EncodingPolicy, encode, encode_png, encoding_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoding.json"
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--assets", help="folder with photos/ (default: $SEF_ASSETS, ../shared/assets, examples/)")
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--threads", type=int, default=available_cores(),
                         help="threads for on_all_cores (default: the cores this process may use)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default: bench/results/encoding.json)")
     args = parser.parse_args()
