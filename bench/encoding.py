@@ -113,10 +113,7 @@ def main() -> None:
     }
     for item in jpegs:  # the two JPEG ways write the same file
         assert encode(*item) == pillow_to_buffer(*item)
-    threaded = {
-        "jpeg_match_pillow": sides["jpeg_match_pillow"],
-        "jpeg_match_pillow_buffer": sides["jpeg_match_pillow_buffer"],
-    }
+    threaded = {name: sides[name] for name in ("jpeg_match_pillow", "jpeg_match_pillow_buffer")}
     copies = max(1, 200 // max(1, len(jpegs)))  # about 200 encodes per timed pass
     runs: dict[str, list[float]] = {name: [] for name in sides}
     runs_threaded: dict[str, list[float]] = {name: [] for name in threaded}

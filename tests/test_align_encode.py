@@ -133,6 +133,17 @@ def test_jpeg_and_webp_bytes_are_pillows_however_they_are_written(monkeypatch):
             assert [encode(px, encoding) for px in (large, small, large)] == expected, encoding.pil_format
 
 
+def test_a_sandbox_that_refuses_memfd_still_encodes(monkeypatch):
+    # memfd_create can be forbidden (seccomp, a file-descriptor limit): encode() falls back to Pillow's buffer
+    def refuse(*args):
+        raise PermissionError("memfd_create: operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    encoding, px = _lossy_encodings()[0], photo_like(64, 48)
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread: it has no file of its own yet
+        assert pool.submit(encode, px, encoding).result() == _pillow_to_buffer(px, encoding)
+
+
 def test_encoder_threads_each_get_their_own_bytes():
     # the build's pool encodes from many threads at once: each thread has its own file, so no image's bytes mix
     encoding = _lossy_encodings()[0]
